@@ -1,0 +1,35 @@
+"""Losses: pure functions of arrays, one family per file.
+
+To add a loss: write it in its own file with the signature
+`fn(x, labels, *, mask=None, **hyperparameters) -> scalar` and add one line
+to REGISTRY saying which model output it consumes ("embedding" or "logits").
+Configs then select it with `config.loss.name` and pass `config.loss.kwargs`.
+"""
+
+from typing import Callable, NamedTuple
+
+from metricjax.errors import UserError
+from metricjax.losses.classification import softmax_cross_entropy
+from metricjax.losses.multi_similarity import multi_similarity_loss
+
+
+class Loss(NamedTuple):
+  fn: Callable
+  input: str  # the model output it consumes: "embedding" or "logits"
+
+
+REGISTRY: dict[str, Loss] = {
+    "ce": Loss(softmax_cross_entropy, "logits"),
+    "ms": Loss(multi_similarity_loss, "embedding"),
+}
+
+
+def get_loss(name: str) -> Loss:
+  try:
+    return REGISTRY[name]
+  except KeyError:
+    raise UserError(
+        f"Unknown loss {name!r} (config.loss.name). Known losses: "
+        f"{', '.join(sorted(REGISTRY))}. To add one, write it in "
+        "metricjax/losses/ and register it in metricjax/losses/__init__.py."
+    ) from None
