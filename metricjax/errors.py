@@ -5,6 +5,22 @@ file, a batch that cannot be built). The CLIs print its message as one
 paragraph and exit non-zero instead of showing a traceback.
 """
 
+import functools
+import sys
+
 
 class UserError(Exception):
   """Bad input: the message says what was wrong, where, and what to do."""
+
+
+def exit_on_user_error(main):
+  """Wraps an absl main: a UserError becomes its message and exit code 2."""
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except UserError as e:
+      print(f"\nError: {e}\n", file=sys.stderr)
+      sys.exit(2)
+  return wrapped

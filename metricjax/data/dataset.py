@@ -1,0 +1,70 @@
+"""An in-memory labelled image split, the one shape every source returns."""
+
+import dataclasses
+
+import numpy as np
+
+from metricjax.errors import UserError
+
+
+# eq=False: generated __eq__ would compare arrays elementwise and then fail.
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayDataset:
+  """One split of an image classification dataset, held in host memory.
+
+  Attributes:
+    images: uint8 (N, H, W, C), C = 1 (grayscale) or 3 (RGB).
+    labels: int32 (N,), each in [0, num_classes).
+    num_classes: number of classes; labels index `class_names`.
+    class_names: human-readable class names, len == num_classes.
+    name: canonical dataset name ("mnist", "fashion_mnist", "cifar10", ...).
+    split: split name ("train", "test", ...).
+    source: where the arrays came from, for logs and eval reports.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...]
+  name: str
+  split: str
+  source: str
+
+  def __post_init__(self):
+    where = f"dataset {self.name!r} split {self.split!r} (from {self.source})"
+    images, labels = self.images, self.labels
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+      raise UserError(f"The images of {where} must be a uint8 numpy array, got "
+                      f"{_describe(images)}.")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+      raise UserError(f"The images of {where} have shape {images.shape}; "
+                      "expected (N, H, W, C) with C = 1 (grayscale) or 3 (RGB).")
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int32:
+      raise UserError(f"The labels of {where} must be an int32 numpy array, got "
+                      f"{_describe(labels)}.")
+    if labels.shape != images.shape[:1]:
+      raise UserError(f"{where} has {images.shape[0]} images but labels of "
+                      f"shape {labels.shape}; the two files do not belong "
+                      "together.")
+    if images.shape[0] == 0:
+      raise UserError(f"{where} has no examples.")
+    if self.num_classes < 1 or len(self.class_names) != self.num_classes:
+      raise UserError(f"{where} declares num_classes={self.num_classes} but "
+                      f"{len(self.class_names)} class names.")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= self.num_classes:
+      raise UserError(f"{where} has labels in [{low}, {high}], outside "
+                      f"[0, {self.num_classes}); the label file is corrupt or "
+                      "belongs to another dataset.")
+
+  def __len__(self) -> int:
+    return self.images.shape[0]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+
+def _describe(x) -> str:
+  if isinstance(x, np.ndarray):
+    return f"a {x.dtype} array of shape {x.shape}"
+  return type(x).__name__

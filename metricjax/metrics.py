@@ -1,0 +1,160 @@
+"""Evaluation metrics, returned as plain dicts of Python floats.
+
+Retrieval metrics follow "A Metric Learning Reality Check" (Musgrave et al.,
+ECCV 2020) and agree with pytorch-metric-learning's AccuracyCalculator:
+
+- R, for a query, is the number of references sharing its label (the query
+  itself not counted when the query set is the reference set).
+- precision_at_1: the nearest reference has the query's label.
+- r_precision: correct references among the top R, divided by R.
+- map_at_r: 1/R sum_{i<=R} P(i) [i-th neighbour correct], P(i) the precision
+  of the top i.
+- recall_at_{k}: the query has at least one correct reference in its top k
+  (the "Recall@K" of metric-learning papers, not the IR recall).
+
+"Lone" queries, whose label has no reference (R = 0), are left out of every
+average, as AccuracyCalculator does: they cannot be answered correctly and
+R-precision and MAP@R are undefined for them. If every query is lone the
+metrics are NaN.
+
+Ranking is by cosine similarity (both sides normalised); among equal
+similarities the lower reference index ranks first (jax.lax.top_k is
+stable), so results are deterministic.
+"""
+
+import functools
+import logging
+import math
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from metricjax.ops import similarity
+
+# Similarity rows kept in memory at once: 2**24 float32 is 64 MiB.
+_CHUNK_ELEMENTS = 2**24
+# Fewer chunks than this finish quickly and get no progress bar.
+_PROGRESS_MIN_CHUNKS = 5
+
+
+@functools.partial(jax.jit, static_argnames=("k", "ks", "exclude_self"))
+def _chunk_metrics(query, query_labels, r, start, reference, reference_labels,
+                   *, k, ks, exclude_self):
+  """Per-query hits for one chunk of normalised queries against all refs."""
+  sim = jnp.matmul(query, reference.T, precision=jax.lax.Precision.HIGHEST)
+  if exclude_self:
+    rows = start + jnp.arange(query.shape[0])
+    is_self = rows[:, None] == jnp.arange(reference.shape[0])[None, :]
+    sim = jnp.where(is_self, -jnp.inf, sim)
+  _, idx = jax.lax.top_k(sim, k)
+  correct = reference_labels[idx] == query_labels[:, None]
+  rank = jnp.arange(1, k + 1)
+  hits = correct & (rank[None, :] <= r[:, None])
+  safe_r = jnp.maximum(r, 1).astype(jnp.float32)  # lone rows dropped later
+  precision_at_i = jnp.cumsum(hits, axis=1) / rank
+  out = {
+      "precision_at_1": correct[:, 0],
+      "r_precision": jnp.sum(hits, axis=1) / safe_r,
+      "map_at_r": jnp.sum(jnp.where(hits, precision_at_i, 0.0), 1) / safe_r,
+  }
+  for kk in ks:
+    out[f"recall_at_{kk}"] = jnp.any(correct[:, :min(kk, k)], axis=1)
+  return out
+
+
+def retrieval_metrics(query, query_labels, reference=None,
+                      reference_labels=None, *, ks: Sequence[int] = (1, 5, 10),
+                      chunk_size: int | None = None) -> dict[str, float]:
+  """Precision@1, R-precision, MAP@R and Recall@k of cosine retrieval.
+
+  Args:
+    query: (Q, D) embeddings.
+    query_labels: (Q,) integer labels.
+    reference: (M, D) embeddings; None retrieves among the queries
+      themselves, each query excluded from its own results.
+    reference_labels: (M,) integer labels, given with reference.
+    ks: the k of each recall_at_{k}.
+    chunk_size: queries per similarity block; default keeps a block near
+      64 MiB. Every block has this shape (the last is padded), so it
+      compiles once.
+
+  Returns:
+    {"precision_at_1", "r_precision", "map_at_r", "recall_at_{k}"...} as
+    floats, averaged over the queries that are not lone (module docstring).
+  """
+  query = np.asarray(query, np.float32)
+  same_source = reference is None
+  if same_source:
+    if reference_labels is not None:
+      raise ValueError("reference_labels given without reference")
+    reference, reference_labels = query, query_labels
+  elif reference_labels is None:
+    raise ValueError("reference given without reference_labels")
+  reference = np.asarray(reference, np.float32)
+  query_labels = np.asarray(query_labels).reshape(-1)
+  reference_labels = np.asarray(reference_labels).reshape(-1)
+  if len(query) != len(query_labels) or len(reference) != len(reference_labels):
+    raise ValueError("embeddings and labels must have the same length")
+  ks = tuple(int(k) for k in ks)
+  if any(k < 1 for k in ks):
+    raise ValueError(f"ks must be positive, got {ks}")
+
+  # Dense int32 ids: arbitrary (int64, sparse) labels compare the same way.
+  _, ids = np.unique(np.concatenate([query_labels, reference_labels]),
+                     return_inverse=True)
+  query_ids = ids[:len(query_labels)].astype(np.int32)
+  reference_ids = ids[len(query_labels):].astype(np.int32)
+  counts = np.bincount(reference_ids, minlength=ids.max(initial=0) + 1)
+  r = counts[query_ids] - int(same_source)
+  not_lone = r > 0
+
+  num_refs = len(reference) - int(same_source)
+  k = min(max(int(r.max(initial=0)), max(ks)), num_refs)
+  names = ["precision_at_1", "r_precision", "map_at_r"]
+  names += [f"recall_at_{kk}" for kk in ks]
+  if not not_lone.any():
+    logging.warning("retrieval_metrics: no query label is in the reference "
+                    "set; every metric is NaN.")
+    return {name: math.nan for name in names}
+
+  num_queries = len(query)
+  if chunk_size is None:
+    chunk_size = max(1, _CHUNK_ELEMENTS // len(reference))
+  chunk_size = min(int(chunk_size), num_queries)
+  num_chunks = -(-num_queries // chunk_size)
+  pad = num_chunks * chunk_size - num_queries
+
+  reference_n = similarity.l2_normalize(jnp.asarray(reference))
+  query_n = reference_n if same_source else similarity.l2_normalize(
+      jnp.asarray(query))
+  query_n = jnp.pad(query_n, ((0, pad), (0, 0)))
+  query_ids = np.pad(query_ids, (0, pad))
+  r_padded = np.pad(r, (0, pad)).astype(np.int32)
+  reference_ids = jnp.asarray(reference_ids)
+
+  parts = {name: [] for name in names}
+  bar = tqdm.tqdm(range(num_chunks), desc="retrieval", unit="chunk",
+                  file=sys.stderr, leave=False,
+                  disable=num_chunks < _PROGRESS_MIN_CHUNKS)
+  for c in bar:
+    s = slice(c * chunk_size, (c + 1) * chunk_size)
+    out = _chunk_metrics(query_n[s], query_ids[s], r_padded[s], c * chunk_size,
+                         reference_n, reference_ids, k=k, ks=ks,
+                         exclude_self=same_source)
+    for name in names:
+      parts[name].append(np.asarray(out[name]))
+  return {
+      name: float(np.mean(np.concatenate(parts[name])[:num_queries][not_lone],
+                          dtype=np.float64))
+      for name in names
+  }
+
+
+def accuracy(logits, labels) -> float:
+  """Share of rows whose arg-max logit is the label."""
+  logits, labels = np.asarray(logits), np.asarray(labels)
+  return float(np.mean(np.argmax(logits, axis=-1) == labels))

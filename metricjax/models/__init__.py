@@ -1,0 +1,76 @@
+"""Flax Linen models and the registry that builds them from a config."""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metricjax.errors import UserError
+from metricjax.models.compact import CompactNet
+from metricjax.models.involution import Involution
+
+MODELS: dict[str, type[nn.Module]] = {
+    "compact": CompactNet,
+}
+
+
+def _module_fields(cls: type[nn.Module]) -> list[str]:
+  # Linen's own `parent` and `name` are not model settings; `name` in a
+  # model config picks the registry entry instead.
+  return [f.name for f in dataclasses.fields(cls)
+          if f.init and f.name not in ("parent", "name")]
+
+
+def create_model(model_config: Mapping[str, Any], *,
+                 num_classes: int | None = None) -> nn.Module:
+  """Builds MODELS[model_config.name] with the config's other fields.
+
+  model_config is an ml_collections ConfigDict or a dict; num_classes (from
+  the dataset) adds a classification head.
+  """
+  if hasattr(model_config, "to_dict"):
+    model_config = model_config.to_dict()
+  kwargs = dict(model_config)
+  name = kwargs.pop("name", None)
+  if name not in MODELS:
+    raise UserError(f"Unknown model {name!r} (config.model.name). Known "
+                    f"models: {', '.join(sorted(MODELS))}.")
+  cls = MODELS[name]
+  valid = _module_fields(cls)
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise UserError(f"Unknown field(s) {', '.join(unknown)} in config.model "
+                    f"for model {name!r}. Valid fields: {', '.join(valid)}.")
+  if num_classes is not None:
+    if kwargs.get("num_classes", num_classes) != num_classes:
+      raise UserError(
+          f"config.model.num_classes={kwargs['num_classes']} disagrees with "
+          f"the dataset's {num_classes} classes; drop it from the config.")
+    kwargs["num_classes"] = num_classes
+  # Configs hold lists and dtype names; modules want hashable tuples and
+  # dtypes.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in kwargs.items()}
+  if isinstance(kwargs.get("dtype"), str):
+    try:
+      kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+    except TypeError:
+      raise UserError(f"Unknown dtype {kwargs['dtype']!r} in config.model; "
+                      "use float32 or bfloat16.") from None
+  return cls(**kwargs)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree."""
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def param_bytes(params: Any) -> int:
+  """Bytes taken by a parameter pytree at its own dtypes."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+__all__ = ["MODELS", "CompactNet", "Involution", "count_params",
+           "create_model", "param_bytes"]
