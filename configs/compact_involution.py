@@ -11,13 +11,16 @@ is ours and says so below.
       --workdir=/tmp/cifar_ce --config.total_steps=4000
 """
 
+import ml_collections
+
 from metricjax.config_utils import parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, dataset="fashion_mnist", loss="ms", variant="hybrid1",
                   activation="gelu")
-  config = arg  # The argument stays visible in the saved config.
+  config = ml_collections.ConfigDict()
+  config.dataset = arg.dataset
   config.train_split = "train"
   config.eval_split = "test"
 

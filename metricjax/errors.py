@@ -24,3 +24,18 @@ def exit_on_user_error(main):
       print(f"\nError: {e}\n", file=sys.stderr)
       sys.exit(2)
   return wrapped
+
+
+def parse_flags_or_exit(argv):
+  """absl flags parser for app.run: a bad flag or --config.X override (which
+  ml_collections reports with a traceback) becomes one paragraph and exit 2."""
+  from absl import flags  # Only the CLIs need absl.
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # KeyError, flags.Error, UserError from get_config...
+    message = e
+    if isinstance(e, KeyError):  # ml_collections: unknown --config.FIELD.
+      message = f"no such config field {str(e.args[0]).strip(chr(34))}"
+    print(f"\nError in the command line: {message}\nSee --helpfull for the flags.\n",
+          file=sys.stderr)
+    sys.exit(2)

@@ -25,7 +25,7 @@ from metricjax import metrics as metrics_lib
 from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
-from metricjax.errors import UserError, exit_on_user_error
+from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
 
 FLAGS = flags.FLAGS
 
@@ -131,4 +131,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

@@ -28,7 +28,7 @@ from metricjax import data as data_lib
 from metricjax import losses
 from metricjax import parallel
 from metricjax import state as state_lib
-from metricjax.errors import UserError, exit_on_user_error
+from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
 
 FLAGS = flags.FLAGS
 
@@ -98,7 +98,7 @@ def make_train_step(config, model, loss: losses.Loss, tx, mesh, num_classes):
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats, opt_state=opt_state)
-    return new_state, {"loss": value, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 
@@ -205,4 +205,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

@@ -71,10 +71,12 @@ def test_cross_entropy_reports_accuracy(tiny_idx_dir, tmp_path):
 
 
 def _params(workdir):
+  import orbax.checkpoint as ocp
   from metricjax import checkpoint
   mngr = checkpoint.manager(workdir, create=False)
   step = mngr.latest_step()
-  restored = mngr.restore(step)["state"]
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
   mngr.close()
   return step, restored["params"]
 
@@ -105,14 +107,18 @@ def test_resume_refuses_a_different_model(tiny_idx_dir, tmp_path):
     train_lib.train(config, str(tmp_path))
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(samples_per_class=5), "samples_per_class"),
-    (dict(batch_size=12), "batch_size"),
-    (dict(loss=dict(name="nope", kwargs={})), "Unknown loss"),
+@pytest.mark.parametrize("field, value, match", [
+    ("samples_per_class", 5, "samples_per_class"),
+    ("batch_size", 12, "batch_size"),
+    ("loss.name", "nope", "Unknown loss"),
+    ("sampler", "nope", "sampler"),
 ])
-def test_bad_config_is_a_user_error(tiny_idx_dir, tmp_path, overrides, match):
+def test_bad_config_is_a_user_error(tiny_idx_dir, tmp_path, field, value, match):
+  config = tiny_config(tiny_idx_dir)
+  parent, _, leaf = field.rpartition(".")
+  setattr(config[parent] if parent else config, leaf, value)
   with pytest.raises(UserError, match=match):
-    train_lib.train(tiny_config(tiny_idx_dir, **overrides), str(tmp_path))
+    train_lib.train(config, str(tmp_path))
 
 
 def test_evaluate_on_empty_or_foreign_dir(tmp_path):

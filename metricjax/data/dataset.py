@@ -37,10 +37,11 @@ class ArrayDataset:
                       f"{_describe(images)}.")
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
       raise UserError(f"The images of {where} have shape {images.shape}; "
-                      "expected (N, H, W, C) with C = 1 (grayscale) or 3 (RGB).")
+                      "expected (N, H, W, C) with C = 1 (grayscale) or 3 "
+                      "(RGB).")
     if not isinstance(labels, np.ndarray) or labels.dtype != np.int32:
-      raise UserError(f"The labels of {where} must be an int32 numpy array, got "
-                      f"{_describe(labels)}.")
+      raise UserError(f"The labels of {where} must be an int32 numpy array, "
+                      f"got {_describe(labels)}.")
     if labels.shape != images.shape[:1]:
       raise UserError(f"{where} has {images.shape[0]} images but labels of "
                       f"shape {labels.shape}; the two files do not belong "

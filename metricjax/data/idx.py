@@ -1,4 +1,8 @@
-"""IDX files, the format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/)."""
+"""IDX files: the format of MNIST and Fashion-MNIST.
+
+Layout (http://yann.lecun.com/exdb/mnist/): two zero bytes, a type byte, the
+number of dimensions, each dimension as a big-endian uint32, then the data.
+"""
 
 import gzip
 import os

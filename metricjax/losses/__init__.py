@@ -10,7 +10,11 @@ from typing import Callable, NamedTuple
 
 from metricjax.errors import UserError
 from metricjax.losses.classification import softmax_cross_entropy
+from metricjax.losses.contrastive import contrastive_loss
+from metricjax.losses.contrastive import ntxent_loss
 from metricjax.losses.multi_similarity import multi_similarity_loss
+from metricjax.losses.shadow import shadow_margin_loss
+from metricjax.losses.triplet import triplet_margin_loss
 
 
 class Loss(NamedTuple):
@@ -21,6 +25,10 @@ class Loss(NamedTuple):
 REGISTRY: dict[str, Loss] = {
     "ce": Loss(softmax_cross_entropy, "logits"),
     "ms": Loss(multi_similarity_loss, "embedding"),
+    "triplet": Loss(triplet_margin_loss, "embedding"),
+    "shadow": Loss(shadow_margin_loss, "embedding"),
+    "contrastive": Loss(contrastive_loss, "embedding"),
+    "ntxent": Loss(ntxent_loss, "embedding"),
 }
 
 

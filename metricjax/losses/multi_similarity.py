@@ -65,8 +65,9 @@ def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, *,
     A float scalar.
   """
   if mask is not None:
-    # A zero padded row would make the norm's gradient NaN; any non-zero row
-    # does, and where() keeps the padded rows' gradients at exactly 0.
+    # Padding may hold anything (NaN, a row whose norm overflows): that would
+    # put NaN in the gradients through 0 * inf. A constant row cannot, and
+    # where() keeps the padded rows' gradients at exactly 0.
     embeddings = jnp.where(mask[:, None], embeddings, 1.0)
   sim = similarity.cosine_similarity(embeddings)
   pos, neg = similarity.label_masks(labels, mask=mask)

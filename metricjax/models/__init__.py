@@ -44,10 +44,11 @@ def create_model(model_config: Mapping[str, Any], *,
     raise UserError(f"Unknown field(s) {', '.join(unknown)} in config.model "
                     f"for model {name!r}. Valid fields: {', '.join(valid)}.")
   if num_classes is not None:
-    if kwargs.get("num_classes", num_classes) != num_classes:
+    configured = kwargs.get("num_classes")
+    if configured is not None and configured != num_classes:
       raise UserError(
-          f"config.model.num_classes={kwargs['num_classes']} disagrees with "
-          f"the dataset's {num_classes} classes; drop it from the config.")
+          f"config.model.num_classes={configured} disagrees with the "
+          f"dataset's {num_classes} classes; drop it from the config.")
     kwargs["num_classes"] = num_classes
   # Configs hold lists and dtype names; modules want hashable tuples and
   # dtypes.

@@ -55,6 +55,9 @@ def involution(x: jax.Array, kernel: jax.Array, *, kernel_size: int,
   pad = (kernel_size - 1) // 2
   x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   x_pad = x_pad.reshape(*x_pad.shape[:3], groups, c // groups)
+  # One split rather than K*K indexing ops: its transpose is a single
+  # concatenate, not K*K pad-and-adds of kernel-sized gradients.
+  taps = jnp.split(kernel, kernel_size * kernel_size, axis=3)
   out = jnp.zeros((b, ho, wo, groups, c // groups), acc_dtype)
   for dy in range(kernel_size):
     for dx in range(kernel_size):
@@ -63,7 +66,8 @@ def involution(x: jax.Array, kernel: jax.Array, *, kernel_size: int,
           (b, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1,
            groups, c // groups),
           (1, stride, stride, 1, 1))
-      tap = kernel[:, :, :, dy * kernel_size + dx, :, None]
+      # (B, Ho, Wo, 1, G) -> (B, Ho, Wo, G, 1): one weight per group.
+      tap = jnp.swapaxes(taps[dy * kernel_size + dx], 3, 4)
       out += window.astype(acc_dtype) * tap.astype(acc_dtype)
   return out.reshape(b, ho, wo, c).astype(dtype)
 

@@ -6,8 +6,10 @@ import jax.numpy as jnp
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   """x / max(||x||, eps), the same guard as torch.nn.functional.normalize."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  # Clamping before the sqrt gives the same values and keeps the gradient at
+  # x = 0 (zero padding rows) finite: sqrt'(0) = inf would make it NaN.
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(sq, eps * eps))
 
 
 def cosine_similarity(x: jax.Array, y: jax.Array | None = None) -> jax.Array:

@@ -1,0 +1,274 @@
+"""`split/class/image` trees, as a directory or a zip, decoded once and cached.
+
+Labels follow the sorted class folder names of the split (the order TFDS
+uses for CIFAR-10), as torchvision's ImageFolder does per root. Decoding tens
+of thousands of JPEGs takes seconds, so the decoded arrays are cached as .npz
+under $METRICJAX_CACHE_DIR (default ~/.cache/metricjax).
+"""
+
+import hashlib
+import io
+import os
+import re
+import sys
+import tempfile
+import zipfile
+
+from absl import logging
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from metricjax.data.dataset import ArrayDataset
+from metricjax.errors import UserError
+
+CACHE_DIR_ENV = "METRICJAX_CACHE_DIR"
+# Bump when the decoding or the cache layout changes: old entries then miss.
+_CACHE_VERSION = 1
+_IMAGE_EXTENSIONS = frozenset(
+    (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+     ".ppm", ".pgm", ".pbm"))
+_GRAY_MODES = frozenset(("1", "L", "LA"))
+_HIGH_DEPTH_MODES = frozenset(("I", "I;16", "I;16B", "I;16L", "I;16N", "F"))
+
+
+class SplitNotFoundError(UserError):
+  """The folder or zip exists but has no images for the requested split."""
+
+
+def cache_dir() -> str:
+  return os.environ.get(CACHE_DIR_ENV) or os.path.join(
+      os.path.expanduser("~"), ".cache", "metricjax")
+
+
+def load_image_folder(path: str | os.PathLike, split: str, *,
+                      name: str | None = None) -> ArrayDataset:
+  """Loads `split` of a directory or zip laid out as `split/class/image`.
+
+  Args:
+    path: a directory, or a zip (one extra top-level folder is allowed).
+    split: the top-level folder to read, e.g. "train".
+    name: canonical dataset name; defaults to the file or folder name.
+
+  Returns:
+    An ArrayDataset; images keep one channel when every image is grayscale.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.exists(path):
+    raise UserError(f"Image folder {path} does not exist. Pass a directory or "
+                    "zip of split/class/image files.")
+  is_zip = os.path.isfile(path)
+  if is_zip and not zipfile.is_zipfile(path):
+    raise UserError(f"{path} is a file but not a zip archive. Pass a directory "
+                    "or zip of split/class/image files.")
+  name = name or re.sub(r"\.zip$", "", os.path.basename(path.rstrip(os.sep)))
+  kind = "zip" if is_zip else "image folder"
+  source = f"{kind} {path}"
+
+  if is_zip:
+    st = os.stat(path)
+    # Opening the zip is skipped on a hit: its stat identifies the content.
+    key = _cache_key(path, split, [("", st.st_size, st.st_mtime_ns)])
+    cached = _load_cache(key, name, split)
+    if cached is not None:
+      return ArrayDataset(*cached, name=name, split=split, source=source)
+    with zipfile.ZipFile(path) as zf:
+      members, class_names = _list_zip(zf, path, split)
+      arrays = _decode_all(members, class_names, zf.read, f"{name}/{split}",
+                           path)
+  else:
+    members, class_names = _list_dir(path, split)
+    stats = [(m, *_stat(os.path.join(path, m))) for _, m in members]
+    key = _cache_key(path, split, stats)
+    cached = _load_cache(key, name, split)
+    if cached is not None:
+      return ArrayDataset(*cached, name=name, split=split, source=source)
+    arrays = _decode_all(members, class_names,
+                         lambda m: _read_file(os.path.join(path, m)),
+                         f"{name}/{split}", path)
+  _save_cache(key, name, split, *arrays)
+  return ArrayDataset(*arrays, name=name, split=split, source=source)
+
+
+def _stat(path):
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
+
+
+def _read_file(path):
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _is_image(member: str) -> bool:
+  parts = member.split("/")
+  # Hidden files and macOS zip metadata (__MACOSX/, ._x.jpg) are not images.
+  if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+    return False
+  return os.path.splitext(member)[1].lower() in _IMAGE_EXTENSIONS
+
+
+def _group(images_by_member, path, split, found_splits):
+  """[(class, member)] -> sorted [(label, member)] and the class names."""
+  if not images_by_member:
+    found = ", ".join(sorted(found_splits)) or "none"
+    raise SplitNotFoundError(
+        f"{path} has no images under {split}/<class>/ (splits found: "
+        f"{found}). The layout must be split/class/image, e.g. "
+        f"{split}/cat/0001.jpg.")
+  class_names = tuple(sorted({c for c, _ in images_by_member}))
+  label_of = {c: i for i, c in enumerate(class_names)}
+  members = sorted((label_of[c], m) for c, m in images_by_member)
+  return members, class_names
+
+
+def _list_dir(root, split):
+  found_splits = {d for d in os.listdir(root) if not d.startswith(".")
+                  and os.path.isdir(os.path.join(root, d))}
+  items = []
+  split_dir = os.path.join(root, split)
+  if os.path.isdir(split_dir):
+    for dirpath, dirnames, filenames in os.walk(split_dir):
+      dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+      rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+      for f in filenames:
+        member = f"{rel}/{f}"
+        parts = member.split("/")
+        if len(parts) >= 3 and _is_image(member):
+          items.append((parts[1], member))
+  return _group(items, root, split, found_splits)
+
+
+def _list_zip(zf, path, split):
+  names = [n for n in zf.namelist() if not n.endswith("/") and _is_image(n)]
+  prefix = ""
+  tops = {n.split("/", 1)[0] for n in names}
+  # Zipping a folder usually adds the folder itself: cifar10/train/cat/x.jpg.
+  if (split not in tops and len(tops) == 1
+      and all(n.count("/") >= 3 for n in names)):
+    prefix = tops.pop() + "/"
+  found_splits = set()
+  items = []
+  for n in names:
+    if not n.startswith(prefix):
+      continue
+    parts = n[len(prefix):].split("/")
+    if len(parts) < 3:
+      continue
+    found_splits.add(parts[0])
+    if parts[0] == split:
+      items.append((parts[1], n))
+  return _group(items, path, split, found_splits)
+
+
+def _decode_all(members, class_names, read, desc, path):
+  """Decodes [(label, member)] with `read(member) -> bytes` into arrays."""
+  images = None
+  labels = np.empty(len(members), np.int32)
+  first = None
+  for i, (label, member) in enumerate(
+      tqdm(members, desc=f"decoding {desc}", unit="img", file=sys.stderr,
+           mininterval=0.5, dynamic_ncols=True)):
+    image = _decode(read(member), f"{path}:{member}")
+    if images is None:
+      first = member
+      images = np.empty((len(members),) + image.shape, np.uint8)
+    if image.shape[:2] != images.shape[1:3]:
+      raise UserError(
+          f"{path}: {member} is {image.shape[1]}x{image.shape[0]} pixels but "
+          f"{first} is {images.shape[2]}x{images.shape[1]}; every image of a "
+          "split must have the same size. Resize the images first.")
+    if image.shape[2] != images.shape[3]:
+      # Mixed grayscale and colour: promote all to RGB rather than refuse.
+      if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+      else:
+        images = np.repeat(images, 3, axis=3)
+    images[i] = image
+    labels[i] = label
+  return images, labels, len(class_names), class_names
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+  """Image bytes -> uint8 (H, W, 1) for grayscale or (H, W, 3)."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      if im.mode in _HIGH_DEPTH_MODES:
+        raise UserError(
+            f"{where} has pixel mode {im.mode!r} (16-bit or float); only 8-bit "
+            "grayscale and colour images are supported. Convert it to 8-bit.")
+      gray = im.mode in _GRAY_MODES or (
+          im.mode == "P" and _palette_is_gray(im))
+      target = "L" if gray else "RGB"
+      array = np.asarray(im if im.mode == target else im.convert(target))
+  except UserError:
+    raise
+  except Exception as e:  # PIL raises many types for corrupt data.
+    raise UserError(f"Cannot decode image {where}: {e}. Replace or delete the "
+                    "file.") from None
+  return array[..., None] if gray else array
+
+
+def _palette_is_gray(im) -> bool:
+  rgb = np.asarray(im.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
+  return bool(rgb.size) and bool(np.all(rgb == rgb[:, :1]))
+
+
+def _cache_key(path, split, stats) -> str:
+  text = repr((_CACHE_VERSION, path, split, stats))
+  return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _cache_path(key, name, split):
+  safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{split}")
+  return os.path.join(cache_dir(), f"{safe}-{key}.npz")
+
+
+def _load_cache(key, name, split):
+  path = _cache_path(key, name, split)
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      images, labels = z["images"], z["labels"]
+      class_names = tuple(str(c) for c in z["class_names"])
+      ok = (images.dtype == np.uint8 and images.ndim == 4
+            and labels.dtype == np.int32 and labels.shape == images.shape[:1]
+            and labels.size > 0 and 0 <= labels.min()
+            and labels.max() < len(class_names))
+  except Exception as e:  # A killed writer cannot cause this; a bad disk can.
+    logging.warning("Ignoring unreadable cache %s (%s); decoding again.",
+                    path, e)
+    return None
+  if not ok:
+    logging.warning("Ignoring malformed cache %s; decoding again.", path)
+    return None
+  logging.info("Loaded %s/%s from cache %s", name, split, path)
+  return images, labels, len(class_names), class_names
+
+
+def _save_cache(key, name, split, images, labels, num_classes, class_names):
+  del num_classes  # Implied by class_names.
+  path = _cache_path(key, name, split)
+  tmp = None
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Same directory as the target, so os.replace is an atomic rename.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp",
+                               prefix=f".{os.path.basename(path)}.")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, images=images, labels=labels,
+               class_names=np.asarray(class_names, dtype=str))
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared.
+    os.replace(tmp, path)
+    tmp = None
+  except OSError as e:
+    # A read-only home must not stop training; it only costs a re-decode.
+    logging.warning("Could not write cache %s (%s); set %s to a writable "
+                    "directory to avoid decoding again.", path, e,
+                    CACHE_DIR_ENV)
+  finally:
+    if tmp is not None and os.path.exists(tmp):
+      os.remove(tmp)
