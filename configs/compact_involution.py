@@ -54,4 +54,6 @@ def get_config(arg=None):
   config.keep_checkpoints = 3
 
   config.eval = dict(batch_size=1000, ks=(1, 5, 10))
+  config.eval_every = 0  # Validation during training (0: off) on the first
+  config.val_size = 2000  # val_size images of the eval split.
   return config

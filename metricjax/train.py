@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from metricjax import checkpoint
 from metricjax import data as data_lib
+from metricjax import evaluate as evaluate_lib
 from metricjax import losses
+from metricjax import metrics as metrics_lib
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
@@ -103,6 +105,40 @@ def make_train_step(config, model, loss: losses.Loss, tx, mesh, num_classes):
   return train_step
 
 
+def step_memory(compiled) -> dict:
+  """Memory of one training step: XLA's compile-time analysis (any backend)
+  and, where the runtime reports it (GPU, TPU), the device's peak so far."""
+  out = {}
+  analysis = compiled.memory_analysis()
+  if analysis is not None:
+    out["step_temp_bytes"] = int(analysis.temp_size_in_bytes)
+    out["step_total_bytes"] = int(
+        analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  return out
+
+
+def make_validation(config, model, mesh):
+  """Retrieval metrics of the first config.val_size eval-split images, every
+  config.eval_every steps (0: never). For learning curves and steps-to-target,
+  not for the reported test figures."""
+  if not config.get("eval_every"):
+    return None
+  ds = data_lib.load_dataset(config.dataset, config.eval_split)
+  images, labels = ds.images[:config.val_size], ds.labels[:config.val_size]
+
+  def validate(state):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    outputs = evaluate_lib.embed(model, variables, images, mesh=mesh,
+                                 batch_size=config.eval.batch_size, desc="validate")
+    return metrics_lib.retrieval_metrics(outputs["embedding"], labels,
+                                         ks=tuple(config.eval.ks))
+  return validate
+
+
 class MetricsLog:
   """DIR/metrics.jsonl; on resume, rows past the restored step are dropped so
   a run killed between a log and a checkpoint does not log steps twice."""
@@ -164,7 +200,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   data = parallel.replicate(DeviceData(
       images=ds.images, labels=ds.labels,
       class_index=data_lib.ClassIndex.from_labels(ds.labels, ds.num_classes)), mesh)
-  step_fn = jax.jit(train_step, donate_argnums=(0,), out_shardings=(replicated, replicated))
+  # Compiled ahead of time so its memory analysis can be logged.
+  step_fn = jax.jit(train_step, donate_argnums=(0,), out_shardings=(replicated, replicated)
+                    ).lower(state, data).compile()
+  memory = step_memory(step_fn)
+  validate = make_validation(config, model, mesh)
   schedule = state_lib.learning_rate_schedule(config)
   log = MetricsLog(workdir, start_step)
 
@@ -180,7 +220,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       rate = (step - last_step) / (now - last_time)
       last_time, last_step = now, step
       row = dict(step=step, **metrics, learning_rate=float(schedule(step - 1)),
-                 steps_per_sec=rate, examples_per_sec=rate * config.batch_size)
+                 steps_per_sec=rate, examples_per_sec=rate * config.batch_size,
+                 epoch=step * config.batch_size / len(ds), **memory)
+      if validate and (step % config.eval_every == 0 or step == config.total_steps):
+        row.update({f"val_{k}": v for k, v in validate(state).items()})
+        last_time = time.perf_counter()  # Validation is not training time.
       log.write(row)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}")
       if not jnp.isfinite(metrics["loss"]):

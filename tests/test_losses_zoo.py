@@ -24,7 +24,8 @@ def _pml():
   torch = pytest.importorskip("torch")
   pml = pytest.importorskip("pytorch_metric_learning")
   del pml
-  from pytorch_metric_learning import distances, losses, miners  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from pytorch_metric_learning import distances, losses, miners
   return torch, distances, losses, miners
 
 
@@ -228,7 +229,8 @@ def test_xbm_padding_mask():
     mask[4:4 + pad] = False
     (value_p, state_p), grad_p = step(xp, lp, state_p, mask)
     np.testing.assert_allclose(value_p, value, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(np.asarray(grad_p)[mask], grad, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(grad_p)[mask], grad, rtol=1e-5,
+                               atol=1e-7)
     assert np.all(np.asarray(grad_p)[~mask] == 0.0)
   assert int(state_p.ptr) == int(state.ptr) == 36 % memory_size
   np.testing.assert_array_equal(state_p.valid, state.valid)

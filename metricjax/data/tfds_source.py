@@ -1,6 +1,7 @@
 """TFDS splits through `tfds.data_source` (random access, no TensorFlow)."""
 
 import os
+import socket
 import sys
 
 import numpy as np
@@ -24,6 +25,21 @@ def default_tfds_dir() -> str:
       os.path.expanduser("~"), "tensorflow_datasets")
 
 
+def _prepared(tfds, name: str, data_dir: str | None) -> bool:
+  try:
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception:  # Unknown name etc.: let data_source report it.
+    return False
+
+
+def _offline(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return False
+  except OSError:
+    return True
+
+
 def load_tfds(name: str, split: str, *, data_dir: str | None = None,
               download: bool = False) -> ArrayDataset:
   """Loads a TFDS split with an 'image' and a 'label' feature into memory.
@@ -44,6 +60,8 @@ def load_tfds(name: str, split: str, *, data_dir: str | None = None,
         f"TFDS is not usable ({e}); install tensorflow-datasets to load "
         f"{name!r} from TFDS, or use offline data (set METRICJAX_DATA_DIR).",
         f"tensorflow_datasets cannot be imported: {e}") from e
+  # Offline, TFDS retries each download for minutes before failing.
+  download = download and not (_prepared(tfds, name, data_dir) or _offline())
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir,
                               download=download)

@@ -65,7 +65,7 @@ def pair_matrix(x: jax.Array, y: jax.Array, *, distance: str,
 
 
 def avg_nonzero(losses: jax.Array, valid: jax.Array) -> jax.Array:
-  """Mean of the valid losses that are > 0; 0 if none (PML AvgNonZeroReducer)."""
+  """Mean of the valid losses > 0, else 0 (PML's AvgNonZeroReducer)."""
   keep = valid & (losses > 0)
   total = jnp.sum(jnp.where(keep, losses, 0.0))
   return total / jnp.maximum(jnp.sum(keep), 1).astype(total.dtype)
