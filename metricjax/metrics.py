@@ -158,3 +158,119 @@ def accuracy(logits, labels) -> float:
   """Share of rows whose arg-max logit is the label."""
   logits, labels = np.asarray(logits), np.asarray(labels)
   return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+# --- Cross-modal (image <-> caption) retrieval -------------------------------
+#
+# VSE++ evaluation semantics (fartashf/vsepp evaluation.py, i2t and t2i):
+# caption j describes image j // captions_per_image; scores are dot products
+# of the embeddings as given (the models L2-normalise them). Image
+# annotation (i2t) ranks all captions for each image and takes the best rank
+# of its own captions; image retrieval (t2i) ranks all images for each
+# caption and takes the rank of its image. R@k is the percentage of queries
+# ranked below k (0-based), medr = floor(median(0-based rank)) + 1.
+# Ties count against the query (a negative scoring exactly as high as the
+# true item is ranked before it), so a collapsed model, all scores equal,
+# scores R@k ~ 0 rather than 100; without ties this is VSE++'s argsort.
+
+_CROSSMODAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1",
+                    "t2i_r5", "t2i_r10", "t2i_medr", "rsum")
+
+
+@functools.partial(jax.jit, static_argnames=("captions_per_image",))
+def _i2t_ranks(images, captions, first, *, captions_per_image):
+  """0-based rank of the best own caption of each image of the chunk."""
+  sim = jnp.matmul(images, captions.T, precision=jax.lax.Precision.HIGHEST)
+  owner = jnp.arange(captions.shape[0]) // captions_per_image
+  own = owner[None, :] == (first + jnp.arange(images.shape[0]))[:, None]
+  best = jnp.max(jnp.where(own, sim, -jnp.inf), axis=1)
+  return jnp.sum((sim >= best[:, None]) & ~own, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("captions_per_image",))
+def _t2i_ranks(captions, images, first, *, captions_per_image):
+  """0-based rank of the own image of each caption of the chunk."""
+  sim = jnp.matmul(captions, images.T, precision=jax.lax.Precision.HIGHEST)
+  own_image = (first + jnp.arange(captions.shape[0])) // captions_per_image
+  own = jnp.arange(images.shape[0])[None, :] == own_image[:, None]
+  true = jnp.sum(jnp.where(own, sim, 0.0), axis=1)
+  return jnp.sum((sim >= true[:, None]) & ~own, axis=1)
+
+
+def _chunked_ranks(fn, queries, refs, captions_per_image, desc):
+  n = len(queries)
+  chunk = max(1, min(n, _CHUNK_ELEMENTS // max(1, len(refs))))
+  num_chunks = -(-n // chunk)
+  queries = jnp.pad(queries, ((0, num_chunks * chunk - n), (0, 0)))
+  ranks = []
+  for c in tqdm.tqdm(range(num_chunks), desc=desc, unit="chunk",
+                     file=sys.stderr, leave=False,
+                     disable=num_chunks < _PROGRESS_MIN_CHUNKS):
+    ranks.append(np.asarray(fn(queries[c * chunk:(c + 1) * chunk], refs,
+                               c * chunk,
+                               captions_per_image=captions_per_image)))
+  return np.concatenate(ranks)[:n]
+
+
+def _rank_summary(ranks: np.ndarray, prefix: str) -> dict[str, float]:
+  out = {f"{prefix}_r{k}": float(100.0 * np.mean(ranks < k)) for k in (1, 5, 10)}
+  out[f"{prefix}_medr"] = float(np.floor(np.median(ranks)) + 1)
+  return out
+
+
+def crossmodal_metrics(image_emb, caption_emb, *,
+                       captions_per_image: int = 5) -> dict[str, float]:
+  """Image annotation and retrieval recalls, VSE++ semantics (see above).
+
+  Args:
+    image_emb: (N, D), one row per image.
+    caption_emb: (N * captions_per_image, D); caption j belongs to image
+      j // captions_per_image.
+    captions_per_image: captions per image (5 for Flickr and COCO).
+
+  Returns:
+    i2t_r1, i2t_r5, i2t_r10 (percent), i2t_medr (1-based), the same for
+    t2i, and rsum (the six recalls summed). NaN everywhere when an
+    embedding is not finite.
+  """
+  image_emb = np.asarray(image_emb, np.float32)
+  caption_emb = np.asarray(caption_emb, np.float32)
+  if image_emb.ndim != 2 or caption_emb.ndim != 2:
+    raise ValueError("embeddings must be 2-D (rows, dim)")
+  if len(caption_emb) != len(image_emb) * captions_per_image:
+    raise ValueError(
+        f"{len(caption_emb)} captions for {len(image_emb)} images; expected "
+        f"{captions_per_image} per image, caption j of image "
+        f"j // {captions_per_image}")
+  if not (np.isfinite(image_emb).all() and np.isfinite(caption_emb).all()):
+    logging.warning("crossmodal_metrics: non-finite embeddings; every metric "
+                    "is NaN.")
+    return {k: math.nan for k in _CROSSMODAL_KEYS}
+  images, captions = jnp.asarray(image_emb), jnp.asarray(caption_emb)
+  out = _rank_summary(_chunked_ranks(_i2t_ranks, images, captions,
+                                     captions_per_image, "i2t"), "i2t")
+  out.update(_rank_summary(_chunked_ranks(_t2i_ranks, captions, images,
+                                          captions_per_image, "t2i"), "t2i"))
+  out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+  return out
+
+
+def coco_1k_5fold(image_emb, caption_emb, *, captions_per_image: int = 5,
+                  fold_size: int = 1000) -> dict[str, float]:
+  """"COCO 1K": crossmodal_metrics on 5 folds of fold_size images, averaged.
+
+  Fold f holds images [f * fold_size, (f + 1) * fold_size) and their
+  captions. Every key is averaged, medr included (so it may be fractional),
+  as VSE++'s evalrank(fold5=True) does.
+  """
+  image_emb = np.asarray(image_emb)
+  if len(image_emb) != 5 * fold_size:
+    raise ValueError(f"COCO 1K needs 5 x {fold_size} test images, got "
+                     f"{len(image_emb)}")
+  caption_emb = np.asarray(caption_emb)
+  step = fold_size * captions_per_image
+  folds = [crossmodal_metrics(image_emb[f * fold_size:(f + 1) * fold_size],
+                              caption_emb[f * step:(f + 1) * step],
+                              captions_per_image=captions_per_image)
+           for f in range(5)]
+  return {k: float(np.mean([m[k] for m in folds])) for k in _CROSSMODAL_KEYS}

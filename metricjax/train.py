@@ -59,29 +59,42 @@ def dataset_meta(ds: data_lib.ArrayDataset) -> dict:
               image_shape=list(ds.images.shape[1:]))
 
 
+def make_sampler(config, loss: losses.Loss, num_classes: int):
+  """-> sample(rng, data): the step's example indices, drawn on device."""
+  if (loss.input == "triplets") != (config.sampler == "triplets"):
+    raise UserError(
+        f"config.sampler={config.sampler!r} does not fit loss "
+        f"{config.loss.name!r}: explicit-triplet losses (*_explicit) need "
+        "sampler 'triplets', the others 'balanced' or 'uniform'.")
+  if config.sampler == "triplets":
+    # batch_size counts triplets: a step embeds 3 * batch_size images.
+    return lambda rng, data: jnp.concatenate(
+        data_lib.random_triplets(rng, data.class_index, config.batch_size))
+  if config.sampler == "balanced":
+    p, k = data_lib.check_batch_shape(config.batch_size, config.samples_per_class,
+                                      num_classes)
+    return lambda rng, data: data_lib.class_balanced_batch(
+        rng, data.class_index, classes_per_batch=p, samples_per_class=k)
+  if config.sampler == "uniform":
+    return lambda rng, data: data_lib.uniform_batch(
+        rng, data.labels.shape[0], config.batch_size)
+  raise UserError(f"config.sampler={config.sampler!r}: use 'balanced' (P classes "
+                  "x K images), 'uniform', or 'triplets' (explicit triplets).")
+
+
 def make_train_step(config, model, loss: losses.Loss, tx, mesh, num_classes):
   """The jitted-to-be step: sample, augment, forward, backward, update."""
   loss_kwargs = config.loss.kwargs.to_dict()
   if loss.input == "logits" and not config.classification_head:
     raise UserError(f"Loss {config.loss.name!r} needs logits: set "
                     "config.classification_head=True.")
-  if config.sampler == "balanced":
-    classes_per_batch, samples_per_class = data_lib.check_batch_shape(
-        config.batch_size, config.samples_per_class, num_classes)
-  elif config.sampler != "uniform":
-    raise UserError(f"config.sampler={config.sampler!r}: use 'balanced' "
-                    "(P classes x K images) or 'uniform'.")
+  sample = make_sampler(config, loss, num_classes)
   batch_sharding = parallel.batch_sharding(mesh)
   seed_key = jax.random.key(config.seed)
 
   def train_step(state: state_lib.TrainState, data: DeviceData):
     rng_sample, rng_augment = jax.random.split(jax.random.fold_in(seed_key, state.step))
-    if config.sampler == "balanced":
-      idx = data_lib.class_balanced_batch(
-          rng_sample, data.class_index, classes_per_batch=classes_per_batch,
-          samples_per_class=samples_per_class)
-    else:
-      idx = data_lib.uniform_batch(rng_sample, data.labels.shape[0], config.batch_size)
+    idx = sample(rng_sample, data)
     # Sharding the indices makes each device gather only its own rows.
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     images, labels = data.images[idx], data.labels[idx]
@@ -92,7 +105,10 @@ def make_train_step(config, model, loss: losses.Loss, tx, mesh, num_classes):
       outputs, updates = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, images,
           train=True, mutable=["batch_stats"])
-      value = loss.fn(outputs[loss.input], labels, **loss_kwargs)
+      if loss.input == "triplets":
+        value = loss.fn(*jnp.split(outputs["embedding"], 3), **loss_kwargs)
+      else:
+        value = loss.fn(outputs[loss.input], labels, **loss_kwargs)
       return value, updates.get("batch_stats", {})
 
     (value, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -175,6 +191,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   mesh = parallel.create_mesh()
   parallel.check_divisible(config.batch_size, mesh, "config.batch_size")
   ds = data_lib.load_dataset(config.dataset, config.train_split)
+  if config.get("imbalance") and config.imbalance.classes:
+    ds = data_lib.imbalanced(ds, **config.imbalance.to_dict())
   model = state_lib.model_from_config(config, ds.num_classes)
   loss = losses.get_loss(config.loss.name)
   tx = state_lib.create_optimizer(config)
@@ -207,6 +225,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   validate = make_validation(config, model, mesh)
   schedule = state_lib.learning_rate_schedule(config)
   log = MetricsLog(workdir, start_step)
+  images_per_step = config.batch_size * (3 if config.sampler == "triplets" else 1)
 
   bar = tqdm(total=config.total_steps, initial=start_step, desc="train",
              unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -220,8 +239,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       rate = (step - last_step) / (now - last_time)
       last_time, last_step = now, step
       row = dict(step=step, **metrics, learning_rate=float(schedule(step - 1)),
-                 steps_per_sec=rate, examples_per_sec=rate * config.batch_size,
-                 epoch=step * config.batch_size / len(ds), **memory)
+                 steps_per_sec=rate, examples_per_sec=rate * images_per_step,
+                 epoch=step * images_per_step / len(ds), **memory)
       if validate and (step % config.eval_every == 0 or step == config.total_steps):
         row.update({f"val_{k}": v for k, v in validate(state).items()})
         last_time = time.perf_counter()  # Validation is not training time.

@@ -2,9 +2,11 @@
 
 from metricjax.data.augment import random_crop_flip
 from metricjax.data.dataset import ArrayDataset
+from metricjax.data.dataset import imbalanced
 from metricjax.data.idx import read_idx
 from metricjax.data.samplers import check_batch_shape
 from metricjax.data.samplers import class_balanced_batch
 from metricjax.data.samplers import ClassIndex
+from metricjax.data.samplers import random_triplets
 from metricjax.data.samplers import uniform_batch
 from metricjax.data.sources import load_dataset

@@ -65,6 +65,28 @@ class ArrayDataset:
     return tuple(self.images.shape[1:])
 
 
+def imbalanced(ds: ArrayDataset, *, classes, keep_fraction: float,
+               seed: int = 0) -> ArrayDataset:
+  """Keeps a seeded `keep_fraction` of the examples of `classes` (at least
+  2 each, so they still have positives); other classes stay whole."""
+  if not 0.0 < keep_fraction <= 1.0:
+    raise UserError(f"keep_fraction={keep_fraction} (config.imbalance) must be "
+                    "in (0, 1].")
+  bad = [c for c in classes if not 0 <= c < ds.num_classes]
+  if bad:
+    raise UserError(f"config.imbalance.classes has {bad}, not classes of "
+                    f"{ds.name} (0 .. {ds.num_classes - 1}).")
+  rng = np.random.default_rng(seed)
+  keep = np.ones(len(ds), bool)
+  for c in classes:
+    members = np.flatnonzero(ds.labels == c)
+    n = max(2, int(round(keep_fraction * len(members))))
+    keep[rng.permutation(members)[n:]] = False
+  return dataclasses.replace(
+      ds, images=ds.images[keep], labels=ds.labels[keep],
+      source=f"{ds.source}, classes {list(classes)} cut to {keep_fraction:g}")
+
+
 def _describe(x) -> str:
   if isinstance(x, np.ndarray):
     return f"a {x.dtype} array of shape {x.shape}"

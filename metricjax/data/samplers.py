@@ -111,6 +111,30 @@ def uniform_batch(rng: jax.Array, num_examples: int,
   return idx.astype(jnp.int32)
 
 
+def random_triplets(rng: jax.Array, index: ClassIndex,
+                    num_triplets: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(anchor, positive, negative) index arrays of explicit random triplets.
+
+  The anchor is uniform over the examples of classes with >= 2 members, the
+  positive another member of its class, the negative uniform over the
+  examples of every other class. jit-able with num_triplets static.
+  """
+  rng_class, rng_i, rng_u, rng_neg_class, rng_neg = jax.random.split(rng, 5)
+  counts = index.counts.astype(jnp.float32)
+  c = jax.random.choice(rng_class, counts.shape[0], (num_triplets,),
+                        p=jnp.where(counts >= 2, counts, 0.0))
+  n_c = index.counts[c]
+  # Two distinct positions in the class: j = i + 1 + u (mod n), u < n - 1.
+  i = jax.random.randint(rng_i, (num_triplets,), 0, n_c)
+  u = jax.random.randint(rng_u, (num_triplets,), 0, n_c - 1)
+  j = (i + 1 + u) % n_c
+  # Negative class ~ its size, among the classes other than the anchor's.
+  others = jnp.where(jnp.arange(counts.shape[0])[None] == c[:, None], 0.0, counts)
+  neg_c = jax.random.categorical(rng_neg_class, jnp.log(others))
+  k = jax.random.randint(rng_neg, (num_triplets,), 0, index.counts[neg_c])
+  return index.members[c, i], index.members[c, j], index.members[neg_c, k]
+
+
 def check_batch_shape(batch_size: int, samples_per_class: int,
                       num_classes: int) -> tuple[int, int]:
   """(P, K) for a batch of P classes x K samples, or a UserError saying why not.

@@ -2,7 +2,8 @@
 
 To add a loss: write it in its own file with the signature
 `fn(x, labels, *, mask=None, **hyperparameters) -> scalar` and add one line
-to REGISTRY saying which model output it consumes ("embedding" or "logits").
+to REGISTRY saying which model output it consumes ("embedding" or "logits";
+"triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`).
 Configs then select it with `config.loss.name` and pass `config.loss.kwargs`.
 """
 
@@ -13,13 +14,19 @@ from metricjax.losses.classification import softmax_cross_entropy
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
 from metricjax.losses.multi_similarity import multi_similarity_loss
+from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
+from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
+# Not in REGISTRY: it takes (image_emb, text_emb), not (x, labels).
+from metricjax.losses.vse import vse_ranking_loss
 
 
 class Loss(NamedTuple):
   fn: Callable
-  input: str  # the model output it consumes: "embedding" or "logits"
+  # What it consumes: "embedding" or "logits" of a labelled batch, or
+  # "triplets": fn(anchor, positive, negative, **kw) on explicit triplets.
+  input: str
 
 
 REGISTRY: dict[str, Loss] = {
@@ -29,6 +36,8 @@ REGISTRY: dict[str, Loss] = {
     "shadow": Loss(shadow_margin_loss, "embedding"),
     "contrastive": Loss(contrastive_loss, "embedding"),
     "ntxent": Loss(ntxent_loss, "embedding"),
+    "triplet_explicit": Loss(triplet_loss, "triplets"),
+    "shadow_explicit": Loss(shadow_loss, "triplets"),
 }
 
 

@@ -30,9 +30,7 @@ from metricjax.ops import similarity
 
 def _norm_and_direction(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(||a||, a / ||a||) per row, both 0 with finite gradients at a = 0."""
-  sq = jnp.sum(jnp.square(a), axis=-1)
-  nonzero = sq > 0.0
-  norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+  norm = similarity.safe_sqrt(jnp.sum(jnp.square(a), axis=-1))
   return norm, similarity.l2_normalize(a)
 
 

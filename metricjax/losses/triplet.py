@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from metricjax.losses import pairs
+from metricjax.ops import similarity
 
 MININGS = ("all", "hard", "semihard")
 
@@ -126,3 +127,24 @@ def triplet_margin_loss(
                                          normalize=normalize)
   d = -mat if is_similarity else mat
   return mined_triplet_loss(d, pos, neg, margin=margin, mining=mining)
+
+
+def triplet_loss(anchor: jax.Array, positive: jax.Array, negative: jax.Array,
+                 *, margin: float = 0.05, distance: str = "euclidean",
+                 normalize: bool = True) -> jax.Array:
+  """Mean over T explicit triplets of relu(d(a, p) - d(a, n) + margin).
+
+  The Siamese form (rows of anchor/positive/negative are the triplets), the
+  peer of `shadow_loss`; both reduce with a plain mean. "cosine" is a
+  similarity as above: relu(s(a, n) - s(a, p) + margin).
+  """
+  if normalize or distance == "cosine":
+    anchor, positive, negative = (similarity.l2_normalize(v)
+                                  for v in (anchor, positive, negative))
+  if distance == "cosine":
+    d_ap = -jnp.sum(anchor * positive, -1)
+    d_an = -jnp.sum(anchor * negative, -1)
+  else:
+    d_ap, d_an = (similarity.rowwise_distance(anchor, v, kind=distance)
+                  for v in (positive, negative))
+  return jnp.mean(jax.nn.relu(d_ap - d_an + margin))

@@ -48,6 +48,10 @@ class CompactNet(nn.Module):
   widths: tuple[int, ...] = (32, 64, 64, 96)
   embedding_dim: int = 64
   num_classes: int | None = None  # None: no classification head.
+  # False leaves the embedding unnormalised, for losses whose point is what
+  # they do with norms (Shadow loss without normalisation). Retrieval ranks
+  # by cosine either way.
+  normalize_embedding: bool = True
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
 
   def __post_init__(self):
@@ -109,7 +113,8 @@ class CompactNet(nn.Module):
     # The head runs in float32: it is tiny and feeds the losses.
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     embedding = nn.Dense(self.embedding_dim, name="embedding")(features)
-    outputs = {"embedding": ops.l2_normalize(embedding)}
+    outputs = {"embedding": (ops.l2_normalize(embedding)
+                             if self.normalize_embedding else embedding)}
     if self.num_classes is not None:
       # On the unnormalised embedding: cross-entropy then shapes the space
       # retrieval uses, and unbounded logits need no temperature.

@@ -12,6 +12,12 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x / jnp.sqrt(jnp.maximum(sq, eps * eps))
 
 
+def safe_sqrt(sq: jax.Array) -> jax.Array:
+  """sqrt with a zero (not NaN) gradient at 0: distances of duplicates."""
+  positive = sq > 0.0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 def cosine_similarity(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
   """(N, M) cosine similarities of the rows of x and y (y defaults to x)."""
   x = l2_normalize(x)
@@ -36,8 +42,7 @@ def pairwise_distance(x: jax.Array, y: jax.Array | None = None, *,
   if kind == "squared_euclidean":
     return sq
   if kind == "euclidean":
-    positive = sq > 0.0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    return safe_sqrt(sq)
   raise ValueError(f"unknown distance {kind!r}; expected euclidean, "
                    "squared_euclidean or cosine")
 
@@ -64,3 +69,15 @@ def label_masks(labels: jax.Array, ref_labels: jax.Array | None = None,
     pos &= ~jnp.eye(same.shape[0], dtype=bool)
   neg = ~same & valid
   return pos, neg
+
+
+def rowwise_distance(x: jax.Array, y: jax.Array, *, kind: str = "euclidean") -> jax.Array:
+  """(N,) distances between row i of x and row i of y (euclidean with the
+  same safe sqrt as `pairwise_distance`, or squared_euclidean)."""
+  sq = jnp.sum(jnp.square(x - y), axis=-1)
+  if kind == "squared_euclidean":
+    return sq
+  if kind == "euclidean":
+    return safe_sqrt(sq)
+  raise ValueError(f"unknown distance {kind!r}; expected euclidean or "
+                   "squared_euclidean")
