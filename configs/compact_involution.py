@@ -42,7 +42,7 @@ def get_config(arg=None):
   # are not centred digits/garments.
   config.augment = arg.dataset == "cifar10"
 
-  config.total_steps = 2000 if arg.dataset != "cifar10" else 6000
+  config.total_steps = 1000 if arg.dataset != "cifar10" else 6000
   config.learning_rate = 3e-3
   config.warmup_steps = 100
   config.weight_decay = 1e-4

@@ -15,6 +15,7 @@ Arguments:
   margin     shadow: in units of delta = 1 - cos on unit vectors; triplet:
              of the euclidean distance. Shadow(m) on unit vectors equals
              half the squared-euclidean triplet loss with margin 2m.
+  distance   triplet only: euclidean | squared_euclidean | cosine.
   keep       fraction of the examples kept in classes 0-4 (1 = balanced).
 """
 
@@ -25,7 +26,8 @@ from metricjax.config_utils import parse_arg
 
 def get_config(arg=None):
   arg = parse_arg(arg, dataset="fashion_mnist", loss="shadow", mining="random",
-                  normalize=True, margin=0.2, keep=1.0, variant="hybrid1")
+                  normalize=True, margin=0.2, distance="euclidean", keep=1.0,
+                  variant="hybrid1")
   config = ml_collections.ConfigDict()
   config.dataset = arg.dataset
   config.train_split = "train"
@@ -44,6 +46,8 @@ def get_config(arg=None):
       kwargs=dict(margin=arg.margin, normalize=arg.normalize))
   if not explicit:
     config.loss.kwargs.mining = arg.mining
+  if arg.loss == "triplet":
+    config.loss.kwargs.distance = arg.distance
   config.sampler = "triplets" if explicit else "balanced"
   # Explicit: 88 triplets = 264 images a step; mined: 8 classes x 32 = 256.
   config.batch_size = 88 if explicit else 256
