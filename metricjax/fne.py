@@ -290,8 +290,9 @@ def _fingerprint(images, params, preprocess) -> str:
     leaf = np.asarray(leaf)
     h.update(jax.tree_util.keystr(path).encode() + repr(leaf.shape).encode())
     h.update(np.ascontiguousarray(leaf.reshape(-1)[::997]).tobytes())
-  h.update((preprocess if isinstance(preprocess, str)
-            else getattr(preprocess, "__qualname__", repr(preprocess))).encode())
+  name = (preprocess if isinstance(preprocess, str)
+          else getattr(preprocess, "__qualname__", repr(preprocess)))
+  h.update(name.encode())
   return h.hexdigest()
 
 

@@ -213,7 +213,8 @@ def _chunked_ranks(fn, queries, refs, captions_per_image, desc):
 
 
 def _rank_summary(ranks: np.ndarray, prefix: str) -> dict[str, float]:
-  out = {f"{prefix}_r{k}": float(100.0 * np.mean(ranks < k)) for k in (1, 5, 10)}
+  out = {f"{prefix}_r{k}": float(100.0 * np.mean(ranks < k))
+         for k in (1, 5, 10)}
   out[f"{prefix}_medr"] = float(np.floor(np.median(ranks)) + 1)
   return out
 
@@ -251,7 +252,8 @@ def crossmodal_metrics(image_emb, caption_emb, *,
                                      captions_per_image, "i2t"), "i2t")
   out.update(_rank_summary(_chunked_ranks(_t2i_ranks, captions, images,
                                           captions_per_image, "t2i"), "t2i"))
-  out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+  out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i")
+                    for k in (1, 5, 10))
   return out
 
 

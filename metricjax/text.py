@@ -154,7 +154,8 @@ class Vocabulary:
     except FileNotFoundError:
       raise UserError(f"Vocabulary file {path} does not exist.") from None
     except json.JSONDecodeError as e:
-      raise UserError(f"Vocabulary file {path} is not valid JSON ({e}).") from None
+      raise UserError(
+          f"Vocabulary file {path} is not valid JSON ({e}).") from None
     try:
       return cls.from_dict(d)
     except UserError as e:

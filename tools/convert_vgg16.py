@@ -53,7 +53,8 @@ def main(argv):
   if bool(FLAGS.torch) == bool(FLAGS.keras):
     raise UserError("Give exactly one of --torch=FILE.pth or --keras=FILE.h5.")
   if FLAGS.torch:
-    params = convert.vgg16_params_from_torch(_load_torch_state_dict(FLAGS.torch))
+    state_dict = _load_torch_state_dict(FLAGS.torch)
+    params = convert.vgg16_params_from_torch(state_dict)
     meta = {"arch": "vgg16", "source": os.path.basename(FLAGS.torch),
             "framework": "torchvision", "preprocess": "torch"}
   else:

@@ -1,6 +1,9 @@
-"""Datasets (IDX, image folder/zip, TFDS), on-device samplers, augmentation."""
+"""Datasets (IDX, image folder/zip, TFDS, Karpathy captions), on-device
+samplers, augmentation."""
 
 from metricjax.data.augment import random_crop_flip
+from metricjax.data.captions import CaptionSplit
+from metricjax.data.captions import load_captions
 from metricjax.data.dataset import ArrayDataset
 from metricjax.data.dataset import imbalanced
 from metricjax.data.idx import read_idx

@@ -10,9 +10,20 @@ import jax.numpy as jnp
 from metricjax.errors import UserError
 from metricjax.models.compact import CompactNet
 from metricjax.models.involution import Involution
+from metricjax.models.text_encoder import GRUTextEncoder
+from metricjax.models.vgg import preprocess_imagenet
+from metricjax.models.vgg import VGG
+from metricjax.models.vgg import vgg16
+from metricjax.models.vse import VSEModel
 
 MODELS: dict[str, type[nn.Module]] = {
     "compact": CompactNet,
+}
+
+# Frozen feature extractors with named taps (`taps`, `fne_taps`, and
+# `__call__(x, capture=True)` -> {tap: activation}), for metricjax.fne.
+BACKBONES = {
+    "vgg16": vgg16,
 }
 
 
@@ -73,5 +84,6 @@ def param_bytes(params: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
 
-__all__ = ["MODELS", "CompactNet", "Involution", "count_params",
-           "create_model", "param_bytes"]
+__all__ = ["BACKBONES", "MODELS", "CompactNet", "GRUTextEncoder",
+           "Involution", "VGG", "VSEModel", "count_params", "create_model",
+           "param_bytes", "preprocess_imagenet", "vgg16"]

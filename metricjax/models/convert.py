@@ -65,13 +65,12 @@ def vgg_params_from_torch(state_dict: Mapping[str, Any], *,
                       f"{w.shape}, expected a conv kernel (O, I, 3, 3); the "
                       "file is not a VGG16 of torchvision's layout.")
     params[name] = {"kernel": w.transpose(2, 3, 1, 0), "bias": b}
-  fc_first = len(blocks) + 1
   for j, index in enumerate((0, 3, 6)):
     prefix = f"classifier.{index}"
     if f"{prefix}.weight" not in sd:
       break
     w, b = _pop_pair(sd, prefix, "torchvision state_dict")
-    params[f"fc{fc_first + j}"] = {"kernel": w.T, "bias": b}
+    params[f"fc{6 + j}"] = {"kernel": w.T, "bias": b}
   _check_chain(params, blocks, "torchvision state_dict")
   return params
 
@@ -128,17 +127,15 @@ def vgg_params_from_keras(h5_path: str | os.PathLike, *,
       for i in range(len(block)):
         kernel, bias = _keras_layer(root, f"block{b + 1}_conv{i + 1}", path)
         params[f"conv{b + 1}_{i + 1}"] = {"kernel": kernel, "bias": bias}
-    fc_first = len(blocks) + 1
     for j, layer in enumerate(("fc1", "fc2", "predictions")):
       if layer not in root:
         break
       kernel, bias = _keras_layer(root, layer, path)
-      params[f"fc{fc_first + j}"] = {"kernel": kernel, "bias": bias}
+      params[f"fc{6 + j}"] = {"kernel": kernel, "bias": bias}
   _check_chain(params, blocks, path)
-  first_fc = f"fc{len(blocks) + 1}"
-  if first_fc in params:
-    params[first_fc]["kernel"] = _hwc_rows_to_chw(
-        params[first_fc]["kernel"], params[conv_names(blocks)[-1]]["bias"].size,
+  if "fc6" in params:
+    params["fc6"]["kernel"] = _hwc_rows_to_chw(
+        params["fc6"]["kernel"], params[conv_names(blocks)[-1]]["bias"].size,
         path)
   return params
 

@@ -44,9 +44,10 @@ def preprocess_imagenet(images: jax.Array, *, mode: str = "torch") -> jax.Array:
   Caffe). Grayscale (C = 1) is repeated to RGB. Resizing is the caller's.
   """
   if mode not in PREPROCESS_MODES:
-    raise UserError(f"Unknown ImageNet preprocessing {mode!r}; use one of "
-                    f"{', '.join(PREPROCESS_MODES)} (the one the weights were "
-                    "trained with: 'torch' for torchvision, 'caffe' for Keras).")
+    raise UserError(
+        f"Unknown ImageNet preprocessing {mode!r}; use one of "
+        f"{', '.join(PREPROCESS_MODES)} (the one the weights were trained "
+        "with: 'torch' for torchvision, 'caffe' for Keras).")
   x = jnp.asarray(images).astype(jnp.float32)
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
@@ -102,9 +103,9 @@ class VGG(nn.Module):
 
   @property
   def fc_names(self) -> tuple[str, ...]:
+    # Caffe's names, fc6 onwards (every VGG has 5 blocks), for any blocks.
     n = len(self.fc_dims) + (self.num_classes is not None)
-    first = len(self.blocks) + 1  # fc6 follows the 5 blocks of VGG16.
-    return tuple(f"fc{first + i}" for i in range(n))
+    return tuple(f"fc{6 + i}" for i in range(n))
 
   @property
   def taps(self) -> tuple[str, ...]:

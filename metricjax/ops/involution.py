@@ -4,10 +4,22 @@ Layout contract (matches the official PyTorch code, d-li14/involution):
 x is (B, H, W, C); kernel is (B, Ho, Wo, K*K, G), the K*K axis row-major
 over (dy, dx) and group g owning the contiguous channels
 [g*C/G, (g+1)*C/G). Zero padding (K-1)//2, Ho = ceil(H/stride).
+
+`involution` has a hand-written backward pass (`jax.custom_vjp`, reverse
+mode only): like the forward, it is K*K shifted multiply-adds that XLA fuses
+into a few loops, with no K*K-fold patch tensor and no per-tap temporaries.
+See tools/README.md for how the formulation was chosen and its speed.
 """
+
+import functools
+import operator
 
 import jax
 import jax.numpy as jnp
+
+# Channels per group summed by unrolled slices; more go through a two-level
+# sum so the unrolled expression (and compile time) stays small.
+_MAX_UNROLLED_CHANNELS = 16
 
 
 def _output_shape(x: jax.Array, kernel: jax.Array, kernel_size: int,
@@ -39,33 +51,153 @@ def _output_shape(x: jax.Array, kernel: jax.Array, kernel_size: int,
   return ho, wo, groups
 
 
+def _acc_dtype(x, kernel):
+  # Low-precision inputs still sum their up to K*K taps in float32.
+  return jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
+
+
+def _padded_groups(x, kernel_size, groups):
+  """x zero-padded by (K-1)//2 and split into groups, (B, Hp, Wp, G, C/G)."""
+  pad = (kernel_size - 1) // 2
+  x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return x_pad.reshape(*x_pad.shape[:3], groups, -1)
+
+
+def _window(x_pad, dy, dx, ho, wo, stride):
+  """The input pixels that tap (dy, dx) reads for each output pixel."""
+  start = (0, dy, dx) + (0,) * (x_pad.ndim - 3)
+  limit = ((x_pad.shape[0], dy + (ho - 1) * stride + 1,
+            dx + (wo - 1) * stride + 1) + x_pad.shape[3:])
+  return jax.lax.slice(x_pad, start, limit,
+                       (1, stride, stride) + (1,) * (x_pad.ndim - 3))
+
+
+def _sum(terms):
+  # Unlike builtins.sum, adds no leading 0 to the expression.
+  return functools.reduce(operator.add, terms)
+
+
+def _group_dot(a, b):
+  """sum(a * b, axis=-1) as unrolled multiply-adds of channel slices.
+
+  jnp.sum would be a reduce op, which XLA:CPU does not fuse with the strided
+  window feeding it: every tap's window would then become an input-sized
+  temporary. Slices and adds fuse into one loop with the caller's update.
+  """
+  n = a.shape[-1]
+  if n > _MAX_UNROLLED_CHANNELS:
+    # Contiguous chunks of m channels first (vector-wide multiply-adds),
+    # then the m partial sums.
+    m = max(d for d in range(1, _MAX_UNROLLED_CHANNELS + 1) if n % d == 0)
+    a = a.reshape(*a.shape[:-1], n // m, m)
+    b = b.reshape(*b.shape[:-1], n // m, m)
+    partial = _sum(a[..., r, :] * b[..., r, :] for r in range(n // m))
+    return _sum(partial[..., i] for i in range(m))
+  return _sum(a[..., i] * b[..., i] for i in range(n))
+
+
+def _forward(x, kernel, kernel_size, stride):
+  b, _, _, c = x.shape
+  _, ho, wo, _, groups = kernel.shape
+  dtype, acc_dtype = jnp.result_type(x, kernel), _acc_dtype(x, kernel)
+  x_pad = _padded_groups(x, kernel_size, groups)
+  kernel = kernel.astype(acc_dtype)
+  out = None
+  for dy in range(kernel_size):
+    for dx in range(kernel_size):
+      # One weight per group, broadcast over its C/G channels.
+      tap = kernel[:, :, :, dy * kernel_size + dx, :, None]
+      window = _window(x_pad, dy, dx, ho, wo, stride).astype(acc_dtype)
+      term = window * tap
+      out = term if out is None else out + term
+  return out.reshape(b, ho, wo, c).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _involution(x, kernel, kernel_size, stride):
+  return _forward(x, kernel, kernel_size, stride)
+
+
+def _involution_fwd(x, kernel, kernel_size, stride):
+  return _forward(x, kernel, kernel_size, stride), (x, kernel)
+
+
+def _involution_bwd(kernel_size, stride, residuals, cotangent):
+  x, kernel = residuals
+  b, h, w, c = x.shape
+  _, ho, wo, k2, groups = kernel.shape
+  acc_dtype = _acc_dtype(x, kernel)
+  pad = (kernel_size - 1) // 2
+  ct = cotangent.astype(acc_dtype).reshape(b, ho, wo, groups, c // groups)
+  zero = jnp.zeros((), acc_dtype)
+  span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+
+  # dx: each tap's weighted cotangent, moved back to the input pixels it
+  # read. Interior padding undoes the stride, negative edge padding crops
+  # the zero border; all K*K pads and adds fuse into one loop over dx.
+  grad_x = None
+  for dy in range(kernel_size):
+    for dx in range(kernel_size):
+      term = ct * kernel[:, :, :, dy * kernel_size + dx, :, None].astype(
+          acc_dtype)
+      term = jax.lax.pad(term, zero, (
+          (0, 0, 0),
+          (dy - pad, h - span_h - dy + pad, stride - 1),
+          (dx - pad, w - span_w - dx + pad, stride - 1),
+          (0, 0, 0), (0, 0, 0)))
+      grad_x = term if grad_x is None else grad_x + term
+  grad_x = grad_x.reshape(b, h, w, c).astype(x.dtype)
+
+  # dkernel[..., t, g]: the group's channels of tap t's window dotted with
+  # the cotangent, per pixel. Each tap is one fused loop writing its slot
+  # of the output in place (a chain of dynamic_update_slice), so there is
+  # neither a stack of K*K taps nor K*K windows alive at once.
+  x_pad = _padded_groups(x, kernel_size, groups)
+  grad_kernel = jnp.zeros(kernel.shape, kernel.dtype)
+  for dy in range(kernel_size):
+    for dx in range(kernel_size):
+      window = _window(x_pad, dy, dx, ho, wo, stride).astype(acc_dtype)
+      tap = _group_dot(window, ct)
+      grad_kernel = jax.lax.dynamic_update_slice(
+          grad_kernel, tap[:, :, :, None, :].astype(kernel.dtype),
+          (0, 0, 0, dy * kernel_size + dx, 0))
+  return grad_x, grad_kernel
+
+
+_involution.defvjp(_involution_fwd, _involution_bwd)
+
+
 def involution(x: jax.Array, kernel: jax.Array, *, kernel_size: int,
                stride: int = 1) -> jax.Array:
   """Involution of x with a per-pixel kernel, (B, Ho, Wo, C).
 
   Sums K*K strided slices of the padded input, each scaled by its kernel
-  tap, so memory stays O(B*Ho*Wo*C) instead of the K*K-fold patch tensor
-  of the unfold formulation.
+  tap; memory stays O(B*Ho*Wo*C) forward and backward, instead of the
+  K*K-fold patch tensor of the unfold formulation. Differentiable in
+  reverse mode (grad, vjp), not forward mode (jvp).
+  """
+  _output_shape(x, kernel, kernel_size, stride)
+  return _involution(x, kernel, kernel_size, stride)
+
+
+def involution_autodiff(x: jax.Array, kernel: jax.Array, *, kernel_size: int,
+                        stride: int = 1) -> jax.Array:
+  """The same forward, differentiated by JAX; a baseline and test reference.
+
+  Its reverse pass materialises about K*K input-sized temporaries on CPU.
   """
   ho, wo, groups = _output_shape(x, kernel, kernel_size, stride)
   b, _, _, c = x.shape
   dtype = jnp.result_type(x, kernel)
-  # Low-precision inputs still sum their up to K*K taps in float32.
-  acc_dtype = jnp.promote_types(dtype, jnp.float32)
-  pad = (kernel_size - 1) // 2
-  x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  x_pad = x_pad.reshape(*x_pad.shape[:3], groups, c // groups)
+  acc_dtype = _acc_dtype(x, kernel)
+  x_pad = _padded_groups(x, kernel_size, groups)
   # One split rather than K*K indexing ops: its transpose is a single
   # concatenate, not K*K pad-and-adds of kernel-sized gradients.
   taps = jnp.split(kernel, kernel_size * kernel_size, axis=3)
   out = jnp.zeros((b, ho, wo, groups, c // groups), acc_dtype)
   for dy in range(kernel_size):
     for dx in range(kernel_size):
-      window = jax.lax.slice(
-          x_pad, (0, dy, dx, 0, 0),
-          (b, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1,
-           groups, c // groups),
-          (1, stride, stride, 1, 1))
+      window = _window(x_pad, dy, dx, ho, wo, stride)
       # (B, Ho, Wo, 1, G) -> (B, Ho, Wo, G, 1): one weight per group.
       tap = jnp.swapaxes(taps[dy * kernel_size + dx], 3, 4)
       out += window.astype(acc_dtype) * tap.astype(acc_dtype)

@@ -1,0 +1,83 @@
+"""Tokeniser, vocabulary and the GRU caption encoder."""
+
+import jax
+import numpy as np
+import pytest
+
+from metricjax import text
+from metricjax.errors import UserError
+from metricjax.models.text_encoder import GRUTextEncoder
+
+TRAIN = ["A man riding a horse.", "A man, on a horse!", "Two dogs play.",
+         "a dog runs"]
+TEST = ["A zebra riding a unicycle"]
+
+
+def test_tokenize_like_karpathy():
+  assert text.tokenize("A man's DOG, 2 cats & co-op.") == [
+      "a", "man", "s", "dog", "2", "cats", "co", "op"]
+  assert text.tokenize("Café  au_lait") == ["café", "au", "lait"]
+  assert text.tokenize(" ,; ") == []
+
+
+def test_vocabulary_from_training_captions_only():
+  vocab = text.Vocabulary.build(TRAIN, min_count=2)
+  assert vocab.words[:2] == ("<pad>", "<unk>")
+  # Most frequent first, ties alphabetical; "dog" (1) and "dogs" (1) dropped.
+  assert vocab.words[2:] == ("a", "horse", "man")
+  assert vocab.word_id("zebra") == vocab.unk_id == 1
+  ids, lengths = vocab.encode(TEST + ["a horse"])
+  np.testing.assert_array_equal(lengths, [5, 2])
+  np.testing.assert_array_equal(ids, [[2, 1, 1, 2, 1], [2, 3, 0, 0, 0]])
+  assert ids.dtype == np.int32 and lengths.dtype == np.int32
+  assert vocab.decode(ids[1]) == ["a", "horse"]
+  # Test words never enter a vocabulary built from the training split.
+  assert "zebra" not in text.Vocabulary.build(TRAIN, min_count=1).words
+
+
+def test_encode_start_end_truncation_and_fixed_width():
+  vocab = text.Vocabulary.build(TRAIN, min_count=1, start_end=True)
+  assert vocab.words[:4] == ("<pad>", "<unk>", "<start>", "<end>")
+  ids, lengths = vocab.encode(["a man riding a horse", ""], max_length=4,
+                              pad_to=6)
+  assert ids.shape == (2, 6)
+  assert vocab.decode(ids[0]) == ["<start>", "a", "man", "<end>"]
+  assert vocab.decode(ids[1]) == ["<start>", "<unk>", "<end>"]
+  np.testing.assert_array_equal(lengths, [4, 3])
+  with pytest.raises(UserError, match="pad_to"):
+    vocab.encode(["a man riding a horse"], pad_to=3)
+
+
+def test_vocabulary_save_load(tmp_path):
+  vocab = text.Vocabulary.build(TRAIN, min_count=1, start_end=True)
+  vocab.save(tmp_path / "vocab.json")
+  loaded = text.Vocabulary.load(tmp_path / "vocab.json")
+  assert loaded.words == vocab.words and loaded.start_end and (
+      loaded.min_count == 1)
+  assert text.Vocabulary.from_dict(vocab.to_dict()).words == vocab.words
+  (tmp_path / "bad.json").write_text('{"words": ["x"]}')
+  with pytest.raises(UserError, match="bad.json"):
+    text.Vocabulary.load(tmp_path / "bad.json")
+  with pytest.raises(UserError, match="does not exist"):
+    text.Vocabulary.load(tmp_path / "none.json")
+
+
+def test_gru_encoder_ignores_padding():
+  enc = GRUTextEncoder(vocab_size=20, word_dim=8, hidden_dim=16)
+  ids = np.array([[5, 6, 7, 0], [3, 4, 0, 0]], np.int32)
+  lengths = np.array([3, 2], np.int32)
+  params = jax.jit(enc.init)(jax.random.key(0), ids, lengths)
+  apply = jax.jit(enc.apply)
+  out = apply(params, ids, lengths)
+  assert out.shape == (2, 16)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+  # More padding, and garbage in the padded positions: same embeddings.
+  longer = np.pad(ids, ((0, 0), (0, 5)))
+  longer[:, 4:] = 9
+  longer[1, 2:4] = 11
+  np.testing.assert_allclose(apply(params, longer, lengths), out, atol=1e-6)
+  # The lengths matter: without them the padding would be read.
+  assert not np.allclose(apply(params, ids, np.array([4, 4])), out, atol=1e-3)
+  # Row independence: each caption alone gives its batched embedding.
+  np.testing.assert_allclose(apply(params, ids[1:, :2], lengths[1:]), out[1:],
+                             atol=1e-6)
