@@ -44,3 +44,13 @@ def tiny_idx_dir(tmp_path_factory):
     write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
     write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
   return root
+
+
+def load_config(name: str, arg: str | None = None):
+  """configs/<name>.py's get_config(arg), as the CLI would load it."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

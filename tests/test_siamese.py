@@ -1,11 +1,7 @@
 """Siamese mode: explicit triplets, imbalance, and the siamese config."""
 
 import json
-import os
-import sys
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,8 +10,7 @@ from metricjax import losses
 from metricjax import train as train_lib
 from metricjax.data.dataset import ArrayDataset
 from metricjax.errors import UserError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_config
 
 
 def test_random_triplets_are_valid():
@@ -68,12 +63,7 @@ def test_imbalanced_keeps_a_seeded_fraction():
 
 
 def siamese_config(data_dir, arg):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import siamese
-  finally:
-    sys.path.pop(0)
-  config = siamese.get_config(arg)
+  config = load_config("siamese", arg)
   config.dataset = f"idx:{data_dir}"
   config.model.widths = (8, 16)
   config.batch_size = 16 if config.sampler == "balanced" else 8

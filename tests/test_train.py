@@ -13,17 +13,13 @@ import pytest
 from metricjax import evaluate as evaluate_lib
 from metricjax import train as train_lib
 from metricjax.errors import UserError
+from conftest import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir, **overrides):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import compact_involution
-  finally:
-    sys.path.pop(0)
-  config = compact_involution.get_config(overrides.pop("arg", None))
+  config = load_config("compact_involution", overrides.pop("arg", None))
   config.dataset = f"idx:{data_dir}"
   config.model.widths = (8, 16, 16, 16)
   config.model.embedding_dim = 16
