@@ -71,9 +71,9 @@ def test_matches_autodiff(groups, kernel_size, stride, height, width,
   # The benchmarks' "before": JAX's own gradients of the same forward.
   args = _inputs(5, groups, kernel_size, stride, height, width, channels)
   kwargs = dict(kernel_size=kernel_size, stride=stride)
-  got = _output_and_grads(involution, *args, **kwargs)
+  results = _output_and_grads(involution, *args, **kwargs)
   expected = _output_and_grads(involution_autodiff, *args, **kwargs)
-  for got, want in zip(got, expected):
+  for got, want in zip(results, expected):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -81,18 +81,19 @@ def test_backward_is_lean():
   # The point of the custom VJP: no K*K input-sized temporaries. XLA's own
   # count of the fwd+bwd temporaries must stay a few inputs' worth (padded
   # input and slack), where the autodiff version needs about K*K.
-  x, kernel, cotangent = _inputs(6, 2, 7, 1, 16, 16, 32, batch=4)
+  x, kernel, cotangent = _inputs(6, 2, 5, 1, 16, 16, 32, batch=4)
 
   def temp_bytes(fn):
     compiled = _output_and_grads.lower(
-        fn, x, kernel, cotangent, kernel_size=7, stride=1).compile()
+        fn, x, kernel, cotangent, kernel_size=5, stride=1).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
-  assert temp_bytes(involution) < 4 * x.nbytes
+  assert temp_bytes(involution) < 3 * x.nbytes
   assert temp_bytes(involution_autodiff) > 10 * x.nbytes
 
 
 def test_check_grads():
+  # A custom VJP has no forward mode: reverse only.
   with jax.enable_x64(True):
     x, kernel, _ = _inputs(1, 2, 3, 2, 5, 4, 4, batch=1, dtype=np.float64)
     fn = functools.partial(involution, kernel_size=3, stride=2)
