@@ -1,6 +1,7 @@
 r"""Evaluation CLI: checkpoint -> metrics.
 
-  python -m metricjax.evaluate --workdir=DIR [--step=N] [--split=test]
+  python -m metricjax.evaluate --workdir=DIR [--step=N | --select=val_rsum]
+      [--split=test]
 
 Restores the checkpoint with the config and dataset description saved in it,
 embeds the evaluation split, and writes DIR/eval/step_N.json (metrics,
@@ -9,10 +10,15 @@ on stdout.
 """
 
 import json
+import math
 import os
 import tempfile
+from types import ModuleType
+from typing import NamedTuple
 
+import flax.linen as nn
 import jax
+from jax.sharding import Mesh
 import ml_collections
 from absl import app
 from absl import flags
@@ -30,6 +36,10 @@ FLAGS = flags.FLAGS
 def _define_flags():
   flags.DEFINE_string("workdir", None, "A directory written by metricjax.train.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("select", None,
+                      "Evaluate the checkpoint with the best logged value of "
+                      "this metric instead, e.g. val_rsum (model selection "
+                      "on validation).")
   flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval_split).")
   flags.mark_flags_as_required(["workdir"])
 
@@ -61,7 +71,18 @@ def format_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-def evaluate(workdir: str, step: int | None = None, split: str | None = None) -> dict:
+class Restored(NamedTuple):
+  step: int
+  config: ml_collections.ConfigDict
+  meta: dict
+  task: ModuleType
+  model: nn.Module
+  state: state_lib.TrainState
+  mesh: Mesh
+
+
+def restore(workdir: str, step: int | None = None) -> Restored:
+  """A checkpoint (default: the latest) with its config, meta and model."""
   mngr = checkpoint.manager(workdir, create=False)
   step = checkpoint.resolve_step(mngr, step)
   meta = checkpoint.restore_meta(mngr, step)
@@ -74,7 +95,37 @@ def evaluate(workdir: str, step: int | None = None, split: str | None = None) ->
   state = checkpoint.restore_state(
       mngr, step, checkpoint.abstract_like(abstract, parallel.replicated(mesh)))
   mngr.close()
+  return Restored(step, config, meta, task, model, state, mesh)
 
+
+def best_step(workdir: str, metric: str) -> int:
+  """The checkpointed step whose logged `metric` (e.g. val_rsum) is highest.
+
+  Model selection on validation: train with checkpoint_every = eval_every
+  so that every validated step has a checkpoint. Ties go to the earliest.
+  """
+  mngr = checkpoint.manager(workdir, create=False)
+  saved = set(mngr.all_steps())
+  mngr.close()
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [json.loads(line) for line in f]
+  logged = [(r[metric], r["step"]) for r in rows
+            if r.get(metric) is not None and math.isfinite(r[metric])]
+  candidates = [(v, -s) for v, s in logged if s in saved]
+  if not candidates:
+    raise UserError(
+        f"No checkpoint of {workdir} has a logged {metric!r} (logged at steps "
+        f"{sorted(s for _, s in logged) or 'none'}; checkpoints at "
+        f"{sorted(saved) or 'none'}). Train with config.checkpoint_every = "
+        "config.eval_every and keep_checkpoints large enough to keep them.")
+  return -max(candidates)[1]
+
+
+def evaluate(workdir: str, step: int | None = None, split: str | None = None) -> dict:
+  step, config, meta, task, model, state, mesh = restore(workdir, step)
   split = split or config.eval_split
   metrics, dataset = task.evaluate(config, meta, model, state, split, mesh)
   result = dict(
@@ -90,7 +141,10 @@ def evaluate(workdir: str, step: int | None = None, split: str | None = None) ->
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}.")
-  result = evaluate(FLAGS.workdir, FLAGS.step, FLAGS.split)
+  if FLAGS.select and FLAGS.step is not None:
+    raise UserError("Give --step or --select, not both.")
+  step = best_step(FLAGS.workdir, FLAGS.select) if FLAGS.select else FLAGS.step
+  result = evaluate(FLAGS.workdir, step, FLAGS.split)
   print(format_table(result))
 
 

@@ -44,8 +44,16 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
                image_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
-  """Fresh state; jit/eval_shape it to place it on devices or to get shapes."""
-  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.uint8), train=False)
+  """Fresh state of an image model; jit/eval_shape it to place it on devices
+  or to get shapes."""
+  return init_state_from(model, tx, rng, jnp.zeros((1, *image_shape), jnp.uint8),
+                         train=False)
+
+
+def init_state_from(model: nn.Module, tx: optax.GradientTransformation,
+                    rng: jax.Array, *inputs, **kwargs) -> TrainState:
+  """Fresh state of any model, initialised on example inputs."""
+  variables = model.init(rng, *inputs, **kwargs)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),

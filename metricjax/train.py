@@ -76,7 +76,8 @@ class MetricsLog:
 
 def _check_same_run(meta: dict, config: ml_collections.ConfigDict, workdir: str):
   saved, current = meta["config"], json.loads(json.dumps(config.to_dict()))
-  for key in ("task", "dataset", "model", "classification_head"):
+  for key in ("task", "dataset", "model", "classification_head", "image_features",
+              "backbone"):
     now = current.get(key)
     if saved.get(key) != now:
       raise UserError(

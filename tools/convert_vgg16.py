@@ -64,9 +64,11 @@ def main(argv):
   meta["num_classes"] = (int(params["fc8"]["bias"].size) if "fc8" in params
                          else None)
   meta["has_fc"] = "fc6" in params
+  # The architecture, as kwargs of models.vgg16 (convert.load_backbone).
+  meta["model"] = {"num_classes": meta["num_classes"],
+                   "fc_dims": (4096, 4096) if meta["has_fc"] else ()}
   if FLAGS.check:
-    model = vgg.vgg16(num_classes=meta["num_classes"],
-                      fc_dims=(4096, 4096) if meta["has_fc"] else ())
+    model = vgg.vgg16(**meta["model"])
     images = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3),
                                                np.uint8)
     x = vgg.preprocess_imagenet(images, mode=meta["preprocess"])

@@ -14,16 +14,24 @@ from metricjax.models.text_encoder import GRUTextEncoder
 from metricjax.models.vgg import preprocess_imagenet
 from metricjax.models.vgg import VGG
 from metricjax.models.vgg import vgg16
+from metricjax.models.vgg import VGGNet
 from metricjax.models.vse import VSEModel
 
 MODELS: dict[str, type[nn.Module]] = {
     "compact": CompactNet,
+    # A VGG trained here (configs/cifar_vgg.py), exported as an FNE backbone.
+    "vgg": VGGNet,
+    # The joint image-caption model of the "vse" task (configs/fne_vse.py).
+    "vse": VSEModel,
 }
 
 # Frozen feature extractors with named taps (`taps`, `fne_taps`, and
-# `__call__(x, capture=True)` -> {tap: activation}), for metricjax.fne.
+# `__call__(x, capture=True)` -> {tap: activation}), for metricjax.fne;
+# built with the "model" kwargs of their weights .npz's meta (see
+# convert.load_backbone).
 BACKBONES = {
     "vgg16": vgg16,
+    "vgg": VGG,
 }
 
 
@@ -61,10 +69,9 @@ def create_model(model_config: Mapping[str, Any], *,
           f"config.model.num_classes={configured} disagrees with the "
           f"dataset's {num_classes} classes; drop it from the config.")
     kwargs["num_classes"] = num_classes
-  # Configs hold lists and dtype names; modules want hashable tuples and
-  # dtypes.
-  kwargs = {k: tuple(v) if isinstance(v, list) else v
-            for k, v in kwargs.items()}
+  # Configs hold lists (nested, once through JSON) and dtype names; modules
+  # want hashable tuples and dtypes.
+  kwargs = {k: as_tuples(v) for k, v in kwargs.items()}
   if isinstance(kwargs.get("dtype"), str):
     try:
       kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
@@ -72,6 +79,13 @@ def create_model(model_config: Mapping[str, Any], *,
       raise UserError(f"Unknown dtype {kwargs['dtype']!r} in config.model; "
                       "use float32 or bfloat16.") from None
   return cls(**kwargs)
+
+
+def as_tuples(value: Any) -> Any:
+  """Lists, nested too, as tuples: [[64, 64], [128]] -> ((64, 64), (128,))."""
+  if isinstance(value, (list, tuple)):
+    return tuple(as_tuples(v) for v in value)
+  return value
 
 
 def count_params(params: Any) -> int:
@@ -85,5 +99,6 @@ def param_bytes(params: Any) -> int:
 
 
 __all__ = ["BACKBONES", "MODELS", "CompactNet", "GRUTextEncoder",
-           "Involution", "VGG", "VSEModel", "count_params", "create_model",
-           "param_bytes", "preprocess_imagenet", "vgg16"]
+           "Involution", "VGG", "VGGNet", "VSEModel", "as_tuples",
+           "count_params", "create_model", "param_bytes", "preprocess_imagenet",
+           "vgg16"]

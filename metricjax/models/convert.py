@@ -18,13 +18,21 @@ import re
 import tempfile
 from typing import Any, Mapping
 
+import flax.linen as nn
+import jax
 import numpy as np
 
+from metricjax import models
 from metricjax.errors import UserError
 from metricjax.models.vgg import conv_names
 from metricjax.models.vgg import VGG16_BLOCKS
 
 _META_KEY = "__meta__"
+HOW_TO_GET_WEIGHTS = (
+    "Convert torchvision's ImageNet VGG16 (https://download.pytorch.org/"
+    "models/vgg16-397923af.pth): `python tools/convert_vgg16.py "
+    "--torch=vgg16-397923af.pth --out=vgg16.npz`; or export a VGG trained "
+    "here: `python tools/export_vgg_backbone.py --workdir=RUN --out=vgg.npz`.")
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -202,8 +210,7 @@ def load_params_npz(path: str | os.PathLike) -> tuple[dict, dict]:
   """(params, meta) written by save_params_npz (tools/convert_vgg16.py)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise UserError(f"Weights file {path} does not exist. Make it with "
-                    "tools/convert_vgg16.py from torchvision or Keras weights.")
+    raise UserError(f"Weights file {path} does not exist. {HOW_TO_GET_WEIGHTS}")
   params, meta = {}, {}
   with np.load(path, allow_pickle=False) as z:
     for key in z.files:
@@ -213,3 +220,38 @@ def load_params_npz(path: str | os.PathLike) -> tuple[dict, dict]:
       layer, _, name = key.rpartition("/")
       params.setdefault(layer, {})[name] = z[key]
   return params, meta
+
+
+def load_backbone(name: str,
+                  path: str | os.PathLike) -> tuple[nn.Module, dict, dict]:
+  """(model, params, meta) of a frozen backbone from a save_params_npz file.
+
+  The model is models.BACKBONES[name] built with the meta's "model" kwargs
+  (VGG16 with its ImageNet head when there are none); the params must fit
+  it exactly at the meta's "image_size" (default 224), checked here rather
+  than at the first forward pass.
+  """
+  if name not in models.BACKBONES:
+    raise UserError(f"Unknown backbone {name!r}; known: "
+                    f"{', '.join(sorted(models.BACKBONES))}.")
+  params, meta = load_params_npz(path)
+  if meta.get("arch", name) != name:
+    raise UserError(f"{path} holds a {meta['arch']!r} backbone, not {name!r}; "
+                    "set the backbone name to match.")
+  kwargs = {k: models.as_tuples(v) for k, v in meta.get("model", {}).items()}
+  model = models.BACKBONES[name](**kwargs)
+  size = meta.get("image_size", 224)
+  x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+  want = _shapes(jax.eval_shape(model.init, jax.random.key(0), x)["params"])
+  got = _shapes(params)
+  if want != got:
+    bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    raise UserError(
+        f"The weights in {path} do not fit backbone {name!r} {kwargs}: "
+        f"{', '.join(f'{k} {got.get(k)} (expected {want.get(k)})' for k in bad[:4])}.")
+  return model, params, meta
+
+
+def _shapes(params) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}

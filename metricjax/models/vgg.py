@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metricjax.errors import UserError
+from metricjax.ops.similarity import l2_normalize
 
 # Output channels of the convs of each block.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
@@ -153,3 +154,37 @@ class VGG(nn.Module):
 def vgg16(**kwargs) -> VGG:
   """VGG16 with the ImageNet head (kwargs override VGG's fields)."""
   return VGG(**kwargs)
+
+
+class VGGNet(nn.Module):
+  """VGG as a trainable image model: uint8 images -> {"embedding", "logits"}.
+
+  The interface of the retrieval task's models (metricjax/tasks/
+  retrieval.py), so a small VGG can be trained here, e.g. on CIFAR-10
+  (configs/cifar_vgg.py), and exported as an FNE backbone
+  (tools/export_vgg_backbone.py): its params are the VGG's, under "vgg".
+  The embedding is the last hidden layer (fc7 for two fc layers; the
+  spatial mean of the last conv map for none), L2-normalised.
+
+  Attributes: those of VGG, plus preprocess, the preprocess_imagenet mode.
+  """
+  blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS
+  fc_dims: tuple[int, ...] = (4096, 4096)
+  num_classes: int | None = None
+  pool_size: tuple[int, int] = (7, 7)
+  preprocess: str = "torch"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    del train  # VGG has neither dropout nor batch norm here.
+    net = VGG(self.blocks, self.fc_dims, self.num_classes, self.pool_size,
+              self.dtype, name="vgg")
+    acts = net(preprocess_imagenet(images, mode=self.preprocess), capture=True)
+    hidden = acts[net.fne_taps[-1]].astype(jnp.float32)
+    if hidden.ndim == 4:
+      hidden = jnp.mean(hidden, axis=(1, 2))
+    outputs = {"embedding": l2_normalize(hidden)}
+    if self.num_classes is not None:
+      outputs["logits"] = acts[net.fc_names[-1]].astype(jnp.float32)
+    return outputs

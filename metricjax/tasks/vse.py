@@ -1,10 +1,280 @@
-"""Visual-semantic embedding (paper 3). Placeholder until wired: see issue."""
+"""Visual-semantic embedding on frozen image features (paper 3: VSE / VSE++
+with the Full-Network Embedding or fc7).
 
+The backbone runs once per split (metricjax.fne.extract_features, cached on
+disk); training reads only its features. The whole training split lives on
+the devices: image features (int8 {-1, 0, 1} for FNE, float32 for fc7) and
+every caption's word ids. Each step draws a batch of distinct images and
+one random caption of each, inside the jitted step from (seed, step).
+
+The vocabulary (training captions only) and the FNE statistics (training
+images only) go into the checkpoint's meta, so evaluation needs no training
+data: only the checkpoint, the backbone weights and the evaluated split.
+Model selection: checkpoints at every validation (config.checkpoint_every
+= config.eval_every) and `metricjax.evaluate --select=val_rsum`.
+"""
+
+import hashlib
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metricjax import data as data_lib
+from metricjax import fne
+from metricjax import metrics as metrics_lib
+from metricjax import models
+from metricjax import parallel
+from metricjax import state as state_lib
+from metricjax.data.image_folder import cache_dir
 from metricjax.errors import UserError
+from metricjax.losses import vse_ranking_loss
+from metricjax.models import convert
+from metricjax.tasks import Task
+from metricjax.tasks.embedding import batched_apply
+from metricjax.text import Vocabulary
+
+LOSSES = {"sum": False, "max": True}  # config.loss.name -> max_violation.
+FEATURES = ("fne", "fc7")
 
 
-def build(config, mesh, tx):
-  raise UserError("config.task='vse' is not wired into training yet.")
+@flax.struct.dataclass
+class DeviceData:
+  """A training split kept on the devices (replicated)."""
+  features: jax.Array  # (N, D) int8 (FNE) or float32 (fc7)
+  ids: jax.Array  # int32 (N, captions_per_image, L), 0-padded
+  lengths: jax.Array  # int32 (N, captions_per_image)
 
 
-make_model_and_init = evaluate = build
+def _check_config(config):
+  if config.image_features not in FEATURES:
+    raise UserError(f"config.image_features={config.image_features!r}; use "
+                    f"one of {', '.join(FEATURES)}.")
+  if config.loss.name not in LOSSES:
+    raise UserError(f"config.loss.name={config.loss.name!r}; use 'sum' (VSE, "
+                    "all negatives) or 'max' (VSE++, hardest negative).")
+
+
+def _weights_path(weights: str) -> str:
+  path = os.path.abspath(os.path.expanduser(weights or ""))
+  if not weights or not os.path.isfile(path):
+    raise UserError(
+        f"Backbone weights config.backbone.weights={weights!r}: no such file. "
+        f"{convert.HOW_TO_GET_WEIGHTS} Then pass "
+        "--config.backbone.weights=PATH.npz.")
+  return path
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 24), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+class Backbone:
+  """The frozen CNN of config.backbone and the features of caption splits."""
+
+  def __init__(self, config, mesh, weights: str | None = None):
+    self.config, self.mesh = config, mesh
+    self.path = _weights_path(weights or config.backbone.weights)
+    self.model, self.params, npz_meta = convert.load_backbone(
+        config.backbone.name, self.path)
+    # What the weights record unless the config overrides it.
+    self.preprocess = (config.backbone.preprocess
+                       or npz_meta.get("preprocess", "torch"))
+    self.image_size = (config.backbone.image_size
+                       or npz_meta.get("image_size", 224))
+
+  def describe(self) -> dict:
+    """What the features depend on, for the meta."""
+    return dict(name=self.config.backbone.name, weights=self.path,
+                sha256=_sha256(self.path), preprocess=self.preprocess,
+                image_size=self.image_size, taps=list(self.model.fne_taps))
+
+  def load_split(self, split: str) -> data_lib.CaptionSplit:
+    return data_lib.load_captions(self.config.dataset, split,
+                                  image_size=self.image_size)
+
+  def features(self, split: data_lib.CaptionSplit, kind: str,
+               stats: fne.FNEStats | None = None) -> np.ndarray:
+    """(N, D) features of kind "fne_raw", "fne" or "fc7"; one backbone pass
+    per split, cached, serves every kind."""
+    root = self.config.get("features_cache_dir") or os.path.join(
+        cache_dir(), "features")
+    tag = hashlib.sha256(f"{split.source}|{self.path}".encode()).hexdigest()[:12]
+    cache = os.path.join(root, f"{split.name}-{split.split}-"
+                         f"{self.image_size}px-{tag}.npy")
+    return fne.extract_features(
+        self.model, self.params, split.images, kind=kind, stats=stats,
+        batch_size=self.config.backbone.batch_size, cache_path=cache,
+        preprocess=self.preprocess, mesh=self.mesh,
+        desc=f"features {split.name}/{split.split}")
+
+
+def _encode_captions(config, vocab: Vocabulary, split: data_lib.CaptionSplit):
+  return vocab.encode(split.captions, max_length=config.max_caption_length)
+
+
+def _stats(meta: dict) -> fne.FNEStats | None:
+  return fne.FNEStats.from_dict(meta["fne_stats"]) if meta["fne_stats"] else None
+
+
+def make_model_and_init(config, meta: dict, tx):
+  model = models.create_model(
+      dict(config.model.to_dict(), vocab_size=len(meta["vocabulary"]["words"])))
+  dtype = jnp.int8 if meta["features"]["kind"] == "fne" else jnp.float32
+  inputs = (jnp.zeros((1, meta["features"]["dim"]), dtype),
+            jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32))
+  return model, lambda rng: state_lib.init_state_from(model, tx, rng, *inputs)
+
+
+def make_train_step(config, model, tx, mesh):
+  """The jitted-to-be step: sample images and captions, forward, update."""
+  max_violation = LOSSES[config.loss.name]
+  batch_sharding = parallel.batch_sharding(mesh)
+  seed_key = jax.random.key(config.seed)
+
+  def train_step(state: state_lib.TrainState, data: DeviceData):
+    rng_images, rng_captions = jax.random.split(
+        jax.random.fold_in(seed_key, state.step))
+    idx = data_lib.uniform_batch(rng_images, data.features.shape[0],
+                                 config.batch_size)
+    # One of each image's captions, as VSE++ does; sharding the indices
+    # makes each device gather only its own rows.
+    which = jax.random.randint(rng_captions, idx.shape, 0, data.ids.shape[1])
+    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+    which = jax.lax.with_sharding_constraint(which, batch_sharding)
+    features = data.features[idx]
+    ids, lengths = data.ids[idx, which], data.lengths[idx, which]
+
+    def loss_fn(params):
+      image_emb, text_emb = model.apply({"params": params}, features, ids,
+                                        lengths)
+      return vse_ranking_loss(image_emb, text_emb, margin=config.loss.margin,
+                              max_violation=max_violation)
+
+    value, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+    return new_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+
+  return train_step
+
+
+def embed_split(config, model, state, features: np.ndarray, ids: np.ndarray,
+                lengths: np.ndarray, mesh, *, encoders=None):
+  """(image_emb, caption_emb) of a split, in sharded batches.
+
+  encoders: jitted (encode_image, encode_text) to reuse across calls.
+  """
+  encode_image, encode_text = encoders or make_encoders(model)
+  variables = {"params": state.params}
+  kw = dict(batch_size=config.eval.batch_size, mesh=mesh)
+  images = batched_apply(encode_image, variables, (features,),
+                         desc="embed images", **kw)["x"]
+  captions = batched_apply(encode_text, variables, (ids, lengths),
+                           desc="embed captions", **kw)["x"]
+  return images, captions
+
+
+def make_encoders(model):
+  return (jax.jit(lambda v, f: {"x": model.apply(v, f, method="encode_image")}),
+          jax.jit(lambda v, i, n: {"x": model.apply(v, i, n,
+                                                    method="encode_text")}))
+
+
+def _eval_inputs(config, meta, backbone: Backbone, split: str, limit=None):
+  """(CaptionSplit, features, ids, lengths) of a split, with the training
+  split's statistics and vocabulary from `meta`."""
+  ds = backbone.load_split(split)
+  features = backbone.features(ds, meta["features"]["kind"], _stats(meta))
+  vocab = Vocabulary.from_dict(meta["vocabulary"])
+  ids, lengths = _encode_captions(config, vocab, ds)
+  if limit:
+    features = features[:limit]
+    ids = ids[:limit * ds.captions_per_image]
+    lengths = lengths[:limit * ds.captions_per_image]
+  return ds, features, ids, lengths
+
+
+def make_validation(config, meta, model, backbone, mesh):
+  """Cross-modal metrics (rsum for model selection) of the first
+  config.val_size images of config.val_split, every config.eval_every steps."""
+  if not config.get("eval_every"):
+    return None
+  ds, features, ids, lengths = _eval_inputs(config, meta, backbone,
+                                            config.val_split, config.val_size)
+  encoders = make_encoders(model)
+
+  def validate(state):
+    images, captions = embed_split(config, model, state, features, ids,
+                                   lengths, mesh, encoders=encoders)
+    return metrics_lib.crossmodal_metrics(
+        images, captions, captions_per_image=ds.captions_per_image)
+  return validate
+
+
+def build(config, mesh, tx) -> Task:
+  _check_config(config)
+  parallel.check_divisible(config.batch_size, mesh, "config.batch_size")
+  backbone = Backbone(config, mesh)
+  train = backbone.load_split(config.train_split)
+  n, per_image = len(train), train.captions_per_image
+  if config.batch_size > n:
+    raise UserError(f"config.batch_size={config.batch_size} is more than the "
+                    f"{n} training images.")
+  vocab = Vocabulary.build(train.captions, min_count=config.vocab_min_count)
+  stats = None
+  if config.image_features == "fne":
+    stats = fne.fit_fne_stats(backbone.features(train, "fne_raw"))
+  features = np.asarray(backbone.features(train, config.image_features, stats))
+  meta = dict(
+      dataset=dict(name=train.name, source=train.source,
+                   split=config.train_split, size=n,
+                   captions_per_image=per_image),
+      backbone=backbone.describe(),
+      features=dict(kind=config.image_features, dim=int(features.shape[1])),
+      vocabulary=vocab.to_dict(),
+      fne_stats=stats.to_dict() if stats else None)
+  model, init = make_model_and_init(config, meta, tx)
+  ids, lengths = _encode_captions(config, vocab, train)
+  data = parallel.replicate(DeviceData(
+      features=features, ids=ids.reshape(n, per_image, -1),
+      lengths=lengths.reshape(n, per_image)), mesh)
+  return Task(meta=meta, model=model, init=init,
+              step=make_train_step(config, model, tx, mesh), data=data,
+              examples_per_step=config.batch_size, epoch_size=n,
+              validate=make_validation(config, meta, model, backbone, mesh))
+
+
+def evaluate(config, meta: dict, model, state, split: str, mesh):
+  # The absolute path recorded at training: the config's may be relative.
+  backbone = Backbone(config, mesh, meta["backbone"]["weights"])
+  if _sha256(backbone.path) != meta["backbone"]["sha256"]:
+    raise UserError(f"{backbone.path} is not the backbone this model was "
+                    "trained on (its contents changed); its features would "
+                    "not match the model.")
+  ds, features, ids, lengths = _eval_inputs(config, meta, backbone, split)
+  images, captions = embed_split(config, model, state, features, ids, lengths,
+                                 mesh)
+  metrics = metrics_lib.crossmodal_metrics(
+      images, captions, captions_per_image=ds.captions_per_image)
+  if len(ds) == 5000:  # COCO 5K; "COCO 1K" averages its 5 folds.
+    metrics.update({f"coco1k_{k}": v for k, v in metrics_lib.coco_1k_5fold(
+        images, captions, captions_per_image=ds.captions_per_image).items()})
+  train_meta = meta["dataset"]
+  dataset = dict(name=ds.name, source=ds.source, eval_split=split,
+                 split_sizes={train_meta["split"]: train_meta["size"],
+                              split: len(ds)},
+                 captions_per_image=ds.captions_per_image,
+                 image_features=meta["features"]["kind"],
+                 feature_dim=meta["features"]["dim"],
+                 vocabulary_size=len(meta["vocabulary"]["words"]))
+  return metrics, dataset
