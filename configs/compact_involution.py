@@ -54,6 +54,8 @@ def get_config(arg=None):
   config.keep_checkpoints = 3
 
   config.eval = dict(batch_size=1000, ks=(1, 5, 10))
-  config.eval_every = 0  # Validation during training (0: off) on the first
-  config.val_size = 2000  # val_size images of the eval split.
+  # Validation every eval_every steps (0: off) on val_size training images,
+  # held out of training when it is on (stratified by class).
+  config.eval_every = 0
+  config.val_size = 2000
   return config

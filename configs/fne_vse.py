@@ -26,6 +26,7 @@ Arguments:
 import ml_collections
 
 from metricjax.config_utils import parse_arg
+from metricjax.errors import UserError
 
 # Training steps: ~30 epochs of batch 128 over the training images, as
 # VSE++ (whose epochs count captions, so it sees each image 5x as often).
@@ -55,7 +56,11 @@ def get_config(arg=None):
   config.vocab_min_count = 4  # VSE++'s; from the training captions only.
   config.max_caption_length = 50  # Words; longer captions are truncated.
 
-  config.loss = dict(name=arg.loss, margin=0.2)
+  if arg.loss not in ("sum", "max"):
+    raise UserError(f"loss={arg.loss!r}: use sum (VSE, every in-batch "
+                    "negative) or max (VSE++, the hardest).")
+  config.loss = dict(name="vse", kwargs=dict(
+      margin=0.2, max_violation=arg.loss == "max"))
   config.batch_size = 128
   config.total_steps = _STEPS.get("coco" if coco else arg.dataset, 1400)
   # Adam 2e-4 (VSE++ drops it 10x halfway; here cosine decay), clip 2.

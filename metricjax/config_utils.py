@@ -1,6 +1,10 @@
-"""Parsing of the `:key=value,...` argument of config files (big_vision style)."""
+"""Config files: loading them, and parsing their `:key=value,...` argument
+(big_vision style)."""
+
+import os
 
 import ml_collections
+from ml_collections.config_flags import config_flags
 
 from metricjax.errors import UserError
 
@@ -26,3 +30,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         raise UserError(
             f"Config argument {key} wants a {kind.__name__}, got {value!r}.") from None
   return result
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """"configs/X.py[:ARGS]" -> get_config(ARGS), loaded as the CLIs'
+  --config flag loads it (ml_collections' config-file parser), but unlocked,
+  so that a script may add fields before training."""
+  path = spec.split(":", 1)[0]
+  if not os.path.isfile(path):
+    raise UserError(f"Config file {path} does not exist (from {spec!r}).")
+  parser = config_flags.ConfigFileFlagParser(name="config", lock_config=False)
+  return parser.parse(spec)
+

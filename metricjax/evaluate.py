@@ -12,9 +12,8 @@ on stdout.
 import json
 import math
 import os
-import tempfile
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -24,6 +23,8 @@ from absl import app
 from absl import flags
 
 from metricjax import checkpoint
+from metricjax import cli
+from metricjax import io
 from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
@@ -41,19 +42,8 @@ def _define_flags():
                       "this metric instead, e.g. val_rsum (model selection "
                       "on validation).")
   flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval_split).")
+  cli.define_common_flags()
   flags.mark_flags_as_required(["workdir"])
-
-
-def _write_json_atomic(path: str, obj: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def format_table(result: dict) -> str:
@@ -74,7 +64,7 @@ def format_table(result: dict) -> str:
 class Restored(NamedTuple):
   step: int
   config: ml_collections.ConfigDict
-  meta: dict
+  meta: Any  # The task's Meta.
   task: ModuleType
   model: nn.Module
   state: state_lib.TrainState
@@ -85,9 +75,10 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   """A checkpoint (default: the latest) with its config, meta and model."""
   mngr = checkpoint.manager(workdir, create=False)
   step = checkpoint.resolve_step(mngr, step)
-  meta = checkpoint.restore_meta(mngr, step)
-  config = ml_collections.ConfigDict(meta["config"])
-  task = tasks.get(config)
+  saved = checkpoint.restore_meta(mngr, step)
+  config = ml_collections.ConfigDict(saved["config"])
+  task = tasks.of(config)
+  meta = task.Meta.from_dict(saved)
 
   mesh = parallel.create_mesh()
   model, init = task.make_model_and_init(config, meta, state_lib.create_optimizer(config))
@@ -132,20 +123,22 @@ def evaluate(workdir: str, step: int | None = None, split: str | None = None) ->
       step=step, workdir=os.path.abspath(workdir), metrics=metrics,
       num_params=models.count_params(state.params),
       param_bytes=models.param_bytes(state.params), dataset=dataset,
-      config=meta["config"])
-  _write_json_atomic(os.path.join(workdir, "eval", f"step_{step}.json"), result)
+      config=config.to_dict())
+  if jax.process_index() == 0:
+    io.write_json(os.path.join(workdir, "eval", f"step_{step}.json"), result,
+                  indent=2)
   return result
 
 
 @exit_on_user_error
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  cli.set_up(argv)
   if FLAGS.select and FLAGS.step is not None:
     raise UserError("Give --step or --select, not both.")
   step = best_step(FLAGS.workdir, FLAGS.select) if FLAGS.select else FLAGS.step
   result = evaluate(FLAGS.workdir, step, FLAGS.split)
-  print(format_table(result))
+  if jax.process_index() == 0:
+    print(format_table(result))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,14 @@ import hashlib
 import json
 import logging
 import os
-import sys
-import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
+from metricjax import inference
+from metricjax import io
 from metricjax import parallel
 from metricjax.errors import UserError
 from metricjax.models import vgg
@@ -85,19 +84,6 @@ class FNEStats:
   def from_dict(cls, d: Mapping[str, Any]) -> "FNEStats":
     return cls(np.asarray(d["mean"], np.float32),
                np.asarray(d["std"], np.float32), int(d["count"]))
-
-  def save(self, path: str | os.PathLike) -> None:
-    _atomic_write(path, lambda f: np.savez(
-        f, mean=self.mean, std=self.std, count=np.int64(self.count)))
-
-  @classmethod
-  def load(cls, path: str | os.PathLike) -> "FNEStats":
-    if not os.path.isfile(path):
-      raise UserError(f"FNE statistics {path} do not exist; fit them on the "
-                      "training split with fit_fne_stats.")
-    with np.load(path, allow_pickle=False) as z:
-      return cls(z["mean"].astype(np.float32), z["std"].astype(np.float32),
-                 int(z["count"]))
 
 
 def fit_fne_stats(features, *, batch_size: int = 4096,
@@ -246,11 +232,11 @@ def _cached_pooled(model, params, images, taps, batch_size, cache_path,
   raw, dims = _run_backbone(model, params, images, taps, batch_size,
                             preprocess, mesh, desc)
   if cache_path is not None:
-    _atomic_write(cache_path, lambda f: np.save(f, raw))
+    with io.atomic_write(cache_path, "wb") as f:
+      np.save(f, raw)
     meta["dims"] = list(dims)
     # The .json goes last: it vouches for a complete .npy.
-    _atomic_write(cache_path + ".json",
-                  lambda f: f.write(json.dumps(meta).encode()))
+    io.write_json(cache_path + ".json", meta)
   return raw, dims
 
 
@@ -304,53 +290,27 @@ def _run_backbone(model, params, images, taps, batch_size, preprocess, mesh,
   n = len(images)
   if n == 0:
     raise UserError("No images to extract features from.")
+  first = np.asarray(images[:1])
+  if first.dtype != np.uint8 or first.ndim != 4:
+    raise UserError(f"Images must be uint8 (N, H, W, C); got {first.dtype} "
+                    f"of shape {(n, *first.shape[1:])}.")
   mesh = parallel.create_mesh() if mesh is None else mesh
-  # Shard when the batch splits evenly; else one device does it all.
-  sharding = (parallel.batch_sharding(mesh)
-              if batch_size % mesh.devices.size == 0 else None)
+  if batch_size % mesh.devices.size:  # Unshardable: one device does it all.
+    mesh = parallel.create_mesh(mesh.devices.flat[:1])
 
   @jax.jit
-  def step(params, batch):
+  def pooled_taps(params, batch):
     acts = model.apply({"params": params}, preprocess(batch), capture=True)
     return pool_activations(acts, taps)
 
   raw, bounds = None, None
-  for start in tqdm.tqdm(range(0, n, batch_size), desc=desc, unit="batch",
-                         file=sys.stderr, mininterval=1.0, dynamic_ncols=True):
-    batch = np.asarray(images[start:start + batch_size])
-    if batch.dtype != np.uint8 or batch.ndim != 4:
-      raise UserError(f"Images must be uint8 (N, H, W, C); got {batch.dtype} "
-                      f"of shape {batch.shape}.")
-    real = len(batch)
-    if real < batch_size:  # Pad: one shape, one compilation.
-      batch = np.concatenate(
-          [batch, np.zeros((batch_size - real,) + batch.shape[1:], np.uint8)])
-    if sharding is not None:
-      batch = jax.device_put(batch, sharding)
-    pooled = jax.device_get(step(params, batch))
+  for start, rows, pooled in inference.iterate_batches(
+      pooled_taps, params, (images,), batch_size=batch_size, mesh=mesh,
+      desc=desc):
     if raw is None:
       dims = tuple(pooled[name].shape[1] for name in taps)
       bounds = np.cumsum((0,) + dims)
       raw = np.empty((n, bounds[-1]), np.float32)
     for i, name in enumerate(taps):
-      raw[start:start + real, bounds[i]:bounds[i + 1]] = pooled[name][:real]
+      raw[start:start + rows, bounds[i]:bounds[i + 1]] = pooled[name]
   return raw, dims
-
-
-def _atomic_write(path, write: Callable[[Any], None]) -> None:
-  """write(binary file) to a temporary file in path's directory, then rename."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                             suffix="-" + os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

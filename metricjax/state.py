@@ -9,8 +9,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from metricjax import models
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -18,11 +16,6 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-
-
-def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return models.create_model(
-      config.model, num_classes=num_classes if config.classification_head else None)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -43,16 +36,9 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               image_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
-  """Fresh state of an image model; jit/eval_shape it to place it on devices
-  or to get shapes."""
-  return init_state_from(model, tx, rng, jnp.zeros((1, *image_shape), jnp.uint8),
-                         train=False)
-
-
-def init_state_from(model: nn.Module, tx: optax.GradientTransformation,
-                    rng: jax.Array, *inputs, **kwargs) -> TrainState:
-  """Fresh state of any model, initialised on example inputs."""
+               rng: jax.Array, *inputs, **kwargs) -> TrainState:
+  """Fresh state of a model initialised on example inputs; jit or eval_shape
+  it to place it on devices or to get shapes."""
   variables = model.init(rng, *inputs, **kwargs)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,

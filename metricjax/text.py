@@ -8,17 +8,14 @@ at least `min_count` times and is saved as JSON with the checkpoint.
 
 import collections
 import dataclasses
-import json
-import os
 import re
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from metricjax.errors import UserError
 
-PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
+PAD, UNK = "<pad>", "<unk>"
 _TOKEN = re.compile(r"[^\W_]+")  # Unicode letters and digits.
 _FORMAT = "metricjax.vocabulary"
 
@@ -30,13 +27,16 @@ def tokenize(text: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Vocabulary:
-  """Word <-> id; id 0 is <pad>, 1 is <unk>, then <start>, <end> if used."""
+  """Word <-> id; id 0 is <pad>, 1 is <unk>.
+
+  The GRU encoder reads each caption up to its length and keeps its last
+  state, so no <start>/<end> tokens are added.
+  """
   words: tuple[str, ...]
-  start_end: bool = False
   min_count: int = 1
 
   def __post_init__(self):
-    specials = self._specials(self.start_end)
+    specials = (PAD, UNK)
     if tuple(self.words[:len(specials)]) != specials:
       raise UserError(f"A vocabulary must begin with {specials}; this one "
                       f"begins with {tuple(self.words[:len(specials)])}.")
@@ -44,13 +44,9 @@ class Vocabulary:
       raise UserError("The vocabulary lists a word twice.")
     object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.words)})
 
-  @staticmethod
-  def _specials(start_end):
-    return (PAD, UNK, START, END) if start_end else (PAD, UNK)
-
   @classmethod
   def build(cls, train_captions: Iterable[str | Sequence[str]], *,
-            min_count: int = 4, start_end: bool = False) -> "Vocabulary":
+            min_count: int = 4) -> "Vocabulary":
     """From the training captions (strings, or token lists), and only them.
 
     Words seen fewer than min_count times map to <unk> (VSE++ uses 4).
@@ -59,11 +55,10 @@ class Vocabulary:
     counts = collections.Counter()
     for caption in train_captions:
       counts.update(tokenize(caption) if isinstance(caption, str) else caption)
-    specials = cls._specials(start_end)
     kept = sorted((w for w, c in counts.items()
-                   if c >= min_count and w not in specials),
+                   if c >= min_count and w not in (PAD, UNK)),
                   key=lambda w: (-counts[w], w))
-    return cls(specials + tuple(kept), start_end, min_count)
+    return cls((PAD, UNK) + tuple(kept), min_count)
 
   def __len__(self) -> int:
     return len(self.words)
@@ -82,27 +77,21 @@ class Vocabulary:
   def encode_one(self, caption: str | Sequence[str]) -> list[int]:
     """Ids of one caption; never empty (an empty caption is [<unk>])."""
     tokens = tokenize(caption) if isinstance(caption, str) else list(caption)
-    ids = [self.word_id(w) for w in tokens] or [self.unk_id]
-    if self.start_end:
-      ids = [self._ids[START]] + ids + [self._ids[END]]
-    return ids
+    return [self.word_id(w) for w in tokens] or [self.unk_id]
 
   def encode(self, captions: Iterable[str | Sequence[str]], *,
              max_length: int | None = None,
              pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 (N, L), lengths int32 (N,)), padded with 0 on the right.
 
-    max_length truncates longer captions (keeping <end> when used); L is the
-    longest caption, or pad_to when given (a fixed shape compiles once).
+    max_length truncates longer captions; L is the longest caption, or
+    pad_to when given (a fixed shape compiles once).
     """
     encoded = [self.encode_one(c) for c in captions]
     if max_length is not None:
-      if max_length < (3 if self.start_end else 1):
+      if max_length < 1:
         raise UserError(f"max_length={max_length} leaves no room for a word.")
-      keep_end = int(self.start_end)
-      encoded = [e if len(e) <= max_length
-                 else e[:max_length - keep_end] + e[len(e) - keep_end:]
-                 for e in encoded]
+      encoded = [e[:max_length] for e in encoded]
     lengths = np.array([len(e) for e in encoded], np.int32)
     width = int(lengths.max(initial=1))
     if pad_to is not None:
@@ -122,41 +111,11 @@ class Vocabulary:
 
   def to_dict(self) -> dict:
     return {"format": _FORMAT, "version": 1, "words": list(self.words),
-            "start_end": self.start_end, "min_count": self.min_count}
+            "min_count": self.min_count}
 
   @classmethod
   def from_dict(cls, d: dict) -> "Vocabulary":
     if d.get("format") != _FORMAT:
       raise UserError("Not a metricjax vocabulary (no 'format': "
                       f"{_FORMAT!r}).")
-    return cls(tuple(d["words"]), bool(d["start_end"]), int(d["min_count"]))
-
-  def save(self, path: str | os.PathLike) -> None:
-    """Writes the JSON atomically (temporary file + rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(self.to_dict(), f, ensure_ascii=False)
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
-
-  @classmethod
-  def load(cls, path: str | os.PathLike) -> "Vocabulary":
-    try:
-      with open(path, encoding="utf-8") as f:
-        d = json.load(f)
-    except FileNotFoundError:
-      raise UserError(f"Vocabulary file {path} does not exist.") from None
-    except json.JSONDecodeError as e:
-      raise UserError(
-          f"Vocabulary file {path} is not valid JSON ({e}).") from None
-    try:
-      return cls.from_dict(d)
-    except UserError as e:
-      raise UserError(f"{path}: {e}") from None
+    return cls(tuple(d["words"]), int(d["min_count"]))

@@ -10,11 +10,11 @@ comes from metricjax/tasks/ (config.task).
 """
 
 import json
+import math
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import app
 from absl import flags
@@ -22,10 +22,14 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from metricjax import checkpoint
+from metricjax import cli
+from metricjax import io
 from metricjax import parallel
 from metricjax import state as state_lib
+from metricjax import step as step_lib
 from metricjax import tasks
-from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
+from metricjax import errors
+from metricjax.errors import UserError, exit_on_user_error
 
 FLAGS = flags.FLAGS
 
@@ -35,8 +39,7 @@ def _define_flags():
   config_flags.DEFINE_config_file(
       "config", None, "Experiment config file, e.g. configs/compact_involution.py:loss=ce.")
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-  flags.DEFINE_bool("distributed", False,
-                    "Call jax.distributed.initialize() (multi-host runs).")
+  cli.define_common_flags()
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -58,32 +61,43 @@ def step_memory(compiled) -> dict:
 
 class MetricsLog:
   """DIR/metrics.jsonl; on resume, rows past the restored step are dropped so
-  a run killed between a log and a checkpoint does not log steps twice."""
+  a run killed between a log and a checkpoint does not log steps twice.
+  Only process 0 writes."""
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
     rows = []
     if resume_step and os.path.exists(self.path):
       with open(self.path) as f:
         rows = [line for line in f if json.loads(line)["step"] <= resume_step]
-    with open(self.path, "w") as f:
-      f.writelines(rows)
+    io.write_text(self.path, "".join(rows))
 
   def write(self, row: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
-def _check_same_run(meta: dict, config: ml_collections.ConfigDict, workdir: str):
-  saved, current = meta["config"], json.loads(json.dumps(config.to_dict()))
-  for key in ("task", "dataset", "model", "classification_head", "image_features",
-              "backbone"):
-    now = current.get(key)
-    if saved.get(key) != now:
+def _check_same_run(saved_config: dict, config: ml_collections.ConfigDict,
+                    task_module, workdir: str) -> None:
+  """Refuses to resume a checkpoint with another task identity."""
+  normalise = lambda x: json.loads(json.dumps(x))
+  saved = ml_collections.ConfigDict(saved_config)
+  if saved.get("task", "retrieval") != config.get("task", "retrieval"):
+    then, now = saved.get("task", "retrieval"), config.get("task", "retrieval")
+    raise UserError(f"{workdir} holds a run of task {then!r}, but this config "
+                    f"is for task {now!r}. Use a new --workdir.")
+  then = normalise(task_module.identity(saved))
+  now = normalise(task_module.identity(config))
+  for key in now:
+    if then.get(key) != now[key]:
       raise UserError(
-          f"{workdir} holds a run with config.{key}={saved.get(key)!r}, but this "
-          f"config has {now!r}. Use a new --workdir, or the original config "
-          "to resume.")
+          f"{workdir} holds a run with {key}={then.get(key)!r}, but this "
+          f"config has {now[key]!r}. Use a new --workdir, or the original "
+          "config to resume.")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
@@ -92,38 +106,55 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     raise UserError(f"config.total_steps={config.total_steps} must be >= 1.")
   mesh = parallel.create_mesh()
   tx = state_lib.create_optimizer(config)
-  task = tasks.get(config).build(config, mesh, tx)
+  task_module = tasks.of(config)
+  task = task_module.build(config, mesh, tx)
 
   os.makedirs(workdir, exist_ok=True)
-  meta = dict(config=config.to_dict(), **task.meta)
+  meta = dict(config=config.to_dict(), **task.meta.to_dict())
   mngr = checkpoint.manager(workdir, max_to_keep=config.keep_checkpoints)
   replicated = parallel.replicated(mesh)
   init = jax.jit(task.init, out_shardings=replicated)
   start_step = mngr.latest_step() or 0
   if start_step:
-    _check_same_run(checkpoint.restore_meta(mngr, start_step), config, workdir)
+    _check_same_run(checkpoint.restore_meta(mngr, start_step)["config"], config,
+                    task_module, workdir)
     abstract = checkpoint.abstract_like(
         jax.eval_shape(init, jax.random.key(config.seed)), replicated)
     state = checkpoint.restore_state(mngr, start_step, abstract)
   else:
     state = init(jax.random.key(config.seed))
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    io.write_text(os.path.join(workdir, "config.json"),
+                  config.to_json_best_effort(indent=2))
 
   # Compiled ahead of time so its memory analysis can be logged.
-  step_fn = jax.jit(task.step, donate_argnums=(0,), out_shardings=(replicated, replicated)
+  train_step = step_lib.make_train_step(task.sample, task.loss, tx,
+                                        seed=config.seed)
+  step_fn = jax.jit(train_step, donate_argnums=(0,),
+                    out_shardings=(replicated, replicated)
                     ).lower(state, task.data).compile()
   memory = step_memory(step_fn)
   schedule = state_lib.learning_rate_schedule(config)
   log = MetricsLog(workdir, start_step)
+  eval_every = config.get("eval_every") if task.validate else 0
 
   bar = tqdm(total=config.total_steps, initial=start_step, desc="train",
-             unit="step", dynamic_ncols=True, mininterval=1.0)
+             unit="step", dynamic_ncols=True, mininterval=1.0,
+             disable=jax.process_index() != 0)
   last_time, last_step = time.perf_counter(), start_step
+  in_flight = None
   for step in range(start_step + 1, config.total_steps + 1):
     state, metrics = step_fn(state, task.data)
+    # One step queued ahead is enough to hide dispatch; waiting for the one
+    # before keeps the bar at the real training rate instead of racing
+    # ahead of the devices.
+    if in_flight is not None:
+      jax.block_until_ready(in_flight)
+    in_flight = metrics
     bar.update(1)
-    if step % config.log_every == 0 or step == config.total_steps:
+    last = step == config.total_steps
+    validate_now = eval_every and (step % eval_every == 0 or last)
+    if step % config.log_every == 0 or last or validate_now:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       now = time.perf_counter()
       rate = (step - last_step) / (now - last_time)
@@ -131,15 +162,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       row = dict(step=step, **metrics, learning_rate=float(schedule(step - 1)),
                  steps_per_sec=rate, examples_per_sec=rate * task.examples_per_step,
                  epoch=step * task.examples_per_step / task.epoch_size, **memory)
-      if task.validate and (step % config.eval_every == 0 or step == config.total_steps):
+      if validate_now:
         row.update({f"val_{k}": v for k, v in task.validate(state).items()})
         last_time = time.perf_counter()  # Validation is not training time.
       log.write(row)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-      if not jnp.isfinite(metrics["loss"]):
+      if not math.isfinite(metrics["loss"]):
         raise UserError(f"The loss became {metrics['loss']} at step {step}. Lower "
                         "config.learning_rate or set config.grad_clip_norm.")
-    if step % config.checkpoint_every == 0 or step == config.total_steps:
+    if step % config.checkpoint_every == 0 or last:
       checkpoint.save(mngr, step, state, meta)
   bar.close()
   mngr.wait_until_finished()
@@ -149,13 +180,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
 
 @exit_on_user_error
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}.")
-  if FLAGS.distributed:
-    parallel.initialize_distributed()
+  cli.set_up(argv)
   train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=parse_flags_or_exit)
+  app.run(main, flags_parser=errors.parse_flags_or_exit)

@@ -47,10 +47,8 @@ def tiny_idx_dir(tmp_path_factory):
 
 
 def load_config(name: str, arg: str | None = None):
-  """configs/<name>.py's get_config(arg), as the CLI would load it."""
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """configs/<name>.py's get_config(arg), loaded as the CLI loads it."""
+  from metricjax.config_utils import load_config as load  # after XLA_FLAGS
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                      f"{name}.py")
+  return load(path + (f":{arg}" if arg else ""))

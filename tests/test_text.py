@@ -35,31 +35,24 @@ def test_vocabulary_from_training_captions_only():
   assert "zebra" not in text.Vocabulary.build(TRAIN, min_count=1).words
 
 
-def test_encode_start_end_truncation_and_fixed_width():
-  vocab = text.Vocabulary.build(TRAIN, min_count=1, start_end=True)
-  assert vocab.words[:4] == ("<pad>", "<unk>", "<start>", "<end>")
+def test_encode_truncation_and_fixed_width():
+  vocab = text.Vocabulary.build(TRAIN, min_count=1)
   ids, lengths = vocab.encode(["a man riding a horse", ""], max_length=4,
                               pad_to=6)
   assert ids.shape == (2, 6)
-  assert vocab.decode(ids[0]) == ["<start>", "a", "man", "<end>"]
-  assert vocab.decode(ids[1]) == ["<start>", "<unk>", "<end>"]
-  np.testing.assert_array_equal(lengths, [4, 3])
+  assert vocab.decode(ids[0]) == ["a", "man", "riding", "a"]
+  assert vocab.decode(ids[1]) == ["<unk>"]
+  np.testing.assert_array_equal(lengths, [4, 1])
   with pytest.raises(UserError, match="pad_to"):
     vocab.encode(["a man riding a horse"], pad_to=3)
 
 
-def test_vocabulary_save_load(tmp_path):
-  vocab = text.Vocabulary.build(TRAIN, min_count=1, start_end=True)
-  vocab.save(tmp_path / "vocab.json")
-  loaded = text.Vocabulary.load(tmp_path / "vocab.json")
-  assert loaded.words == vocab.words and loaded.start_end and (
-      loaded.min_count == 1)
-  assert text.Vocabulary.from_dict(vocab.to_dict()).words == vocab.words
-  (tmp_path / "bad.json").write_text('{"words": ["x"]}')
-  with pytest.raises(UserError, match="bad.json"):
-    text.Vocabulary.load(tmp_path / "bad.json")
-  with pytest.raises(UserError, match="does not exist"):
-    text.Vocabulary.load(tmp_path / "none.json")
+def test_vocabulary_dict_round_trip():
+  vocab = text.Vocabulary.build(TRAIN, min_count=1)
+  loaded = text.Vocabulary.from_dict(vocab.to_dict())
+  assert loaded.words == vocab.words and loaded.min_count == 1
+  with pytest.raises(UserError, match="Not a metricjax vocabulary"):
+    text.Vocabulary.from_dict({"words": ["x"]})
 
 
 def test_gru_encoder_ignores_padding():

@@ -4,7 +4,6 @@ caption demo with a tiny random VGG backbone, and the CIFAR VGG export."""
 import json
 import os
 import shutil
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -114,10 +113,9 @@ def test_meta_and_resume(demo, tmp_path, monkeypatch):
   train = json.load(open(demo / "caption_demo" / "dataset_caption_demo.json"))
   train_words = {w for e in train["images"] if e["split"] == "train"
                  for s in e["sentences"] for w in s["tokens"]}
-  assert set(meta["vocabulary"]["words"][2:]) == train_words
-  stats = fne.FNEStats.from_dict(meta["fne_stats"])
-  assert stats.count == 16 and stats.mean.shape == (48,)
-  assert meta["backbone"]["taps"] == list(vgg.VGG(**TINY_VGG).fne_taps)
+  assert set(meta.vocabulary.words[2:]) == train_words
+  assert meta.fne_stats.count == 16 and meta.fne_stats.mean.shape == (48,)
+  assert meta.backbone["taps"] == list(vgg.VGG(**TINY_VGG).fne_taps)
 
   # Killed after step 2's checkpoint and resumed, it matches the
   # uninterrupted run.
@@ -147,11 +145,6 @@ def test_missing_weights_say_how_to_convert(demo, tmp_path, monkeypatch):
 
 def test_cifar_vgg_config_trains_and_exports_a_backbone(tiny_idx_dir,
                                                         tmp_path):
-  sys.path.insert(0, os.path.join(REPO, "tools"))
-  try:
-    import export_vgg_backbone  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
   config = load_config("cifar_vgg")
   config.dataset = f"idx:{tiny_idx_dir}"  # 28x28 grayscale, 4 classes.
   config.model.blocks = ((4,), (8,), (8,))
@@ -165,7 +158,7 @@ def test_cifar_vgg_config_trains_and_exports_a_backbone(tiny_idx_dir,
   assert 0 <= evaluate_lib.evaluate(workdir)["metrics"]["accuracy"] <= 1
 
   out = tmp_path / "vgg.npz"
-  meta = export_vgg_backbone.export(workdir, str(out))
+  meta = convert.export_trained_vgg(workdir, str(out))
   assert meta["image_size"] == 28 and meta["num_classes"] == 4
   model, params, _ = convert.load_backbone("vgg", out)
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), np.uint8)

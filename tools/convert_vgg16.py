@@ -10,16 +10,13 @@ returns it in the meta. A check runs the converted net on a random image.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from metricjax.errors import exit_on_user_error  # pylint: disable=g-import-not-at-top
+from metricjax.errors import exit_on_user_error
 from metricjax.errors import UserError
 from metricjax.models import convert
 from metricjax.models import vgg
@@ -34,7 +31,7 @@ FLAGS = flags.FLAGS
 
 def _load_torch_state_dict(path):
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError:
     raise UserError("Reading a .pth file needs PyTorch (`pip install "
                     "torch`).") from None

@@ -9,15 +9,11 @@ Then `load_captions("caption_demo", split)` finds it under
 $METRICJAX_DATA_DIR.
 """
 
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from metricjax.data import caption_demo  # pylint: disable=g-import-not-at-top
+from metricjax.data import caption_demo
 from metricjax.data import load_dataset
 from metricjax.errors import exit_on_user_error
 

@@ -13,16 +13,15 @@ data.captions.load_karpathy reads it like Flickr8K.
 """
 
 import colorsys
-import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
+from metricjax import io
 from metricjax.errors import UserError
 from metricjax.text import tokenize
 
@@ -198,8 +197,5 @@ def write_caption_demo(out_dir: str | os.PathLike, train: ArrayDataset,
     f.write(DESCRIPTION + "\n")
   path = os.path.join(out_dir, f"dataset_{NAME}.json")
   # Written last and atomically: a complete JSON means complete images.
-  fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(data, f)
-  os.replace(tmp, path)
+  io.write_json(path, data)
   return path

@@ -91,3 +91,37 @@ def _describe(x) -> str:
   if isinstance(x, np.ndarray):
     return f"a {x.dtype} array of shape {x.shape}"
   return type(x).__name__
+
+
+def hold_out(ds: ArrayDataset, size: int, *,
+             seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+  """(rest, held_out): `size` examples split off `ds`, stratified by class.
+
+  Each class gives its share of `size` (largest remainder, so the shares add
+  up to `size`), drawn with a fixed seed: the same examples for every run
+  of a config, whatever its training seed, so runs are compared on one
+  validation set. Both parts keep the original order.
+  """
+  n = len(ds)
+  if not 0 < size < n:
+    raise UserError(f"config.val_size={size} must be between 1 and the "
+                    f"{n - 1} examples of {ds.name} {ds.split} that would "
+                    "leave at least one for training.")
+  counts = np.bincount(ds.labels, minlength=ds.num_classes)
+  exact = size * counts / n
+  quota = np.floor(exact).astype(int)
+  # Largest remainders first, lower class first among equals.
+  order = np.lexsort((np.arange(ds.num_classes), -(exact - quota)))
+  quota[order[:size - quota.sum()]] += 1
+  rng = np.random.default_rng(seed)
+  held = np.zeros(n, bool)
+  for c in np.flatnonzero(quota):
+    members = np.flatnonzero(ds.labels == c)
+    held[rng.choice(members, size=quota[c], replace=False)] = True
+
+  def part(keep, what):
+    return dataclasses.replace(ds, images=ds.images[keep],
+                               labels=ds.labels[keep],
+                               source=f"{ds.source}, {what}")
+  return (part(~held, f"without the {size} held-out examples"),
+          part(held, f"{size} examples held out for validation"))

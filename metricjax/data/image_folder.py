@@ -11,7 +11,6 @@ import io
 import os
 import re
 import sys
-import tempfile
 import zipfile
 
 from absl import logging
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
 from metricjax.errors import UserError
+from metricjax.io import atomic_write
 
 CACHE_DIR_ENV = "METRICJAX_CACHE_DIR"
 # Bump when the decoding or the cache layout changes: old entries then miss.
@@ -250,25 +250,12 @@ def _load_cache(key, name, split):
 def _save_cache(key, name, split, images, labels, num_classes, class_names):
   del num_classes  # Implied by class_names.
   path = _cache_path(key, name, split)
-  tmp = None
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Same directory as the target, so os.replace is an atomic rename.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp",
-                               prefix=f".{os.path.basename(path)}.")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path, "wb") as f:
       np.savez(f, images=images, labels=labels,
                class_names=np.asarray(class_names, dtype=str))
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared.
-    os.replace(tmp, path)
-    tmp = None
   except OSError as e:
     # A read-only home must not stop training; it only costs a re-decode.
     logging.warning("Could not write cache %s (%s); set %s to a writable "
                     "directory to avoid decoding again.", path, e,
                     CACHE_DIR_ENV)
-  finally:
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)

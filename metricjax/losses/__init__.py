@@ -2,9 +2,11 @@
 
 To add a loss: write it in its own file with the signature
 `fn(x, labels, *, mask=None, **hyperparameters) -> scalar` and add one line
-to REGISTRY saying which model output it consumes ("embedding" or "logits";
-"triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`).
-Configs then select it with `config.loss.name` and pass `config.loss.kwargs`.
+to REGISTRY saying what it consumes: "embedding" or "logits" of a labelled
+batch; "triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`;
+"image_text" for `fn(image_emb, text_emb, **kw)` on matching rows (the
+caption task). Configs select it with `config.loss.name` and pass
+`config.loss.kwargs`.
 """
 
 from typing import Callable, NamedTuple
@@ -18,14 +20,14 @@ from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
 from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
-# Not in REGISTRY: it takes (image_emb, text_emb), not (x, labels).
 from metricjax.losses.vse import vse_ranking_loss
 
 
 class Loss(NamedTuple):
   fn: Callable
-  # What it consumes: "embedding" or "logits" of a labelled batch, or
-  # "triplets": fn(anchor, positive, negative, **kw) on explicit triplets.
+  # What it consumes: "embedding" or "logits" of a labelled batch,
+  # "triplets": fn(anchor, positive, negative, **kw) on explicit triplets,
+  # or "image_text": fn(image_emb, text_emb, **kw), row i a matching pair.
   input: str
 
 
@@ -38,6 +40,7 @@ REGISTRY: dict[str, Loss] = {
     "ntxent": Loss(ntxent_loss, "embedding"),
     "triplet_explicit": Loss(triplet_loss, "triplets"),
     "shadow_explicit": Loss(shadow_loss, "triplets"),
+    "vse": Loss(vse_ranking_loss, "image_text"),
 }
 
 

@@ -15,7 +15,6 @@ Params are saved as .npz ("layer/kernel" entries and a JSON "__meta__").
 import json
 import os
 import re
-import tempfile
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ import numpy as np
 
 from metricjax import models
 from metricjax.errors import UserError
+from metricjax.io import atomic_write
 from metricjax.models.vgg import conv_names
 from metricjax.models.vgg import VGG16_BLOCKS
 
@@ -193,17 +193,8 @@ def save_params_npz(path: str | os.PathLike, params: Mapping[str, Any],
   arrays = {f"{layer}/{k}": np.asarray(v) for layer, d in params.items()
             for k, v in d.items()}
   arrays[_META_KEY] = np.asarray(json.dumps(dict(meta)))
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_write(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 def load_params_npz(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -255,3 +246,24 @@ def load_backbone(name: str,
 def _shapes(params) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def export_trained_vgg(workdir: str, out: str, step: int | None = None) -> dict:
+  """A VGG trained here (config.model.name "vgg") -> an FNE backbone .npz,
+  the format of save_params_npz; returns its meta."""
+  from metricjax import evaluate  # pylint: disable=g-import-not-at-top  # cycle
+  restored = evaluate.restore(workdir, step)
+  model = restored.model
+  if not isinstance(model, models.VGGNet):
+    raise UserError(f"{workdir} holds a {type(model).__name__}, not a VGG "
+                    "(config.model.name='vgg'); nothing to export.")
+  arch = dict(blocks=model.blocks, fc_dims=model.fc_dims,
+              num_classes=model.num_classes, pool_size=model.pool_size)
+  meta = dict(arch="vgg", framework="metricjax", model=arch,
+              preprocess=model.preprocess,
+              image_size=restored.meta.image_shape[0],
+              num_classes=model.num_classes, has_fc=bool(model.fc_dims),
+              source=f"{os.path.abspath(workdir)} step {restored.step}",
+              trained_on=restored.meta.name)
+  save_params_npz(out, jax.device_get(restored.state.params["vgg"]), meta)
+  return meta

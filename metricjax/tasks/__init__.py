@@ -1,14 +1,19 @@
 """Tasks: what a config trains, on which data, and how it is evaluated.
 
-`python -m metricjax.train` and `metricjax.evaluate` are task-agnostic; a task
+`python -m metricjax.train` and `metricjax.evaluate` know no task; a task
 module (chosen by `config.task`, default "retrieval") provides
 
-  build(config, mesh, tx) -> Task
-      loads the training data onto the devices and returns the pieces the
-      generic loop in metricjax/train.py needs;
+  identity(config) -> dict
+      the settings that must not change when a run resumes (dataset,
+      model, ...); compared between the saved and the current config;
+  Meta
+      a dataclass with `to_dict()` / `from_dict(d)`: what the task learns
+      from its training data (dataset description, vocabulary, statistics),
+      saved with every checkpoint so evaluation needs no training data;
   make_model_and_init(config, meta, tx) -> (model, init)
-      the model and `init(rng) -> TrainState`, from the config and the `meta`
-      saved with the checkpoint (so evaluation needs no training data);
+      the model and `init(rng) -> TrainState`;
+  build(config, mesh, tx) -> Task
+      loads the training data onto the devices; the pieces of training;
   evaluate(config, meta, model, state, split, mesh) -> (metrics, dataset)
       metrics (a dict of floats) and a JSON-able description of the data.
 """
@@ -24,21 +29,28 @@ from metricjax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  meta: dict  # JSON-able; saved with every checkpoint next to the config.
+  """What the generic loop (metricjax/train.py) needs from a task."""
+  meta: Any  # The task's Meta; saved with every checkpoint.
   model: nn.Module
   init: Callable  # rng -> TrainState, jit-able.
-  step: Callable  # (state, data) -> (state, metrics), jit-able.
-  data: Any  # The device-resident pytree every step reads.
+  # The two halves of a training step (metricjax/step.py joins them):
+  sample: Callable  # (rng, data) -> batch, jit-able; rng from (seed, step).
+  loss: Callable  # (params, batch_stats, batch) -> (loss, new batch_stats).
+  data: Any  # The device-resident pytree `sample` reads.
   examples_per_step: int
   epoch_size: int
   validate: Callable | None = None  # state -> metrics, for learning curves.
 
 
-def get(config) -> ModuleType:
+def get(name: str) -> ModuleType:
   # Imported lazily: a task's dependencies load only when it is used.
   from metricjax.tasks import retrieval, vse  # pylint: disable=g-import-not-at-top
   tasks = {"retrieval": retrieval, "vse": vse}
-  name = config.get("task", "retrieval")
   if name not in tasks:
     raise UserError(f"Unknown config.task {name!r}; known: {', '.join(tasks)}.")
   return tasks[name]
+
+
+def of(config) -> ModuleType:
+  """The task module of a config."""
+  return get(config.get("task", "retrieval"))

@@ -2,22 +2,28 @@
 (papers 1 and 2), evaluated by retrieval metrics on a held-out split.
 
 The training split lives on the devices (replicated); each step samples and
-augments its batch there, from randomness derived from (seed, step).
+augments its batch there, from randomness derived from (seed, step). With
+validation on (config.eval_every > 0), config.val_size examples of the
+training split are held out of it (stratified, the same for every seed) and
+the validation metrics are theirs; the test split is read only by
+`metricjax.evaluate`.
 """
+
+import dataclasses
 
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
 from metricjax import data as data_lib
+from metricjax import inference
 from metricjax import losses
 from metricjax import metrics as metrics_lib
+from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax.errors import UserError
 from metricjax.tasks import Task
-from metricjax.tasks.embedding import embed
 
 
 @flax.struct.dataclass
@@ -28,13 +34,49 @@ class DeviceData:
   class_index: data_lib.ClassIndex
 
 
-def dataset_meta(ds: data_lib.ArrayDataset) -> dict:
-  return dict(name=ds.name, source=ds.source, split=ds.split, size=len(ds),
-              num_classes=ds.num_classes, class_names=list(ds.class_names),
-              image_shape=list(ds.images.shape[1:]))
+@dataclasses.dataclass(frozen=True)
+class Meta:
+  """The training data, as the checkpoint records it."""
+  name: str
+  source: str
+  split: str
+  size: int  # Training examples (held-out ones not counted).
+  num_classes: int
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]
+  val_size: int = 0  # Examples of `split` held out for validation.
+
+  def to_dict(self) -> dict:
+    return {"dataset": dataclasses.asdict(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Meta":
+    ds = dict(d["dataset"])
+    return cls(**dict(ds, class_names=tuple(ds["class_names"]),
+                      image_shape=tuple(ds["image_shape"])))
 
 
-def make_sampler(config, loss: losses.Loss, num_classes: int):
+def identity(config) -> dict:
+  """What a resumed run must share with the checkpoint's."""
+  return dict(dataset=config.dataset, model=config.model.to_dict(),
+              classification_head=config.classification_head,
+              imbalance=config.get("imbalance"), held_out=_val_size(config))
+
+
+def _val_size(config) -> int:
+  return config.val_size if config.get("eval_every") else 0
+
+
+def make_model_and_init(config, meta: Meta, tx):
+  model = models.create_model(
+      config.model,
+      num_classes=meta.num_classes if config.classification_head else None)
+  image = jnp.zeros((1, *meta.image_shape), jnp.uint8)
+  return model, lambda rng: state_lib.init_state(model, tx, rng, image,
+                                                 train=False)
+
+
+def _make_index_sampler(config, loss: losses.Loss, num_classes: int):
   """-> sample(rng, data): the step's example indices, drawn on device."""
   if (loss.input == "triplets") != (config.sampler == "triplets"):
     raise UserError(
@@ -57,98 +99,100 @@ def make_sampler(config, loss: losses.Loss, num_classes: int):
                   "x K images), 'uniform', or 'triplets' (explicit triplets).")
 
 
-def make_train_step(config, model, loss: losses.Loss, tx, mesh, num_classes):
-  """The jitted-to-be step: sample, augment, forward, backward, update."""
-  loss_kwargs = config.loss.kwargs.to_dict()
-  if loss.input == "logits" and not config.classification_head:
-    raise UserError(f"Loss {config.loss.name!r} needs logits: set "
-                    "config.classification_head=True.")
-  sample = make_sampler(config, loss, num_classes)
+def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
+  """(rng, data) -> {"images", "labels"}: the step's augmented batch."""
+  sample_indices = _make_index_sampler(config, loss, num_classes)
   batch_sharding = parallel.batch_sharding(mesh)
-  seed_key = jax.random.key(config.seed)
 
-  def train_step(state: state_lib.TrainState, data: DeviceData):
-    rng_sample, rng_augment = jax.random.split(jax.random.fold_in(seed_key, state.step))
-    idx = sample(rng_sample, data)
+  def sample(rng, data: DeviceData):
+    rng_sample, rng_augment = jax.random.split(rng)
+    idx = sample_indices(rng_sample, data)
     # Sharding the indices makes each device gather only its own rows.
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     images, labels = data.images[idx], data.labels[idx]
     if config.augment:
       images = data_lib.random_crop_flip(rng_augment, images)
-
-    def loss_fn(params):
-      outputs, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, images,
-          train=True, mutable=["batch_stats"])
-      if loss.input == "triplets":
-        value = loss.fn(*jnp.split(outputs["embedding"], 3), **loss_kwargs)
-      else:
-        value = loss.fn(outputs[loss.input], labels, **loss_kwargs)
-      return value, updates.get("batch_stats", {})
-
-    (value, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats, opt_state=opt_state)
-    return new_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
-
-  return train_step
+    return {"images": images, "labels": labels}
+  return sample
 
 
-def make_validation(config, model, mesh):
-  """Retrieval metrics of the first config.val_size eval-split images, every
-  config.eval_every steps (0: never). For learning curves and steps-to-target,
-  not for the reported test figures."""
-  if not config.get("eval_every"):
-    return None
-  ds = data_lib.load_dataset(config.dataset, config.eval_split)
-  images, labels = ds.images[:config.val_size], ds.labels[:config.val_size]
+def make_loss(config, model, loss: losses.Loss):
+  """(params, batch_stats, batch) -> (loss, new batch_stats)."""
+  if loss.input not in ("embedding", "logits", "triplets"):
+    raise UserError(f"Loss {config.loss.name!r} takes {loss.input!r}, not a "
+                    "labelled image batch; it belongs to another task.")
+  if loss.input == "logits" and not config.classification_head:
+    raise UserError(f"Loss {config.loss.name!r} needs logits: set "
+                    "config.classification_head=True.")
+  kwargs = config.loss.kwargs.to_dict()
+
+  def loss_fn(params, batch_stats, batch):
+    outputs, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats}, batch["images"],
+        train=True, mutable=["batch_stats"])
+    if loss.input == "triplets":
+      value = loss.fn(*jnp.split(outputs["embedding"], 3), **kwargs)
+    else:
+      value = loss.fn(outputs[loss.input], batch["labels"], **kwargs)
+    return value, updates.get("batch_stats", {})
+  return loss_fn
+
+
+def _variables(state):
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def make_validation(config, model, held_out: data_lib.ArrayDataset, mesh):
+  """Retrieval metrics of the held-out examples (querying each other)."""
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
   def validate(state):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    outputs = embed(model, variables, images, mesh=mesh,
-                                 batch_size=config.eval.batch_size, desc="validate")
-    return metrics_lib.retrieval_metrics(outputs["embedding"], labels,
+    outputs = inference.batched_apply(
+        apply, _variables(state), (held_out.images,), mesh=mesh,
+        batch_size=config.eval.batch_size, desc="validate")
+    return metrics_lib.retrieval_metrics(outputs["embedding"], held_out.labels,
                                          ks=tuple(config.eval.ks))
   return validate
 
 
-def make_model_and_init(config, meta: dict, tx):
-  model = state_lib.model_from_config(config, meta["dataset"]["num_classes"])
-  image_shape = tuple(meta["dataset"]["image_shape"])
-  return model, lambda rng: state_lib.init_state(model, tx, image_shape, rng)
-
-
 def build(config, mesh, tx) -> Task:
   parallel.check_divisible(config.batch_size, mesh, "config.batch_size")
+  loss = losses.get_loss(config.loss.name)
   ds = data_lib.load_dataset(config.dataset, config.train_split)
   if config.get("imbalance") and config.imbalance.classes:
     ds = data_lib.imbalanced(ds, **config.imbalance.to_dict())
-  meta = dict(dataset=dataset_meta(ds))
+  validate = None
+  if _val_size(config):
+    ds, held_out = data_lib.hold_out(ds, config.val_size)
+  meta = Meta(name=ds.name, source=ds.source, split=ds.split, size=len(ds),
+              num_classes=ds.num_classes, class_names=ds.class_names,
+              image_shape=ds.image_shape, val_size=_val_size(config))
   model, init = make_model_and_init(config, meta, tx)
-  loss = losses.get_loss(config.loss.name)
+  if _val_size(config):
+    validate = make_validation(config, model, held_out, mesh)
   data = parallel.replicate(DeviceData(
       images=ds.images, labels=ds.labels,
       class_index=data_lib.ClassIndex.from_labels(ds.labels, ds.num_classes)), mesh)
   return Task(
       meta=meta, model=model, init=init,
-      step=make_train_step(config, model, loss, tx, mesh, ds.num_classes),
-      data=data, epoch_size=len(ds),
+      sample=make_sample(config, loss, mesh, ds.num_classes),
+      loss=make_loss(config, model, loss), data=data, epoch_size=len(ds),
       examples_per_step=config.batch_size * (3 if config.sampler == "triplets" else 1),
-      validate=make_validation(config, model, mesh))
+      validate=validate)
 
 
-def evaluate(config, meta: dict, model, state, split: str, mesh):
+def evaluate(config, meta: Meta, model, state, split: str, mesh):
   ds = data_lib.load_dataset(config.dataset, split)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  outputs = embed(model, variables, ds.images, batch_size=config.eval.batch_size,
-                  mesh=mesh, desc=f"embed {ds.name}/{split}")
+  outputs = inference.embed(model, _variables(state), ds.images,
+                            batch_size=config.eval.batch_size, mesh=mesh,
+                            desc=f"embed {ds.name}/{split}")
   metrics = metrics_lib.retrieval_metrics(
       outputs["embedding"], ds.labels, ks=tuple(config.eval.ks))
   if "logits" in outputs:
     metrics["accuracy"] = metrics_lib.accuracy(outputs["logits"], ds.labels)
-  train_meta = meta["dataset"]
+  sizes = {meta.split: meta.size, split: len(ds)}
+  if meta.val_size:
+    sizes[f"{meta.split} (held out for validation)"] = meta.val_size
   dataset = dict(name=ds.name, source=ds.source, eval_split=split,
-                 split_sizes={train_meta["split"]: train_meta["size"], split: len(ds)})
+                 split_sizes=sizes)
   return metrics, dataset

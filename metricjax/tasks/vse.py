@@ -14,6 +14,7 @@ Model selection: checkpoints at every validation (config.checkpoint_every
 = config.eval_every) and `metricjax.evaluate --select=val_rsum`.
 """
 
+import dataclasses
 import hashlib
 import os
 
@@ -21,23 +22,21 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from metricjax import data as data_lib
 from metricjax import fne
+from metricjax import inference
+from metricjax import losses
 from metricjax import metrics as metrics_lib
 from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax.data.image_folder import cache_dir
 from metricjax.errors import UserError
-from metricjax.losses import vse_ranking_loss
 from metricjax.models import convert
 from metricjax.tasks import Task
-from metricjax.tasks.embedding import batched_apply
 from metricjax.text import Vocabulary
 
-LOSSES = {"sum": False, "max": True}  # config.loss.name -> max_violation.
 FEATURES = ("fne", "fc7")
 
 
@@ -49,13 +48,48 @@ class DeviceData:
   lengths: jax.Array  # int32 (N, captions_per_image)
 
 
+@dataclasses.dataclass(frozen=True)
+class Meta:
+  """What the model learned from its training split besides its weights."""
+  dataset: dict  # name, source, split, size, captions_per_image
+  backbone: dict  # Backbone.describe(): weights path and SHA-256, taps, ...
+  features_kind: str  # "fne" or "fc7"
+  features_dim: int
+  vocabulary: Vocabulary
+  fne_stats: fne.FNEStats | None  # For "fne": the training split's.
+
+  def to_dict(self) -> dict:
+    return dict(dataset=self.dataset, backbone=self.backbone,
+                features=dict(kind=self.features_kind, dim=self.features_dim),
+                vocabulary=self.vocabulary.to_dict(),
+                fne_stats=self.fne_stats.to_dict() if self.fne_stats else None)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Meta":
+    return cls(dataset=d["dataset"], backbone=d["backbone"],
+               features_kind=d["features"]["kind"],
+               features_dim=int(d["features"]["dim"]),
+               vocabulary=Vocabulary.from_dict(d["vocabulary"]),
+               fne_stats=(fne.FNEStats.from_dict(d["fne_stats"])
+                          if d["fne_stats"] else None))
+
+
+def identity(config) -> dict:
+  """What a resumed run must share with the checkpoint's."""
+  return dict(dataset=config.dataset, model=config.model.to_dict(),
+              image_features=config.image_features,
+              backbone=config.backbone.to_dict())
+
+
 def _check_config(config):
   if config.image_features not in FEATURES:
     raise UserError(f"config.image_features={config.image_features!r}; use "
                     f"one of {', '.join(FEATURES)}.")
-  if config.loss.name not in LOSSES:
-    raise UserError(f"config.loss.name={config.loss.name!r}; use 'sum' (VSE, "
-                    "all negatives) or 'max' (VSE++, hardest negative).")
+  if losses.get_loss(config.loss.name).input != "image_text":
+    raise UserError(f"config.loss.name={config.loss.name!r} does not take "
+                    "(image, caption) embedding pairs; use 'vse' "
+                    "(config.loss.kwargs.max_violation: False sums over all "
+                    "negatives as VSE, True takes the hardest as VSE++).")
 
 
 def _weights_path(weights: str) -> str:
@@ -120,28 +154,21 @@ def _encode_captions(config, vocab: Vocabulary, split: data_lib.CaptionSplit):
   return vocab.encode(split.captions, max_length=config.max_caption_length)
 
 
-def _stats(meta: dict) -> fne.FNEStats | None:
-  return fne.FNEStats.from_dict(meta["fne_stats"]) if meta["fne_stats"] else None
-
-
-def make_model_and_init(config, meta: dict, tx):
+def make_model_and_init(config, meta: Meta, tx):
   model = models.create_model(
-      dict(config.model.to_dict(), vocab_size=len(meta["vocabulary"]["words"])))
-  dtype = jnp.int8 if meta["features"]["kind"] == "fne" else jnp.float32
-  inputs = (jnp.zeros((1, meta["features"]["dim"]), dtype),
+      dict(config.model.to_dict(), vocab_size=len(meta.vocabulary)))
+  dtype = jnp.int8 if meta.features_kind == "fne" else jnp.float32
+  inputs = (jnp.zeros((1, meta.features_dim), dtype),
             jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32))
-  return model, lambda rng: state_lib.init_state_from(model, tx, rng, *inputs)
+  return model, lambda rng: state_lib.init_state(model, tx, rng, *inputs)
 
 
-def make_train_step(config, model, tx, mesh):
-  """The jitted-to-be step: sample images and captions, forward, update."""
-  max_violation = LOSSES[config.loss.name]
+def make_sample(config, mesh):
+  """(rng, data) -> a batch of distinct images and one caption of each."""
   batch_sharding = parallel.batch_sharding(mesh)
-  seed_key = jax.random.key(config.seed)
 
-  def train_step(state: state_lib.TrainState, data: DeviceData):
-    rng_images, rng_captions = jax.random.split(
-        jax.random.fold_in(seed_key, state.step))
+  def sample(rng, data: DeviceData):
+    rng_images, rng_captions = jax.random.split(rng)
     idx = data_lib.uniform_batch(rng_images, data.features.shape[0],
                                  config.batch_size)
     # One of each image's captions, as VSE++ does; sharding the indices
@@ -149,23 +176,22 @@ def make_train_step(config, model, tx, mesh):
     which = jax.random.randint(rng_captions, idx.shape, 0, data.ids.shape[1])
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     which = jax.lax.with_sharding_constraint(which, batch_sharding)
-    features = data.features[idx]
-    ids, lengths = data.ids[idx, which], data.lengths[idx, which]
+    return {"features": data.features[idx], "ids": data.ids[idx, which],
+            "lengths": data.lengths[idx, which]}
+  return sample
 
-    def loss_fn(params):
-      image_emb, text_emb = model.apply({"params": params}, features, ids,
-                                        lengths)
-      return vse_ranking_loss(image_emb, text_emb, margin=config.loss.margin,
-                              max_violation=max_violation)
 
-    value, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
-    return new_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+def make_loss(config, model):
+  """(params, batch_stats, batch) -> (loss, batch_stats): the model has no
+  batch statistics, they pass through."""
+  loss = losses.get_loss(config.loss.name)
+  kwargs = config.loss.kwargs.to_dict()
 
-  return train_step
+  def loss_fn(params, batch_stats, batch):
+    image_emb, text_emb = model.apply({"params": params}, batch["features"],
+                                      batch["ids"], batch["lengths"])
+    return loss.fn(image_emb, text_emb, **kwargs), batch_stats
+  return loss_fn
 
 
 def embed_split(config, model, state, features: np.ndarray, ids: np.ndarray,
@@ -177,10 +203,10 @@ def embed_split(config, model, state, features: np.ndarray, ids: np.ndarray,
   encode_image, encode_text = encoders or make_encoders(model)
   variables = {"params": state.params}
   kw = dict(batch_size=config.eval.batch_size, mesh=mesh)
-  images = batched_apply(encode_image, variables, (features,),
-                         desc="embed images", **kw)["x"]
-  captions = batched_apply(encode_text, variables, (ids, lengths),
-                           desc="embed captions", **kw)["x"]
+  images = inference.batched_apply(encode_image, variables, (features,),
+                                   desc="embed images", **kw)["x"]
+  captions = inference.batched_apply(encode_text, variables, (ids, lengths),
+                                     desc="embed captions", **kw)["x"]
   return images, captions
 
 
@@ -194,9 +220,8 @@ def _eval_inputs(config, meta, backbone: Backbone, split: str, limit=None):
   """(CaptionSplit, features, ids, lengths) of a split, with the training
   split's statistics and vocabulary from `meta`."""
   ds = backbone.load_split(split)
-  features = backbone.features(ds, meta["features"]["kind"], _stats(meta))
-  vocab = Vocabulary.from_dict(meta["vocabulary"])
-  ids, lengths = _encode_captions(config, vocab, ds)
+  features = backbone.features(ds, meta.features_kind, meta.fne_stats)
+  ids, lengths = _encode_captions(config, meta.vocabulary, ds)
   if limit:
     features = features[:limit]
     ids = ids[:limit * ds.captions_per_image]
@@ -235,29 +260,27 @@ def build(config, mesh, tx) -> Task:
   if config.image_features == "fne":
     stats = fne.fit_fne_stats(backbone.features(train, "fne_raw"))
   features = np.asarray(backbone.features(train, config.image_features, stats))
-  meta = dict(
+  meta = Meta(
       dataset=dict(name=train.name, source=train.source,
                    split=config.train_split, size=n,
                    captions_per_image=per_image),
-      backbone=backbone.describe(),
-      features=dict(kind=config.image_features, dim=int(features.shape[1])),
-      vocabulary=vocab.to_dict(),
-      fne_stats=stats.to_dict() if stats else None)
+      backbone=backbone.describe(), features_kind=config.image_features,
+      features_dim=int(features.shape[1]), vocabulary=vocab, fne_stats=stats)
   model, init = make_model_and_init(config, meta, tx)
   ids, lengths = _encode_captions(config, vocab, train)
   data = parallel.replicate(DeviceData(
       features=features, ids=ids.reshape(n, per_image, -1),
       lengths=lengths.reshape(n, per_image)), mesh)
   return Task(meta=meta, model=model, init=init,
-              step=make_train_step(config, model, tx, mesh), data=data,
-              examples_per_step=config.batch_size, epoch_size=n,
+              sample=make_sample(config, mesh), loss=make_loss(config, model),
+              data=data, examples_per_step=config.batch_size, epoch_size=n,
               validate=make_validation(config, meta, model, backbone, mesh))
 
 
 def evaluate(config, meta: dict, model, state, split: str, mesh):
   # The absolute path recorded at training: the config's may be relative.
-  backbone = Backbone(config, mesh, meta["backbone"]["weights"])
-  if _sha256(backbone.path) != meta["backbone"]["sha256"]:
+  backbone = Backbone(config, mesh, meta.backbone["weights"])
+  if _sha256(backbone.path) != meta.backbone["sha256"]:
     raise UserError(f"{backbone.path} is not the backbone this model was "
                     "trained on (its contents changed); its features would "
                     "not match the model.")
@@ -269,12 +292,11 @@ def evaluate(config, meta: dict, model, state, split: str, mesh):
   if len(ds) == 5000:  # COCO 5K; "COCO 1K" averages its 5 folds.
     metrics.update({f"coco1k_{k}": v for k, v in metrics_lib.coco_1k_5fold(
         images, captions, captions_per_image=ds.captions_per_image).items()})
-  train_meta = meta["dataset"]
   dataset = dict(name=ds.name, source=ds.source, eval_split=split,
-                 split_sizes={train_meta["split"]: train_meta["size"],
+                 split_sizes={meta.dataset["split"]: meta.dataset["size"],
                               split: len(ds)},
                  captions_per_image=ds.captions_per_image,
-                 image_features=meta["features"]["kind"],
-                 feature_dim=meta["features"]["dim"],
-                 vocabulary_size=len(meta["vocabulary"]["words"]))
+                 image_features=meta.features_kind,
+                 feature_dim=meta.features_dim,
+                 vocabulary_size=len(meta.vocabulary))
   return metrics, dataset
