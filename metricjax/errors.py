@@ -13,6 +13,13 @@ class UserError(Exception):
   """Bad input: the message says what was wrong, where, and what to do."""
 
 
+def one_line(e: Exception, limit: int = 300) -> str:
+  """An exception's message on one line, cut to `limit` characters, for
+  quoting a library's error inside a UserError."""
+  text = " ".join(str(e).split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def exit_on_user_error(main):
   """Wraps an absl main: a UserError becomes its message and exit code 2."""
 

@@ -123,3 +123,21 @@ def test_random_crop_flip(dtype):
   same = random_crop_flip(jax.random.key(0), jnp.asarray(images), padding=0,
                           flip=False)
   np.testing.assert_array_equal(same, images)
+
+
+def test_hold_out_is_stratified_deterministic_and_disjoint():
+  from metricjax.data import ArrayDataset, hold_out
+  labels = np.repeat(np.arange(3), [50, 30, 20]).astype(np.int32)
+  images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
+  ds = ArrayDataset(images, labels, 3, ("a", "b", "c"), "t", "train", "test")
+  rest, held = hold_out(ds, 10)
+  assert np.bincount(held.labels).tolist() == [5, 3, 2]
+  assert len(rest) == 90
+  seen = np.concatenate([rest.images.ravel(), held.images.ravel()])
+  assert sorted(seen.tolist()) == list(range(100))
+  again = hold_out(ds, 10)[1]
+  np.testing.assert_array_equal(held.images, again.images)
+  # Largest remainders make the shares add up to the size asked for.
+  assert np.bincount(hold_out(ds, 7)[1].labels).tolist() == [4, 2, 1]
+  with pytest.raises(UserError, match="val_size"):
+    hold_out(ds, 100)

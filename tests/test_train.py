@@ -145,3 +145,23 @@ def test_cli_errors_are_one_paragraph(tmp_path):
               "--config.no_such_key=1", f"--workdir={tmp_path}")
   assert proc.returncode != 0 and "no_such_key" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_validation_is_held_out_of_training_on_its_own_schedule(tiny_idx_dir,
+                                                                tmp_path):
+  from metricjax import parallel, state as state_lib
+  from metricjax.tasks import retrieval
+  config = tiny_config(tiny_idx_dir, log_every=3, eval_every=2, val_size=16)
+  task = retrieval.build(config, parallel.create_mesh(),
+                         state_lib.create_optimizer(config))
+  # The sampler draws from the 48 remaining training images only.
+  assert task.data.labels.shape == (48,) and task.epoch_size == 48
+  assert task.meta.val_size == 16 and task.meta.size == 48
+
+  train_lib.train(config, str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [2, 3, 4, 6]
+  assert ["val_precision_at_1" in r for r in rows] == [True, False, True, True]
+  sizes = evaluate_lib.evaluate(str(tmp_path))["dataset"]["split_sizes"]
+  assert sizes == {"train": 48, "test": 32,
+                   "train (held out for validation)": 16}

@@ -24,9 +24,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from metricjax.data.sources import DATA_DIR_ENV
-from metricjax.data.tfds_source import _one_line
 from metricjax.data.tfds_source import default_tfds_dir
 from metricjax.data.tfds_source import TfdsUnavailableError
+from metricjax.errors import one_line
 from metricjax.errors import UserError
 
 CAPTIONS_PER_IMAGE = 5
@@ -251,7 +251,7 @@ def load_coco_captions_tfds(split: str, *, data_dir: str | None = None,
     source = tfds.data_source("coco_captions", split=split, data_dir=data_dir,
                               download=download)
   except Exception as e:  # ImportError, DatasetNotFoundError, ...
-    reason = f"{type(e).__name__}: {_one_line(e)}"
+    reason = f"{type(e).__name__}: {one_line(e)}"
     raise TfdsUnavailableError(
         f"TFDS could not load coco_captions split {split!r} in {where}: "
         f"{reason}. Prepare it on a machine with internet (`tfds build "
@@ -293,10 +293,13 @@ class _Int64OnlyTF:
 
 
 def _let_coco_builder_run_without_tensorflow():
-  # TFDS 4.9's Coco._info declares 'image/id' as tf.int64, so coco_captions
-  # cannot even be constructed (to read prepared array_record files, or
-  # under tfds.testing.mock_data) without TensorFlow. np.int64 is what TFDS
-  # turns tf.int64 into; nothing else of TF is used on the reading path.
+  # TFDS 4.9 (checked up to 4.9.10): Coco._info declares 'image/id' as
+  # tf.int64, so coco_captions cannot even be constructed (to read prepared
+  # array_record files, or under tfds.testing.mock_data) without
+  # TensorFlow. np.int64 is what TFDS turns tf.int64 into; nothing else of
+  # TF is used on the reading path. tests/test_vse.py
+  # test_coco_builder_still_needs_the_int64_patch fails once a TFDS release
+  # no longer needs this; then delete it.
   if importlib.util.find_spec("tensorflow") is not None:
     return
   from tensorflow_datasets.object_detection import coco  # pylint: disable=g-import-not-at-top

@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
+from metricjax.errors import one_line
 from metricjax.errors import UserError
 
 
@@ -66,7 +67,7 @@ def load_tfds(name: str, split: str, *, data_dir: str | None = None,
     source = tfds.data_source(name, split=split, data_dir=data_dir,
                               download=download)
   except Exception as e:  # TFDS raises many types (also for a missing module).
-    reason = f"{type(e).__name__}: {_one_line(e)}"
+    reason = f"{type(e).__name__}: {one_line(e)}"
     if download:
       todo = ("Check the internet connection and the name, or use offline "
               "data (set METRICJAX_DATA_DIR).")
@@ -115,7 +116,7 @@ def load_tfds(name: str, split: str, *, data_dir: str | None = None,
     raise
   except Exception as e:
     raise UserError(f"Reading TFDS {name!r} split {split!r} from {where} "
-                    f"failed: {type(e).__name__}: {_one_line(e)}. The "
+                    f"failed: {type(e).__name__}: {one_line(e)}. The "
                     "prepared files may be corrupt; delete and prepare them "
                     "again.") from e
   if images.ndim == 3:  # Some builders declare (H, W) grayscale images.
@@ -126,7 +127,3 @@ def load_tfds(name: str, split: str, *, data_dir: str | None = None,
       class_names=class_names, name=info.name, split=split,
       source=f"TFDS {info.full_name} in {info.data_dir}")
 
-
-def _one_line(e: Exception, limit: int = 300) -> str:
-  text = " ".join(str(e).split())
-  return text if len(text) <= limit else text[:limit - 3] + "..."
