@@ -25,7 +25,8 @@ def get_config(arg=None):
   config.eval_split = "test"
 
   config.model = dict(name="compact", variant=arg.variant,
-                      activation=arg.activation, embedding_dim=64)
+                      activation=arg.activation, widths=(32, 64, 64, 96),
+                      embedding_dim=64)
   # CE trains the classification head; the embedding is what retrieval uses.
   config.classification_head = arg.loss == "ce"
 

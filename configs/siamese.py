@@ -37,7 +37,8 @@ def get_config(arg=None):
 
   # Embedding size 64 as in the paper's v2; the backbone is paper 1's.
   config.model = dict(name="compact", variant=arg.variant, activation="gelu",
-                      embedding_dim=64, normalize_embedding=arg.normalize)
+                      widths=(32, 64, 64, 96), embedding_dim=64,
+                      normalize_embedding=arg.normalize)
   config.classification_head = False
 
   explicit = arg.mining == "random"

@@ -17,7 +17,17 @@ _CHATTY = ("absl", "orbax", "jax", "etils", "tensorflow_datasets")
 
 def define_common_flags() -> None:
   flags.DEFINE_bool("distributed", False,
-                    "Call jax.distributed.initialize() (multi-host runs).")
+                    "Join a multi-host job (jax.distributed.initialize); "
+                    "start the same command on every host.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "HOST:PORT of process 0, with --distributed; omit to "
+                      "auto-detect the cluster (Cloud TPU, SLURM, ...).")
+  flags.DEFINE_integer("num_processes", None,
+                       "Processes in the job, with --coordinator_address.")
+  flags.DEFINE_integer("process_id", None,
+                       "This process's index, with --coordinator_address.")
+  flags.DEFINE_integer("distributed_timeout", 300,
+                       "Seconds to wait for every process to join.")
 
 
 def set_up(argv) -> None:
@@ -30,4 +40,9 @@ def set_up(argv) -> None:
     for name in _CHATTY:
       py_logging.getLogger(name).setLevel(py_logging.WARNING)
   if FLAGS.distributed:
-    parallel.initialize_distributed()
+    parallel.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+        timeout_s=FLAGS.distributed_timeout)
+  elif FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.process_id:
+    raise UserError("--coordinator_address, --num_processes and --process_id "
+                    "need --distributed.")

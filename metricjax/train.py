@@ -104,6 +104,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   """Trains (or resumes) and returns the final state."""
   if config.total_steps < 1:
     raise UserError(f"config.total_steps={config.total_steps} must be >= 1.")
+  parallel.check_same_everywhere(config.to_json_best_effort(sort_keys=True),
+                                 "configs")
   mesh = parallel.create_mesh()
   tx = state_lib.create_optimizer(config)
   task_module = tasks.of(config)
