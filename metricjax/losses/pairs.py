@@ -41,9 +41,13 @@ def anchor_ref_pairs(
     ref_embeddings = jnp.where(ref_mask[:, None], ref_embeddings, 0.0)
   pos, neg = similarity.label_masks(labels, ref_labels, mask, ref_mask)
   if self_index is not None:
-    cols = jnp.arange(ref_embeddings.shape[0])
-    pos &= self_index[:, None] != cols[None, :]
+    pos &= not_self(self_index, ref_embeddings.shape[0])
   return embeddings, ref_embeddings, pos, neg
+
+
+def not_self(self_index: jax.Array, num_refs: int) -> jax.Array:
+  """(N, M) bool, False at each anchor's own reference column."""
+  return self_index[:, None] != jnp.arange(num_refs)[None, :]
 
 
 def pair_matrix(x: jax.Array, y: jax.Array, *, distance: str,
