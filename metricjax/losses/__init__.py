@@ -5,6 +5,11 @@ To add a loss: write it in its own file with the signature
 to REGISTRY saying which model output it consumes ("embedding" or "logits";
 "triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`).
 Configs then select it with `config.loss.name` and pass `config.loss.kwargs`.
+
+A loss with learnable parameters (proxies, class weights, margins) takes
+them as keyword arrays, in pytorch-metric-learning's layout, and registers
+an `init(rng, *, num_classes, embedding_dim, **hyperparameters)` returning
+the dict of exactly those keyword arrays (PML's initialisation, float32).
 """
 
 from typing import Callable, NamedTuple
@@ -13,7 +18,19 @@ from metricjax.errors import UserError
 from metricjax.losses.classification import softmax_cross_entropy
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
+from metricjax.losses.margin_softmax import arcface_loss
+from metricjax.losses.margin_softmax import cosface_loss
+from metricjax.losses.margin_softmax import init_arcface_loss
+from metricjax.losses.margin_softmax import init_cosface_loss
+from metricjax.losses.margin_softmax import init_subcenter_arcface_loss
+from metricjax.losses.margin_softmax import subcenter_arcface_loss
 from metricjax.losses.multi_similarity import multi_similarity_loss
+from metricjax.losses.proxy import init_normalized_softmax_loss
+from metricjax.losses.proxy import init_proxy_anchor_loss
+from metricjax.losses.proxy import init_proxy_nca_loss
+from metricjax.losses.proxy import normalized_softmax_loss
+from metricjax.losses.proxy import proxy_anchor_loss
+from metricjax.losses.proxy import proxy_nca_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
 from metricjax.losses.triplet import triplet_loss
@@ -27,6 +44,9 @@ class Loss(NamedTuple):
   # What it consumes: "embedding" or "logits" of a labelled batch, or
   # "triplets": fn(anchor, positive, negative, **kw) on explicit triplets.
   input: str
+  # Learnable parameters' initialiser, (rng, *, num_classes, embedding_dim,
+  # **hyperparameters) -> {keyword: array}; None: the loss has none.
+  init: Callable | None = None
 
 
 REGISTRY: dict[str, Loss] = {
@@ -38,6 +58,15 @@ REGISTRY: dict[str, Loss] = {
     "ntxent": Loss(ntxent_loss, "embedding"),
     "triplet_explicit": Loss(triplet_loss, "triplets"),
     "shadow_explicit": Loss(shadow_loss, "triplets"),
+    "proxy_anchor": Loss(proxy_anchor_loss, "embedding",
+                         init_proxy_anchor_loss),
+    "proxy_nca": Loss(proxy_nca_loss, "embedding", init_proxy_nca_loss),
+    "normalized_softmax": Loss(normalized_softmax_loss, "embedding",
+                               init_normalized_softmax_loss),
+    "cosface": Loss(cosface_loss, "embedding", init_cosface_loss),
+    "arcface": Loss(arcface_loss, "embedding", init_arcface_loss),
+    "subcenter_arcface": Loss(subcenter_arcface_loss, "embedding",
+                              init_subcenter_arcface_loss),
 }
 
 
