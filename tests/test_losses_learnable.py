@@ -69,6 +69,24 @@ CASES = [
          {"W": "W"}),
     Case("subcenter_arcface", {"sub_centers": 2, "margin": 10.0},
          _learnable("SubCenterArcFaceLoss"), {"W": "W"}),
+    Case("circle", {}, _plain("CircleLoss"), {}, ref=True),
+    Case("circle", {"m": 0.25, "gamma": 16.0}, _plain("CircleLoss"), {},
+         ref=True),
+    Case("supcon", {}, _plain("SupConLoss"), {}, ref=True),
+    Case("supcon", {"temperature": 0.5}, _plain("SupConLoss"), {}, ref=True),
+    Case("lifted_structure", {}, _plain("LiftedStructureLoss"), {}, ref=True),
+    Case("lifted_structure", {"neg_margin": 0.5, "pos_margin": 0.2},
+         _plain("LiftedStructureLoss"), {}, ref=True),
+    Case("generalized_lifted_structure", {},
+         _plain("GeneralizedLiftedStructureLoss"), {}, ref=True),
+    Case("generalized_lifted_structure", {"neg_margin": 0.5, "pos_margin": 0.2},
+         _plain("GeneralizedLiftedStructureLoss"), {}, ref=True),
+    Case("margin", {"learn_beta": True, "nu": 0.1},
+         lambda losses, **kw: losses.MarginLoss(num_classes=NUM_CLASSES, **kw),
+         {"beta": "beta"}, ref=True),
+    Case("margin", {"learn_beta": True, "nu": 0.1, "margin": 0.1},
+         _plain("MarginLoss"), {"beta": "beta"}, ref=True),
+    Case("margin", {}, _plain("MarginLoss"), {}, ref=True),
 ]
 IDS = [f"{c.name}-{i}" for i, c in enumerate(CASES)]
 
@@ -198,10 +216,11 @@ def _init_cases():
 def test_init_matches_pml_layout_and_scale(name):
   """Keys are the loss's keywords; shapes, dtype and spread as PML's."""
   torch, losses = _pml()
-  case = next(c for c in CASES if c.name == name)
-  params = _init_params(name)
+  case = next(c for c in CASES if c.name == name and c.params)
+  params = _init_params(name, **case.kwargs)
   torch.manual_seed(0)
-  pml_loss = case.pml(losses)  # PML's defaults
+  pml_loss = case.pml(losses, **(case.kwargs if case.pml_kwargs is None
+                                 else case.pml_kwargs))
   assert set(params) == set(case.params)
   for k, attr in case.params.items():
     theirs = getattr(pml_loss, attr).detach().numpy()

@@ -16,8 +16,13 @@ from typing import Callable, NamedTuple
 
 from metricjax.errors import UserError
 from metricjax.losses.classification import softmax_cross_entropy
+from metricjax.losses.circle import circle_loss
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
+from metricjax.losses.lifted import generalized_lifted_structure_loss
+from metricjax.losses.lifted import lifted_structure_loss
+from metricjax.losses.margin import init_margin_loss
+from metricjax.losses.margin import margin_loss
 from metricjax.losses.margin_softmax import arcface_loss
 from metricjax.losses.margin_softmax import cosface_loss
 from metricjax.losses.margin_softmax import init_arcface_loss
@@ -33,6 +38,7 @@ from metricjax.losses.proxy import proxy_anchor_loss
 from metricjax.losses.proxy import proxy_nca_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
+from metricjax.losses.supcon import supcon_loss
 from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
 # Not in REGISTRY: it takes (image_emb, text_emb), not (x, labels).
@@ -67,6 +73,12 @@ REGISTRY: dict[str, Loss] = {
     "arcface": Loss(arcface_loss, "embedding", init_arcface_loss),
     "subcenter_arcface": Loss(subcenter_arcface_loss, "embedding",
                               init_subcenter_arcface_loss),
+    "circle": Loss(circle_loss, "embedding"),
+    "supcon": Loss(supcon_loss, "embedding"),
+    "lifted_structure": Loss(lifted_structure_loss, "embedding"),
+    "generalized_lifted_structure": Loss(generalized_lifted_structure_loss,
+                                         "embedding"),
+    "margin": Loss(margin_loss, "embedding", init_margin_loss),
 }
 
 
