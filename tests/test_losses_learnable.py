@@ -87,6 +87,19 @@ CASES = [
     Case("margin", {"learn_beta": True, "nu": 0.1, "margin": 0.1},
          _plain("MarginLoss"), {"beta": "beta"}, ref=True),
     Case("margin", {}, _plain("MarginLoss"), {}, ref=True),
+    Case("soft_triple", {}, _learnable("SoftTripleLoss"), {"fc": "fc"}),
+    Case("soft_triple", {"centers_per_class": 3, "la": 5.0, "gamma": 0.5,
+                         "margin": 0.1},
+         _learnable("SoftTripleLoss"), {"fc": "fc"}),
+    Case("fastap", {}, _plain("FastAPLoss"), {}),
+    Case("fastap", {"num_bins": 4}, _plain("FastAPLoss"), {}),
+    Case("tuplet_margin", {}, _plain("TupletMarginLoss"), {}, ref=True),
+    Case("tuplet_margin", {"margin": 20.0, "scale": 8.0},
+         _plain("TupletMarginLoss"), {}, ref=True),
+    Case("intra_pair_variance", {}, _plain("IntraPairVarianceLoss"), {},
+         ref=True),
+    Case("intra_pair_variance", {"pos_eps": 0.1, "neg_eps": 0.2},
+         _plain("IntraPairVarianceLoss"), {}, ref=True),
 ]
 IDS = [f"{c.name}-{i}" for i, c in enumerate(CASES)]
 

@@ -19,6 +19,8 @@ from metricjax.losses.classification import softmax_cross_entropy
 from metricjax.losses.circle import circle_loss
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
+from metricjax.losses.fastap import fastap_loss
+from metricjax.losses.intra_pair_variance import intra_pair_variance_loss
 from metricjax.losses.lifted import generalized_lifted_structure_loss
 from metricjax.losses.lifted import lifted_structure_loss
 from metricjax.losses.margin import init_margin_loss
@@ -38,9 +40,12 @@ from metricjax.losses.proxy import proxy_anchor_loss
 from metricjax.losses.proxy import proxy_nca_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
+from metricjax.losses.soft_triple import init_soft_triple_loss
+from metricjax.losses.soft_triple import soft_triple_loss
 from metricjax.losses.supcon import supcon_loss
 from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
+from metricjax.losses.tuplet import tuplet_margin_loss
 # Not in REGISTRY: it takes (image_emb, text_emb), not (x, labels).
 from metricjax.losses.vse import vse_ranking_loss
 
@@ -79,6 +84,10 @@ REGISTRY: dict[str, Loss] = {
     "generalized_lifted_structure": Loss(generalized_lifted_structure_loss,
                                          "embedding"),
     "margin": Loss(margin_loss, "embedding", init_margin_loss),
+    "soft_triple": Loss(soft_triple_loss, "embedding", init_soft_triple_loss),
+    "fastap": Loss(fastap_loss, "embedding"),
+    "tuplet_margin": Loss(tuplet_margin_loss, "embedding"),
+    "intra_pair_variance": Loss(intra_pair_variance_loss, "embedding"),
 }
 
 
