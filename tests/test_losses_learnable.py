@@ -332,3 +332,18 @@ def test_xbm_matches_pml(case):
     want.backward()
     _close(float(value), want.item(), rtol=1e-4)
     _close(np.asarray(grad), t.grad.numpy())
+
+
+@pytest.mark.parametrize("name", ["lifted_structure", "margin", "fastap",
+                                  "tuplet_margin", "circle"])
+def test_memory_is_quadratic(name):
+  """No (N, M, M) triplet or (bins, N, N) tensor: compiled temp < 32 N^2 f32."""
+  n = 512
+  x, labels = _batch(12, n=n, dim=32, classes=n // 8)
+  f = jax.jit(jax.value_and_grad(REGISTRY[name].fn))
+  compiled = f.lower(jnp.asarray(x), jnp.asarray(labels)).compile()
+  value, grad = compiled(jnp.asarray(x), jnp.asarray(labels))
+  assert np.isfinite(value) and np.all(np.isfinite(grad))
+  memory = compiled.memory_analysis()
+  if memory is not None:  # not every backend reports it
+    assert memory.temp_size_in_bytes < 32 * n * n * 4
