@@ -347,3 +347,24 @@ def test_memory_is_quadratic(name):
   memory = compiled.memory_analysis()
   if memory is not None:  # not every backend reports it
     assert memory.temp_size_in_bytes < 32 * n * n * 4
+
+
+def test_duplicates_and_samples_on_class_vectors_are_finite():
+  """cos = 1 exactly (duplicate positives, a sample on its proxy / class
+  column) and huge norms: finite values and gradients everywhere."""
+  x, labels = _batch(15, n=16)
+  x[8:], labels[8:] = x[:8], labels[:8]
+  for name, loss in REGISTRY.items():
+    if loss.input != "embedding":
+      continue
+    params = _init_params(name)
+    if "proxies" in params:
+      params["proxies"] = params["proxies"].at[labels[0]].set(x[0])
+    if "W" in params and params["W"].shape[1] == NUM_CLASSES:
+      params["W"] = params["W"].at[:, labels[0]].set(x[0])
+    for scale in (1.0, 1e3):
+      value, grads = jax.value_and_grad(
+          lambda e, p: loss.fn(e, jnp.asarray(labels), **p), argnums=(0, 1))(
+              jnp.asarray(scale * x), params)
+      assert np.isfinite(value), name
+      assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), name

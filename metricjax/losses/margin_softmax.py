@@ -10,7 +10,7 @@ sub_centers) with class c's centres in columns c * sub_centers + k;
 `init_*` draws it as PML does (normal_, N(0, 1)).
 
 One deliberate difference: PML takes theta = acos(clamp(cos)) and then
-cos(theta + m), whose gradient is inf (then NaN) at cos = +-1 (a sample on its
+cos(theta + m), whose gradient is infinite at cos = +-1 (a sample on its
 class vector). Here cos(theta + m) = cos cos m - sin theta sin m with sin theta
 = sqrt(1 - cos^2) under a safe sqrt: the same values (to rounding), finite
 gradients.
