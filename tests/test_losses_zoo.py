@@ -50,7 +50,10 @@ def _ours(fn, x, labels, **kwargs):
 def _theirs(torch, loss, x, labels, miner=None, **kwargs):
   t = torch.tensor(x, requires_grad=True)
   tl = torch.tensor(labels, dtype=torch.long)
-  indices = miner(t, tl) if miner is not None else None
+  indices = None
+  if miner is not None:  # mined against the reference set when there is one
+    refs = [kwargs[k] for k in ("ref_emb", "ref_labels") if k in kwargs]
+    indices = miner(t, tl, *refs)
   value = loss(t, tl, indices, **kwargs)
   value.backward()
   return value.item(), t.grad.numpy()
@@ -128,30 +131,39 @@ def test_ntxent_matches_pml(temperature):
       _theirs(torch, losses.NTXentLoss(temperature=temperature), x, labels))
 
 
-@pytest.mark.parametrize("name", ["triplet", "contrastive", "ntxent"])
-def test_reference_set_matches_pml(name):
-  torch, _, losses, _ = _pml()
-  x, labels = _batch(4, n=12)
-  r, ref_labels = _batch(5, n=20)
+def _pml_pair_loss(losses, miners, name):
+  """PML's (loss, miner) for a registered pair loss with its defaults."""
+  if name == "ms":
+    return losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()
+  return {"triplet": losses.TripletMarginLoss, "ntxent": losses.NTXentLoss,
+          "contrastive": losses.ContrastiveLoss}[name](), None
+
+
+@pytest.mark.parametrize("seed", [4, 30])
+@pytest.mark.parametrize("name", ["triplet", "contrastive", "ntxent", "ms"])
+def test_reference_set_matches_pml(name, seed):
+  torch, _, losses, miners = _pml()
+  x, labels = _batch(seed, n=12)
+  r, ref_labels = _batch(seed + 1, n=20)
   fn = REGISTRY[name].fn
-  pml_loss = {"triplet": losses.TripletMarginLoss, "ntxent": losses.NTXentLoss,
-              "contrastive": losses.ContrastiveLoss}[name]()
+  pml_loss, miner = _pml_pair_loss(losses, miners, name)
   ours = _ours(functools.partial(fn, ref_embeddings=jnp.asarray(r),
                                  ref_labels=jnp.asarray(ref_labels)),
                x, labels)
-  theirs = _theirs(torch, pml_loss, x, labels,
+  theirs = _theirs(torch, pml_loss, x, labels, miner,
                    ref_emb=torch.tensor(r),
                    ref_labels=torch.tensor(ref_labels, dtype=torch.long))
+  assert theirs[0] > 0
   _assert_same(ours, theirs)
 
 
-@pytest.mark.parametrize("name", ["contrastive", "triplet", "ntxent"])
+@pytest.mark.parametrize("name", ["contrastive", "triplet", "ntxent", "ms"])
 def test_xbm_matches_pml_over_batches(name):
-  torch, _, losses, _ = _pml()
-  pml_loss = {"triplet": losses.TripletMarginLoss, "ntxent": losses.NTXentLoss,
-              "contrastive": losses.ContrastiveLoss}[name]()
+  torch, _, losses, miners = _pml()
+  pml_loss, miner = _pml_pair_loss(losses, miners, name)
   dim, memory_size = 8, 40  # three batches of 16 wrap the ring
-  memory = losses.CrossBatchMemory(pml_loss, dim, memory_size=memory_size)
+  memory = losses.CrossBatchMemory(pml_loss, dim, memory_size=memory_size,
+                                   miner=miner)
   state = xbm.xbm_init(memory_size, dim)
   step = jax.jit(jax.value_and_grad(
       lambda e, l, s: xbm.xbm_loss(REGISTRY[name].fn, s, e, l), has_aux=True))
@@ -197,7 +209,7 @@ def test_degenerate_batches(labels):
     ("triplet", {}), ("triplet", {"mining": "hard"}),
     ("triplet", {"mining": "semihard", "margin": 0.2}),
     ("shadow", {}), ("shadow", {"mining": "hard"}), ("contrastive", {}),
-    ("ntxent", {})])
+    ("ntxent", {}), ("ms", {})])
 def test_padding_mask(name, kwargs):
   x, labels = _batch(7, n=20)
   pad = 6
@@ -213,9 +225,10 @@ def test_padding_mask(name, kwargs):
   assert np.all(grad_p[len(x):] == 0.0)
 
 
-def test_xbm_padding_mask():
+@pytest.mark.parametrize("name", ["triplet", "ms"])
+def test_xbm_padding_mask(name):
   dim, memory_size, pad = 8, 32, 5
-  fn = functools.partial(xbm.xbm_loss, triplet.triplet_margin_loss)
+  fn = functools.partial(xbm.xbm_loss, REGISTRY[name].fn)
   step = jax.jit(jax.value_and_grad(
       lambda e, l, s, m: fn(s, e, l, mask=m), has_aux=True))
   state, state_p = xbm.xbm_init(memory_size, dim), xbm.xbm_init(memory_size,

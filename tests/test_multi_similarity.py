@@ -171,3 +171,30 @@ def test_cross_entropy_mask():
   np.testing.assert_allclose(got, want, rtol=1e-6)
   np.testing.assert_allclose(got_grad[:9], want_grad, rtol=1e-6)
   assert np.all(got_grad[9:] == 0.0)
+
+
+@pytest.mark.parametrize("epsilon", [0.1, 0.5, None])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_set_matches_pml_float64(x64, seed, epsilon):
+  torch = import_torch()
+  pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+  pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
+  rng = np.random.default_rng(10 + seed)
+  x, labels = rng.normal(size=(16, 8)), rng.integers(0, 4, 16)
+  r, ref_labels = rng.normal(size=(40, 8)), rng.integers(0, 4, 40)
+  emb = torch.tensor(x, requires_grad=True)
+  lab, ref, ref_lab = torch.tensor(labels), torch.tensor(r), torch.tensor(
+      ref_labels)
+  pairs = None
+  if epsilon is not None:
+    pairs = pml_miners.MultiSimilarityMiner(epsilon=epsilon)(emb, lab, ref,
+                                                             ref_lab)
+  loss = pml_losses.MultiSimilarityLoss()(emb, lab, pairs, ref_emb=ref,
+                                          ref_labels=ref_lab)
+  loss.backward()
+  got, got_grad = ms_value_and_grad(
+      jnp.asarray(x), jnp.asarray(labels), epsilon=epsilon,
+      ref_embeddings=jnp.asarray(r), ref_labels=jnp.asarray(ref_labels))
+  np.testing.assert_allclose(got, loss.item(), rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(got_grad, emb.grad.numpy(), rtol=1e-8,
+                             atol=1e-12)

@@ -7,19 +7,47 @@ batch; "triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`;
 "image_text" for `fn(image_emb, text_emb, **kw)` on matching rows (the
 caption task). Configs select it with `config.loss.name` and pass
 `config.loss.kwargs`.
+
+A loss with learnable parameters (proxies, class weights, margins) takes
+them as keyword arrays, in pytorch-metric-learning's layout, and registers
+an `init(rng, *, num_classes, embedding_dim, **hyperparameters)` returning
+the dict of exactly those keyword arrays (PML's initialisation, float32).
 """
 
 from typing import Callable, NamedTuple
 
 from metricjax.errors import UserError
 from metricjax.losses.classification import softmax_cross_entropy
+from metricjax.losses.circle import circle_loss
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
+from metricjax.losses.fastap import fastap_loss
+from metricjax.losses.intra_pair_variance import intra_pair_variance_loss
+from metricjax.losses.lifted import generalized_lifted_structure_loss
+from metricjax.losses.lifted import lifted_structure_loss
+from metricjax.losses.margin import init_margin_loss
+from metricjax.losses.margin import margin_loss
+from metricjax.losses.margin_softmax import arcface_loss
+from metricjax.losses.margin_softmax import cosface_loss
+from metricjax.losses.margin_softmax import init_arcface_loss
+from metricjax.losses.margin_softmax import init_cosface_loss
+from metricjax.losses.margin_softmax import init_subcenter_arcface_loss
+from metricjax.losses.margin_softmax import subcenter_arcface_loss
 from metricjax.losses.multi_similarity import multi_similarity_loss
+from metricjax.losses.proxy import init_normalized_softmax_loss
+from metricjax.losses.proxy import init_proxy_anchor_loss
+from metricjax.losses.proxy import init_proxy_nca_loss
+from metricjax.losses.proxy import normalized_softmax_loss
+from metricjax.losses.proxy import proxy_anchor_loss
+from metricjax.losses.proxy import proxy_nca_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
+from metricjax.losses.soft_triple import init_soft_triple_loss
+from metricjax.losses.soft_triple import soft_triple_loss
+from metricjax.losses.supcon import supcon_loss
 from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
+from metricjax.losses.tuplet import tuplet_margin_loss
 from metricjax.losses.vse import vse_ranking_loss
 
 
@@ -29,6 +57,9 @@ class Loss(NamedTuple):
   # "triplets": fn(anchor, positive, negative, **kw) on explicit triplets,
   # or "image_text": fn(image_emb, text_emb, **kw), row i a matching pair.
   input: str
+  # Learnable parameters' initialiser, (rng, *, num_classes, embedding_dim,
+  # **hyperparameters) -> {keyword: array}; None: the loss has none.
+  init: Callable | None = None
 
 
 REGISTRY: dict[str, Loss] = {
@@ -41,6 +72,25 @@ REGISTRY: dict[str, Loss] = {
     "triplet_explicit": Loss(triplet_loss, "triplets"),
     "shadow_explicit": Loss(shadow_loss, "triplets"),
     "vse": Loss(vse_ranking_loss, "image_text"),
+    "proxy_anchor": Loss(proxy_anchor_loss, "embedding",
+                         init_proxy_anchor_loss),
+    "proxy_nca": Loss(proxy_nca_loss, "embedding", init_proxy_nca_loss),
+    "normalized_softmax": Loss(normalized_softmax_loss, "embedding",
+                               init_normalized_softmax_loss),
+    "cosface": Loss(cosface_loss, "embedding", init_cosface_loss),
+    "arcface": Loss(arcface_loss, "embedding", init_arcface_loss),
+    "subcenter_arcface": Loss(subcenter_arcface_loss, "embedding",
+                              init_subcenter_arcface_loss),
+    "circle": Loss(circle_loss, "embedding"),
+    "supcon": Loss(supcon_loss, "embedding"),
+    "lifted_structure": Loss(lifted_structure_loss, "embedding"),
+    "generalized_lifted_structure": Loss(generalized_lifted_structure_loss,
+                                         "embedding"),
+    "margin": Loss(margin_loss, "embedding", init_margin_loss),
+    "soft_triple": Loss(soft_triple_loss, "embedding", init_soft_triple_loss),
+    "fastap": Loss(fastap_loss, "embedding"),
+    "tuplet_margin": Loss(tuplet_margin_loss, "embedding"),
+    "intra_pair_variance": Loss(intra_pair_variance_loss, "embedding"),
 }
 
 

@@ -5,6 +5,14 @@ base)` fed the pairs of `MultiSimilarityMiner(epsilon)`, both on their default
 CosineSimilarity, reduced by the default MeanReducer: the mean over every
 anchor of the batch, an anchor without mined pairs adding 0.
 
+With a reference set (`ref_embeddings, ref_labels`, see
+`metricjax.losses.pairs`) the anchors stay the batch and the pairs go to the
+references, as PML's `ref_emb, ref_labels` given to both the loss and the
+miner. `self_index` (a cross-batch memory's own slots) removes each anchor's
+pair with itself after mining, as CrossBatchMemory(miner=...) does: PML's
+miner still sees that pair as a positive (it can set the least similar
+positive), and so does this one.
+
 One deliberate difference: PML's GenericPairLoss returns exactly 0 whenever
 the batch has at most one positive and at most one negative pair in total (it
 tests `len(indices) <= 1` where it means "empty"); here such a batch gets the
@@ -14,6 +22,7 @@ formula's value.
 import jax
 import jax.numpy as jnp
 
+from metricjax.losses import pairs
 from metricjax.ops import similarity
 
 
@@ -50,7 +59,11 @@ def mine_pairs(sim: jax.Array, pos: jax.Array, neg: jax.Array,
 def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, *,
                           alpha: float = 2.0, beta: float = 50.0,
                           base: float = 0.5, epsilon: float | None = 0.1,
-                          mask: jax.Array | None = None) -> jax.Array:
+                          mask: jax.Array | None = None,
+                          ref_embeddings: jax.Array | None = None,
+                          ref_labels: jax.Array | None = None,
+                          ref_mask: jax.Array | None = None,
+                          self_index: jax.Array | None = None) -> jax.Array:
   """Mean over valid anchors of the MS loss on cosine similarities.
 
   Args:
@@ -60,6 +73,8 @@ def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, *,
     epsilon: the miner's margin; None uses every pair (no mining).
     mask: optional (N,) bool; False rows are padding, dropped as anchors and
       as pairs, and not counted in the mean.
+    ref_embeddings, ref_labels, ref_mask, self_index: optional reference set
+      (see `metricjax.losses.pairs`); the mean stays over the N anchors.
 
   Returns:
     A float scalar.
@@ -69,10 +84,16 @@ def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, *,
     # put NaN in the gradients through 0 * inf. A constant row cannot, and
     # where() keeps the padded rows' gradients at exactly 0.
     embeddings = jnp.where(mask[:, None], embeddings, 1.0)
-  sim = similarity.cosine_similarity(embeddings)
-  pos, neg = similarity.label_masks(labels, mask=mask)
+  if ref_mask is not None and ref_embeddings is not None:
+    ref_embeddings = jnp.where(ref_mask[:, None], ref_embeddings, 1.0)
+  # self_index is applied after mining: see the module docstring.
+  x, y, pos, neg = pairs.anchor_ref_pairs(
+      embeddings, labels, mask, ref_embeddings, ref_labels, ref_mask)
+  sim = similarity.cosine_similarity(x, y)
   if epsilon is not None:
     pos, neg = mine_pairs(sim, pos, neg, epsilon)
+  if self_index is not None:
+    pos &= pairs.not_self(self_index, y.shape[0])
   pos_loss = _log1p_sum_exp(-alpha * (sim - base), pos) / alpha
   neg_loss = _log1p_sum_exp(beta * (sim - base), neg) / beta
   losses = pos_loss + neg_loss
