@@ -30,7 +30,9 @@ def get_config(arg=None):
   # CE trains the classification head; the embedding is what retrieval uses.
   config.classification_head = arg.loss == "ce"
 
-  config.loss = dict(name=arg.loss, kwargs={})
+  # Any registered loss; those with learnable parameters (proxies, class
+  # weights) train them at param_lr_multiplier x the learning rate.
+  config.loss = dict(name=arg.loss, kwargs={}, param_lr_multiplier=1.0)
   if arg.loss == "ms":
     # pytorch-metric-learning defaults (the paper does not give its own).
     config.loss.kwargs = dict(alpha=2.0, beta=50.0, base=0.5, epsilon=0.1)

@@ -44,7 +44,8 @@ def get_config(arg=None):
   explicit = arg.mining == "random"
   config.loss = dict(
       name=f"{arg.loss}_explicit" if explicit else arg.loss,
-      kwargs=dict(margin=arg.margin, normalize=arg.normalize))
+      kwargs=dict(margin=arg.margin, normalize=arg.normalize),
+      param_lr_multiplier=1.0)
   if not explicit:
     config.loss.kwargs.mining = arg.mining
   if arg.loss == "triplet":

@@ -2,6 +2,8 @@
 reaches a clear target, and the same run with the loss's sign flipped does
 not (so the targets can fail)."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -23,8 +25,12 @@ def flipped(monkeypatch):
   """Registers "<name>_flipped": the registered loss times -1."""
   def register(name):
     loss = losses.REGISTRY[name]
-    monkeypatch.setitem(losses.REGISTRY, f"{name}_flipped", loss._replace(
-        fn=lambda *args, **kwargs: -loss.fn(*args, **kwargs)))
+
+    @functools.wraps(loss.fn)  # Same hyper-parameters.
+    def flipped_fn(*args, **kwargs):
+      return -loss.fn(*args, **kwargs)
+    monkeypatch.setitem(losses.REGISTRY, f"{name}_flipped",
+                        loss._replace(fn=flipped_fn))
     return f"{name}_flipped"
   return register
 

@@ -14,7 +14,8 @@ an `init(rng, *, num_classes, embedding_dim, **hyperparameters)` returning
 the dict of exactly those keyword arrays (PML's initialisation, float32).
 """
 
-from typing import Callable, NamedTuple
+import inspect
+from typing import Any, Callable, NamedTuple
 
 from metricjax.errors import UserError
 from metricjax.losses.classification import softmax_cross_entropy
@@ -103,3 +104,26 @@ def get_loss(name: str) -> Loss:
         f"{', '.join(sorted(REGISTRY))}. To add one, write it in "
         "metricjax/losses/ and register it in metricjax/losses/__init__.py."
     ) from None
+
+
+# Keyword arguments a training task fills in, not hyper-parameters.
+_PLUMBING = frozenset(("mask", "ref_embeddings", "ref_labels", "ref_mask",
+                       "self_index"))
+
+
+def check_hyperparameters(name: str, kwargs: dict[str, Any]) -> None:
+  """A UserError naming what `config.loss.kwargs` has that loss `name` does
+  not take (and what it does take)."""
+  loss = get_loss(name)
+  # Keywords without a default are the learnable arrays (proxies, W, ...).
+  keywords = [p.name for p in inspect.signature(loss.fn).parameters.values()
+              if p.kind == inspect.Parameter.KEYWORD_ONLY
+              and p.default is not inspect.Parameter.empty]
+  learnable = set(inspect.signature(loss.init).parameters) if loss.init else ()
+  taken = [k for k in keywords if k not in _PLUMBING]
+  # num_classes sizes per-class parameters (e.g. None: one global beta).
+  unknown = sorted(set(kwargs) - set(taken) - ({"num_classes"} & set(learnable)))
+  if unknown:
+    raise UserError(
+        f"Loss {name!r} takes no hyper-parameter {', '.join(unknown)} "
+        f"(config.loss.kwargs). It takes: {', '.join(taken) or 'none'}.")

@@ -27,10 +27,13 @@ from metricjax.losses import pairs
 
 def init_margin_loss(rng: jax.Array, *, num_classes: int | None,
                      embedding_dim: int | None = None, beta: float = 1.2,
-                     **_) -> dict[str, jax.Array]:
+                     learn_beta: bool = True, **_) -> dict[str, jax.Array]:
   """PML's initial beta: beta per class, or one global one if num_classes is
-  None (rng and embedding_dim unused: it is a constant)."""
+  None (rng and embedding_dim unused: it is a constant); nothing to learn
+  without learn_beta."""
   del rng, embedding_dim
+  if not learn_beta:
+    return {}
   shape = (num_classes,) if num_classes else (1,)
   return {"beta": jnp.full(shape, beta, jnp.float32)}
 

@@ -35,7 +35,8 @@ class Task:
   init: Callable  # rng -> TrainState, jit-able.
   # The two halves of a training step (metricjax/step.py joins them):
   sample: Callable  # (rng, data) -> batch, jit-able; rng from (seed, step).
-  loss: Callable  # (params, batch_stats, batch) -> (loss, new batch_stats).
+  # (params, loss_params, batch_stats, batch) -> (loss, new batch_stats).
+  loss: Callable
   data: Any  # The device-resident pytree `sample` reads.
   examples_per_step: int
   epoch_size: int

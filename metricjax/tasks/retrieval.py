@@ -72,8 +72,36 @@ def make_model_and_init(config, meta: Meta, tx):
       config.model,
       num_classes=meta.num_classes if config.classification_head else None)
   image = jnp.zeros((1, *meta.image_shape), jnp.uint8)
-  return model, lambda rng: state_lib.init_state(model, tx, rng, image,
-                                                 train=False)
+  init_loss = _make_loss_init(config, meta)
+
+  def init(rng):
+    # The model keeps `rng` itself, so adding a loss changes no model init.
+    return state_lib.init_state(model, tx, rng, image, train=False,
+                                loss_params=init_loss(jax.random.fold_in(rng, 1)))
+  return model, init
+
+
+def _make_loss_init(config, meta: Meta):
+  """rng -> the loss's initial learnable parameters ({} for most losses)."""
+  loss = losses.get_loss(config.loss.name)
+  kwargs = config.loss.kwargs.to_dict()
+  if loss.init is None:
+    return lambda rng: {}
+  num_classes = kwargs.pop("num_classes", meta.num_classes)
+  if num_classes is not None and num_classes != meta.num_classes:
+    raise UserError(
+        f"config.loss.kwargs.num_classes={num_classes}, but {meta.name} has "
+        f"{meta.num_classes} classes: loss {config.loss.name!r} would learn "
+        "parameters for classes that do not exist (or miss some). Drop "
+        "num_classes from config.loss.kwargs: it comes from the data.")
+  if config.sampler == "triplets":
+    raise UserError(
+        f"Loss {config.loss.name!r} learns per-class parameters and takes a "
+        "labelled batch, not explicit triplets (config.sampler='triplets'); "
+        "use sampler 'balanced' or 'uniform'.")
+  dim = config.model.get("embedding_dim")
+  return lambda rng: loss.init(rng, num_classes=num_classes,
+                               embedding_dim=dim, **kwargs)
 
 
 def _make_index_sampler(config, loss: losses.Loss, num_classes: int):
@@ -117,23 +145,26 @@ def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
 
 
 def make_loss(config, model, loss: losses.Loss):
-  """(params, batch_stats, batch) -> (loss, new batch_stats)."""
+  """(params, loss_params, batch_stats, batch) -> (loss, new batch_stats)."""
   if loss.input not in ("embedding", "logits", "triplets"):
     raise UserError(f"Loss {config.loss.name!r} takes {loss.input!r}, not a "
                     "labelled image batch; it belongs to another task.")
   if loss.input == "logits" and not config.classification_head:
     raise UserError(f"Loss {config.loss.name!r} needs logits: set "
                     "config.classification_head=True.")
+  losses.check_hyperparameters(config.loss.name, config.loss.kwargs)
   kwargs = config.loss.kwargs.to_dict()
+  kwargs.pop("num_classes", None)  # Only sizes the loss's parameters.
 
-  def loss_fn(params, batch_stats, batch):
+  def loss_fn(params, loss_params, batch_stats, batch):
     outputs, updates = model.apply(
         {"params": params, "batch_stats": batch_stats}, batch["images"],
         train=True, mutable=["batch_stats"])
     if loss.input == "triplets":
       value = loss.fn(*jnp.split(outputs["embedding"], 3), **kwargs)
     else:
-      value = loss.fn(outputs[loss.input], batch["labels"], **kwargs)
+      value = loss.fn(outputs[loss.input], batch["labels"], **kwargs,
+                      **loss_params)
     return value, updates.get("batch_stats", {})
   return loss_fn
 

@@ -182,12 +182,13 @@ def make_sample(config, mesh):
 
 
 def make_loss(config, model):
-  """(params, batch_stats, batch) -> (loss, batch_stats): the model has no
-  batch statistics, they pass through."""
+  """(params, loss_params, batch_stats, batch) -> (loss, batch_stats): the
+  model has no batch statistics, they pass through."""
   loss = losses.get_loss(config.loss.name)
   kwargs = config.loss.kwargs.to_dict()
 
-  def loss_fn(params, batch_stats, batch):
+  def loss_fn(params, loss_params, batch_stats, batch):
+    del loss_params  # The ranking loss learns nothing of its own.
     image_emb, text_emb = model.apply({"params": params}, batch["features"],
                                       batch["ids"], batch["lengths"])
     return loss.fn(image_emb, text_emb, **kwargs), batch_stats
