@@ -31,6 +31,9 @@ def get_config(arg=None):
   config.classification_head = True
   config.loss = dict(name="ce", kwargs={})
   config.sampler = "uniform"
+  # Training data on the devices (sampled there) or streamed from the host;
+  # auto: on the devices when the split fits device_budget_mb.
+  config.data = dict(placement="auto", device_budget_mb=1024.0)
   config.batch_size = 128
   config.augment = True
 

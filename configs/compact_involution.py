@@ -39,6 +39,9 @@ def get_config(arg=None):
 
   # Metric losses see P classes x K images per batch; CE samples uniformly.
   config.sampler = "balanced" if arg.loss != "ce" else "uniform"
+  # Training data on the devices (sampled there) or streamed from the host;
+  # auto: on the devices when the split fits device_budget_mb.
+  config.data = dict(placement="auto", device_budget_mb=1024.0)
   config.batch_size = 256
   config.samples_per_class = 32  # P = 256 / 32 = 8 classes per batch.
   # Random crop (pad 4) + horizontal flip only where the paper's datasets

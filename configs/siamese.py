@@ -53,6 +53,9 @@ def get_config(arg=None):
   config.sampler = "triplets" if explicit else "balanced"
   # Explicit: 88 triplets = 264 images a step; mined: 8 classes x 32 = 256.
   config.batch_size = 88 if explicit else 256
+  # Training data on the devices (sampled there) or streamed from the host;
+  # auto: on the devices when the split fits device_budget_mb.
+  config.data = dict(placement="auto", device_budget_mb=1024.0)
   config.samples_per_class = 32
   config.augment = arg.dataset == "cifar10"
 

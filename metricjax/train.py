@@ -9,6 +9,7 @@ derived from (seed, step). The loop is task-agnostic: what is trained on what
 comes from metricjax/tasks/ (config.task).
 """
 
+import itertools
 import json
 import math
 import os
@@ -145,8 +146,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
              disable=jax.process_index() != 0)
   last_time, last_step = time.perf_counter(), start_step
   in_flight = None
+  batches = (task.stream(start_step) if task.stream
+             else itertools.repeat(task.data))
   for step in range(start_step + 1, config.total_steps + 1):
-    state, metrics = step_fn(state, task.data)
+    state, metrics = step_fn(state, next(batches))
     # One step queued ahead is enough to hide dispatch; waiting for the one
     # before keeps the bar at the real training rate instead of racing
     # ahead of the devices.

@@ -64,9 +64,12 @@ class ArrayDataset:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[1:])
 
+  @property
+  def nbytes(self) -> int:
+    return int(self.images.nbytes)
 
-def imbalanced(ds: ArrayDataset, *, classes, keep_fraction: float,
-               seed: int = 0) -> ArrayDataset:
+
+def imbalanced(ds, *, classes, keep_fraction: float, seed: int = 0):
   """Keeps a seeded `keep_fraction` of the examples of `classes` (at least
   2 each, so they still have positives); other classes stay whole."""
   if not 0.0 < keep_fraction <= 1.0:
@@ -82,9 +85,31 @@ def imbalanced(ds: ArrayDataset, *, classes, keep_fraction: float,
     members = np.flatnonzero(ds.labels == c)
     n = max(2, int(round(keep_fraction * len(members))))
     keep[rng.permutation(members)[n:]] = False
-  return dataclasses.replace(
-      ds, images=ds.images[keep], labels=ds.labels[keep],
-      source=f"{ds.source}, classes {list(classes)} cut to {keep_fraction:g}")
+  return subset(ds, np.flatnonzero(keep),
+                f"classes {list(classes)} cut to {keep_fraction:g}")
+
+
+class IndexedImages:
+  """Rows `index` of lazy images (a packed file), still lazy."""
+
+  def __init__(self, images, index: np.ndarray):
+    self._images, self._index = images, np.asarray(index)
+    self.shape = (len(self._index), *images.shape[1:])
+    self.dtype = images.dtype
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, index):
+    return self._images[self._index[index]]
+
+
+def subset(ds, index: np.ndarray, note: str):
+  """Examples `index` (increasing) of ds; in memory a copy, on disk a view."""
+  images = (ds.images[index] if isinstance(ds.images, np.ndarray)
+            else IndexedImages(ds.images, index))
+  return dataclasses.replace(ds, images=images, labels=ds.labels[index],
+                             source=f"{ds.source}, {note}")
 
 
 def _describe(x) -> str:
@@ -93,8 +118,7 @@ def _describe(x) -> str:
   return type(x).__name__
 
 
-def hold_out(ds: ArrayDataset, size: int, *,
-             seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+def hold_out(ds, size: int, *, seed: int = 0):
   """(rest, held_out): `size` examples split off `ds`, stratified by class.
 
   Each class gives its share of `size` (largest remainder, so the shares add
@@ -118,10 +142,7 @@ def hold_out(ds: ArrayDataset, size: int, *,
   for c in np.flatnonzero(quota):
     members = np.flatnonzero(ds.labels == c)
     held[rng.choice(members, size=quota[c], replace=False)] = True
-
-  def part(keep, what):
-    return dataclasses.replace(ds, images=ds.images[keep],
-                               labels=ds.labels[keep],
-                               source=f"{ds.source}, {what}")
-  return (part(~held, f"without the {size} held-out examples"),
-          part(held, f"{size} examples held out for validation"))
+  return (subset(ds, np.flatnonzero(~held),
+                 f"without the {size} held-out examples"),
+          subset(ds, np.flatnonzero(held),
+                 f"{size} examples held out for validation"))

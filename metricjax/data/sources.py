@@ -1,7 +1,9 @@
 """Dataset name -> ArrayDataset, trying each place a dataset can live.
 
 Resolution order (DESIGN.md, "Data sources"):
-  1. an explicit spec: `idx:DIR`, `folder:PATH` (directory or zip), `tfds:NAME`;
+  1. an explicit spec: `idx:DIR`, `folder:PATH` (directory or zip), `tfds:NAME`,
+     `packed:PATH` (an ArrayRecord file of tools/pack_arrayrecord.py, read
+     lazily: a PackedDataset, not an ArrayDataset);
   2. the data_dir argument, else the directory in $METRICJAX_DATA_DIR;
   3. SYSTEM_DATA_DIRS (Debian's `dataset-fashion-mnist` installs
      /usr/share/datasets/fashion-mnist/);
@@ -18,6 +20,7 @@ from metricjax.data import idx as idx_lib
 from metricjax.data.dataset import ArrayDataset
 from metricjax.data.image_folder import load_image_folder
 from metricjax.data.image_folder import SplitNotFoundError
+from metricjax.data.packed import load_packed
 from metricjax.data.tfds_source import default_tfds_dir
 from metricjax.data.tfds_source import load_tfds
 from metricjax.data.tfds_source import TfdsUnavailableError
@@ -26,7 +29,7 @@ from metricjax.errors import UserError
 DATA_DIR_ENV = "METRICJAX_DATA_DIR"
 # Module-level so tests can point it at a temporary directory.
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
-SPEC_FORMS = ("idx:DIR", "folder:PATH", "tfds:NAME")
+SPEC_FORMS = ("idx:DIR", "folder:PATH", "tfds:NAME", "packed:PATH")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,8 @@ def load_dataset(name: str, split: str, *,
     data_dir: offline data directory; overrides $METRICJAX_DATA_DIR.
   """
   kind, _, arg = name.partition(":")
+  if arg and kind == "packed":
+    return load_packed(arg, split)
   if arg and kind in ("idx", "folder", "tfds"):
     return _load_spec(kind, arg, split)
   canonical = name.strip().lower().replace("-", "_")

@@ -37,10 +37,15 @@ class Task:
   sample: Callable  # (rng, data) -> batch, jit-able; rng from (seed, step).
   # (params, loss_params, batch_stats, batch) -> (loss, new batch_stats).
   loss: Callable
-  data: Any  # The device-resident pytree `sample` reads.
+  # What `sample` reads: the device-resident dataset, or (streaming) the
+  # shapes of the batches `stream` yields.
+  data: Any
   examples_per_step: int
   epoch_size: int
   validate: Callable | None = None  # state -> metrics, for learning curves.
+  # Streaming input: start_step -> iterator of the global batches of steps
+  # start_step + 1, ...; None when `data` lives on the devices.
+  stream: Callable | None = None
 
 
 def get(name: str) -> ModuleType:

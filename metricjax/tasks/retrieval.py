@@ -14,6 +14,7 @@ import dataclasses
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metricjax import data as data_lib
 from metricjax import inference
@@ -22,6 +23,7 @@ from metricjax import metrics as metrics_lib
 from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
+from metricjax.data import stream as stream_lib
 from metricjax.errors import UserError
 from metricjax.tasks import Task
 
@@ -128,7 +130,8 @@ def _make_index_sampler(config, loss: losses.Loss, num_classes: int):
 
 
 def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
-  """(rng, data) -> {"images", "labels"}: the step's augmented batch."""
+  """(rng, data) -> {"images", "labels"}: the step's augmented batch, drawn
+  from the dataset on the devices."""
   sample_indices = _make_index_sampler(config, loss, num_classes)
   batch_sharding = parallel.batch_sharding(mesh)
 
@@ -137,11 +140,35 @@ def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
     idx = sample_indices(rng_sample, data)
     # Sharding the indices makes each device gather only its own rows.
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-    images, labels = data.images[idx], data.labels[idx]
-    if config.augment:
-      images = data_lib.random_crop_flip(rng_augment, images)
-    return {"images": images, "labels": labels}
+    return _augment(config, rng_augment,
+                    {"images": data.images[idx], "labels": data.labels[idx]})
   return sample
+
+
+def _augment(config, rng, batch):
+  if config.augment:
+    batch = dict(batch, images=data_lib.random_crop_flip(rng, batch["images"]))
+  return batch
+
+
+def make_stream_sample(config):
+  """(rng, batch) -> the streamed batch, augmented as on the device path."""
+  return lambda rng, batch: _augment(config, jax.random.split(rng)[1], batch)
+
+
+def placement(config, ds) -> str:
+  """"device" or "stream": config.data.placement, "auto" choosing by the
+  split's size against config.data.device_budget_mb (the dataset is
+  replicated, so it costs its size on every device)."""
+  data = config.get("data") or {}
+  chosen = data.get("placement", "auto")
+  if chosen not in ("device", "stream", "auto"):
+    raise UserError(f"config.data.placement={chosen!r}: use device, stream "
+                    "or auto.")
+  if chosen == "auto":
+    budget = data.get("device_budget_mb", 1024) * 2**20
+    chosen = "device" if ds.nbytes <= budget else "stream"
+  return chosen
 
 
 def make_loss(config, model, loss: losses.Loss):
@@ -201,15 +228,30 @@ def build(config, mesh, tx) -> Task:
   model, init = make_model_and_init(config, meta, tx)
   if _val_size(config):
     validate = make_validation(config, model, held_out, mesh)
+  examples_per_step = config.batch_size * (3 if config.sampler == "triplets" else 1)
+  common = dict(meta=meta, model=model, init=init, epoch_size=len(ds),
+                loss=make_loss(config, model, loss), validate=validate,
+                examples_per_step=examples_per_step)
+  if placement(config, ds) == "stream":
+    parallel.check_divisible(examples_per_step, mesh, "config.batch_size")
+    _make_index_sampler(config, loss, ds.num_classes)  # Checks the batch shape.
+    sample_indices = stream_lib.make_index_sampler(
+        config.sampler, ds.labels, ds.num_classes,
+        batch_size=config.batch_size,
+        samples_per_class=config.get("samples_per_class", 0))
+    return Task(sample=make_stream_sample(config),
+                data=stream_lib.abstract_batch(ds, examples_per_step, mesh),
+                stream=lambda start: stream_lib.device_batches(
+                    stream_lib.host_batches(
+                        ds, sample_indices, seed=config.seed,
+                        start_step=start, total_steps=config.total_steps),
+                    mesh), **common)
+  images = np.asarray(ds.images[:])  # A packed split, read whole.
   data = parallel.replicate(DeviceData(
-      images=ds.images, labels=ds.labels,
+      images=images, labels=ds.labels,
       class_index=data_lib.ClassIndex.from_labels(ds.labels, ds.num_classes)), mesh)
-  return Task(
-      meta=meta, model=model, init=init,
-      sample=make_sample(config, loss, mesh, ds.num_classes),
-      loss=make_loss(config, model, loss), data=data, epoch_size=len(ds),
-      examples_per_step=config.batch_size * (3 if config.sampler == "triplets" else 1),
-      validate=validate)
+  return Task(sample=make_sample(config, loss, mesh, ds.num_classes),
+              data=data, **common)
 
 
 def evaluate(config, meta: Meta, model, state, split: str, mesh):
