@@ -37,6 +37,9 @@ def get_config(arg=None):
   config.batch_size = 128
   config.augment = True
 
+  # Activations in float32 or bfloat16; parameters, optimiser state,
+  # normalisation statistics and loss reductions stay float32.
+  config.compute_dtype = "float32"
   config.total_steps = 1500  # ~4 epochs.
   config.learning_rate = 1e-3
   config.warmup_steps = 100

@@ -48,6 +48,9 @@ def get_config(arg=None):
   # are not centred digits/garments.
   config.augment = arg.dataset == "cifar10"
 
+  # Activations in float32 or bfloat16; parameters, optimiser state,
+  # normalisation statistics and loss reductions stay float32.
+  config.compute_dtype = "float32"
   config.total_steps = 1000 if arg.dataset != "cifar10" else 6000
   config.learning_rate = 3e-3
   config.warmup_steps = 100

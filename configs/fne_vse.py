@@ -62,6 +62,9 @@ def get_config(arg=None):
   config.loss = dict(name="vse", kwargs=dict(
       margin=0.2, max_violation=arg.loss == "max"))
   config.batch_size = 128
+  # Activations in float32 or bfloat16; parameters, optimiser state,
+  # normalisation statistics and loss reductions stay float32.
+  config.compute_dtype = "float32"
   config.total_steps = _STEPS.get("coco" if coco else arg.dataset, 1400)
   # Adam 2e-4 (VSE++ drops it 10x halfway; here cosine decay), clip 2.
   config.learning_rate = 2e-4

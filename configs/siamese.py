@@ -59,6 +59,9 @@ def get_config(arg=None):
   config.samples_per_class = 32
   config.augment = arg.dataset == "cifar10"
 
+  # Activations in float32 or bfloat16; parameters, optimiser state,
+  # normalisation statistics and loss reductions stay float32.
+  config.compute_dtype = "float32"
   config.total_steps = 1500
   config.learning_rate = 1e-3
   config.warmup_steps = 100

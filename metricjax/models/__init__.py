@@ -42,8 +42,12 @@ def _module_fields(cls: type[nn.Module]) -> list[str]:
           if f.init and f.name not in ("parent", "name")]
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def create_model(model_config: Mapping[str, Any], *,
-                 num_classes: int | None = None) -> nn.Module:
+                 num_classes: int | None = None,
+                 compute_dtype: str | None = None) -> nn.Module:
   """Builds MODELS[model_config.name] with the config's other fields.
 
   model_config is an ml_collections ConfigDict or a dict; num_classes (from
@@ -69,6 +73,13 @@ def create_model(model_config: Mapping[str, Any], *,
           f"config.model.num_classes={configured} disagrees with the "
           f"dataset's {num_classes} classes; drop it from the config.")
     kwargs["num_classes"] = num_classes
+  if compute_dtype is not None:
+    # config.compute_dtype: activations in it; parameters, batch-norm
+    # statistics and the heads stay float32 (each model says where).
+    if compute_dtype not in COMPUTE_DTYPES:
+      raise UserError(f"config.compute_dtype={compute_dtype!r}; use one of "
+                      f"{', '.join(COMPUTE_DTYPES)}.")
+    kwargs["dtype"] = compute_dtype
   # Configs hold lists (nested, once through JSON) and dtype names; modules
   # want hashable tuples and dtypes.
   kwargs = {k: as_tuples(v) for k, v in kwargs.items()}

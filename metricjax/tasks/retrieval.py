@@ -72,7 +72,8 @@ def _val_size(config) -> int:
 def make_model_and_init(config, meta: Meta, tx):
   model = models.create_model(
       config.model,
-      num_classes=meta.num_classes if config.classification_head else None)
+      num_classes=meta.num_classes if config.classification_head else None,
+      compute_dtype=config.get("compute_dtype"))
   image = jnp.zeros((1, *meta.image_shape), jnp.uint8)
   init_loss = _make_loss_init(config, meta)
 
@@ -187,11 +188,13 @@ def make_loss(config, model, loss: losses.Loss):
     outputs, updates = model.apply(
         {"params": params, "batch_stats": batch_stats}, batch["images"],
         train=True, mutable=["batch_stats"])
+    # Losses reduce in float32 whatever the compute dtype.
+    x = outputs[loss.input if loss.input != "triplets" else "embedding"]
+    x = x.astype(jnp.float32)
     if loss.input == "triplets":
-      value = loss.fn(*jnp.split(outputs["embedding"], 3), **kwargs)
+      value = loss.fn(*jnp.split(x, 3), **kwargs)
     else:
-      value = loss.fn(outputs[loss.input], batch["labels"], **kwargs,
-                      **loss_params)
+      value = loss.fn(x, batch["labels"], **kwargs, **loss_params)
     return value, updates.get("batch_stats", {})
   return loss_fn
 

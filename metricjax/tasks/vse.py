@@ -156,7 +156,8 @@ def _encode_captions(config, vocab: Vocabulary, split: data_lib.CaptionSplit):
 
 def make_model_and_init(config, meta: Meta, tx):
   model = models.create_model(
-      dict(config.model.to_dict(), vocab_size=len(meta.vocabulary)))
+      dict(config.model.to_dict(), vocab_size=len(meta.vocabulary)),
+      compute_dtype=config.get("compute_dtype"))
   dtype = jnp.int8 if meta.features_kind == "fne" else jnp.float32
   inputs = (jnp.zeros((1, meta.features_dim), dtype),
             jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32))
@@ -191,7 +192,9 @@ def make_loss(config, model):
     del loss_params  # The ranking loss learns nothing of its own.
     image_emb, text_emb = model.apply({"params": params}, batch["features"],
                                       batch["ids"], batch["lengths"])
-    return loss.fn(image_emb, text_emb, **kwargs), batch_stats
+    # The loss reduces in float32 whatever the compute dtype.
+    return loss.fn(image_emb.astype(jnp.float32), text_emb.astype(jnp.float32),
+                   **kwargs), batch_stats
   return loss_fn
 
 
