@@ -28,9 +28,13 @@ def manager(workdir: str, *, max_to_keep: int = 3,
 
 
 def _write_failed(mngr, what: str, e: Exception) -> UserError:
-  steps = [s for s in mngr.all_steps()]
-  kept = (f"checkpoints of steps {', '.join(map(str, sorted(steps)))} are "
-          "intact" if steps else "no earlier checkpoint exists")
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    kept = "no earlier checkpoint exists"
+  elif len(steps) == 1:
+    kept = f"the checkpoint of step {steps[0]} is intact"
+  else:
+    kept = f"the checkpoints of steps {', '.join(map(str, steps))} are intact"
   return UserError(
       f"Could not write {what} in {mngr.directory} ({type(e).__name__}: "
       f"{one_line(e)}); {kept}. Free disk space (or fix the directory's "

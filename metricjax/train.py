@@ -260,10 +260,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       unchecked = (step, metrics)
       bar.update(1)
       last = step == config.total_steps
-      # Multi-host: every process gets the scheduler's SIGTERM, but may see
-      # it at a different step; agreeing on one needs a collective (TODO
-      # with multi-host training).
-      stop = stop_requested.is_set() and not last
       validate_now = eval_every and (step % eval_every == 0 or last)
       if step % config.log_every == 0 or last or validate_now:
         guard.check(step, metrics)
@@ -283,6 +279,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
           last_time = time.perf_counter()  # Validation is not training time.
         log.write(row)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+      # Multi-host: every process gets the scheduler's SIGTERM, but may see
+      # it at a different step; agreeing on one needs a collective (TODO
+      # with multi-host training).
+      stop = stop_requested.is_set() and not last
       if step % config.checkpoint_every == 0 or last or stop:
         # Never a checkpoint of a state not known to be finite.
         if unchecked is not None:
