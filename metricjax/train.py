@@ -16,13 +16,9 @@ state is written, or, with config.skip_nonfinite_steps, skips the step and
 counts it (`nonfinite_steps` in metrics.jsonl).
 """
 
-import contextlib
 import json
-import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -40,23 +36,10 @@ from metricjax import state as state_lib
 from metricjax import step as step_lib
 from metricjax import tasks
 from metricjax import errors
+from metricjax import failures
 from metricjax.errors import UserError, exit_on_user_error
 
 FLAGS = flags.FLAGS
-# 128 + SIGTERM, the shell's code for "terminated": a scheduler neither takes
-# the run for finished (0) nor for a bad command (2, UserError).
-PREEMPTED_EXIT_CODE = 143
-
-
-class Preempted(Exception):
-  """train() stopped early on SIGTERM, after checkpointing `step`."""
-
-  def __init__(self, step: int, workdir: str):
-    super().__init__(
-        f"Stopped by SIGTERM at step {step}; its checkpoint is saved in "
-        f"{os.path.join(workdir, 'checkpoints')}. Run the same command again "
-        "to resume.")
-    self.step = step
 
 
 def _define_flags():
@@ -125,54 +108,6 @@ def _rows_up_to(path: str, step: int) -> list[str]:
   return rows
 
 
-@contextlib.contextmanager
-def _stop_on_sigterm():
-  """Yields an Event set by SIGTERM while the block runs; the previous
-  handler comes back after. Signals reach only the main thread, so
-  elsewhere (a notebook's worker thread) nothing is installed."""
-  requested = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
-    yield requested
-    return
-  previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
-  try:
-    yield requested
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
-class _FiniteGuard:
-  """Reads each step's "finite" flag, in step order: stops the run on the
-  first non-finite step, or counts it when skipping is on."""
-
-  def __init__(self, config, skipped: int, last_checkpoint: int | None):
-    self.config = config
-    self.skip = bool(config.get("skip_nonfinite_steps", False))
-    self.skipped = skipped
-    self.last_checkpoint = last_checkpoint
-
-  def check(self, step: int, metrics: dict) -> None:
-    if bool(jax.device_get(metrics["finite"])):
-      return
-    if self.skip:
-      self.skipped += 1
-      return
-    loss, grad_norm = (float(jax.device_get(metrics[k]))
-                       for k in ("loss", "grad_norm"))
-    what = ("the loss" if not math.isfinite(loss) else "a gradient")
-    kept = (f"the last good checkpoint (step {self.last_checkpoint}) is kept"
-            if self.last_checkpoint else "no checkpoint had been written yet")
-    raise UserError(
-        f"Training stopped at step {step}: {what} became non-finite "
-        f"(loss={loss}, grad_norm={grad_norm}); {kept} and no checkpoint of "
-        f"step {step} or later was written. Likely cause: a learning rate too "
-        f"high for this model (config.learning_rate="
-        f"{self.config.learning_rate}) or exploding gradients: lower "
-        "config.learning_rate or set config.grad_clip_norm (e.g. 1.0); with "
-        "bfloat16 compute, an overflow. To skip such steps instead, set "
-        "config.skip_nonfinite_steps=True.")
-
-
 def _check_same_run(saved_config: dict, config: ml_collections.ConfigDict,
                     task_module, workdir: str) -> None:
   """Refuses to resume a checkpoint with another task identity."""
@@ -229,7 +164,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     io.write_text(os.path.join(workdir, "config.json"),
                   config.to_json_best_effort(indent=2))
 
-  guard = _FiniteGuard(config, skipped, start_step or None)
+  guard = failures.FiniteGuard(config, skipped, start_step or None)
   # Compiled ahead of time so its memory analysis can be logged.
   train_step = step_lib.make_train_step(task.sample, task.loss, tx,
                                         seed=config.seed,
@@ -243,7 +178,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
 
   # Checkpoints are written in the background; however the loop ends
   # (finished, preempted, an error), the last one started is waited for.
-  with _stop_on_sigterm() as stop_requested, checkpoint.finishing(mngr):
+  with (failures.stop_on_sigterm() as stop_requested,
+        checkpoint.finishing(mngr)):
     log = MetricsLog(workdir, start_step)
     bar = tqdm(total=config.total_steps, initial=start_step, desc="train",
                unit="step", dynamic_ncols=True, mininterval=1.0,
@@ -288,12 +224,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         if unchecked is not None:
           guard.check(*unchecked)
           unchecked = None
-        checkpoint.save(mngr, step, state, dict(meta, nonfinite_steps=guard.skipped))
+        checkpoint.save(mngr, step, state,
+                        dict(meta, nonfinite_steps=guard.skipped))
         guard.last_checkpoint = step
       if stop:
         bar.close()
         checkpoint.wait(mngr)
-        raise Preempted(step, workdir)
+        raise failures.Preempted(step, workdir)
     bar.close()
     return state
 
@@ -303,9 +240,9 @@ def main(argv):
   cli.set_up(argv)
   try:
     train(FLAGS.config, FLAGS.workdir)
-  except Preempted as e:
+  except failures.Preempted as e:
     print(f"\n{e}\n", file=sys.stderr)
-    sys.exit(PREEMPTED_EXIT_CODE)
+    sys.exit(failures.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import pytest
 
 from metricjax import checkpoint
 from metricjax import evaluate as evaluate_lib
+from metricjax import failures
+from metricjax import io
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import step as step_lib
@@ -168,7 +170,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_matches(tiny_idx_dir,
   proc.send_signal(signal.SIGTERM)
   signalled.touch()
   _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == train_lib.PREEMPTED_EXIT_CODE, stderr[-3000:]
+  assert proc.returncode == failures.PREEMPTED_EXIT_CODE, stderr[-3000:]
   assert "Stopped by SIGTERM at step 2" in stderr
   assert "Traceback" not in stderr
   # The checkpoint is complete (restorable), not merely started.
@@ -217,6 +219,30 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_idx_dir, tmp_path,
   train_lib.train(config_for(tiny_idx_dir), workdir)
   assert checkpoint_steps(workdir) == [3, 6]
   assert_same_run(workdir, straight)
+
+
+def test_resume_drops_a_torn_metrics_line(tmp_path):
+  # A run killed while appending leaves half a row; resuming drops it with
+  # the rows past the checkpoint.
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n'
+                  '{"step": 3, "loss": 0.2}\n{"step": 4, "lo')
+  train_lib.MetricsLog(str(tmp_path), resume_step=2)
+  assert path.read_text() == ('{"step": 1, "loss": 1.0}\n'
+                              '{"step": 2, "loss": 0.5}\n')
+
+
+def test_atomic_write_gives_the_old_file_or_the_new_one(tmp_path):
+  # Every result, cache and table goes through it (eval JSON on a full
+  # disk: test_bad_input.py).
+  path = tmp_path / "eval" / "step_6.json"
+  io.write_json(path, {"old": True})
+  with pytest.raises(RuntimeError):
+    with io.atomic_write(path) as f:
+      f.write('{"new": tr')
+      raise RuntimeError("killed half-way")
+  assert json.loads(path.read_text()) == {"old": True}
+  assert os.listdir(path.parent) == ["step_6.json"]
 
 
 # --- Non-finite steps ------------------------------------------------------------

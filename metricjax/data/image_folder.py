@@ -110,8 +110,9 @@ def _read_member(zf, member):
     return zf.read(member)
   except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
     # A flipped byte shows as a CRC mismatch, a cut archive as EOF.
-    raise UserError(f"Cannot read {member} from {zf.filename}: {e}. The zip is "
-                    "corrupt or truncated; copy or download it again.") from None
+    raise UserError(f"Cannot read {member} from {zf.filename}: {e}. The zip "
+                    "is corrupt or truncated; copy or download it "
+                    "again.") from None
 
 
 def _is_image(member: str) -> bool:
@@ -131,11 +132,13 @@ def _group(images_by_member, path, split, found_splits, class_dirs=()):
   """
   empty = sorted(set(class_dirs) - {c for c, _ in images_by_member})
   if images_by_member and empty:
+    folders = ", ".join(f"{split}/{c}/" for c in empty)
+    what = (f"class folders {folders} hold" if len(empty) > 1
+            else f"class folder {folders} holds")
     raise UserError(
-        f"{path}: class folder{'s' if len(empty) > 1 else ''} "
-        f"{', '.join(f'{split}/{c}/' for c in empty)} hold{'' if len(empty) > 1 else 's'} no images "
-        f"(extensions read: {', '.join(sorted(_IMAGE_EXTENSIONS))}). Add its "
-        "images or delete the folder.")
+        f"{path}: {what} no images (extensions read: "
+        f"{', '.join(sorted(_IMAGE_EXTENSIONS))}). Add the images or delete "
+        "the folder.")
   if not images_by_member:
     found = ", ".join(sorted(found_splits)) or "none"
     raise SplitNotFoundError(
