@@ -71,6 +71,9 @@ def get_config(arg=None):
   config.warmup_steps = 0
   config.weight_decay = 0.0
   config.grad_clip_norm = 2.0
+  # True: a step with a NaN/inf loss or gradient is skipped (counted as
+  # nonfinite_steps in metrics.jsonl) instead of stopping the run.
+  config.skip_nonfinite_steps = False
   config.seed = 0
 
   # Model selection by validation rsum: a checkpoint at every validation,

@@ -67,6 +67,9 @@ def get_config(arg=None):
   config.warmup_steps = 100
   config.weight_decay = 1e-4
   config.grad_clip_norm = 0.0
+  # True: a step with a NaN/inf loss or gradient is skipped (counted as
+  # nonfinite_steps in metrics.jsonl) instead of stopping the run.
+  config.skip_nonfinite_steps = False
   config.seed = 0
 
   config.log_every = 50

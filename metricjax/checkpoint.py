@@ -1,13 +1,17 @@
 """Orbax checkpoints in WORKDIR/checkpoints: the train state plus a JSON
 "meta" item (config, dataset description) so a checkpoint is self-contained
 for evaluation. Orbax writes each step to a temporary directory and renames
-it when complete, so a killed run never leaves a half-written checkpoint."""
+it when complete, so a killed run never leaves a half-written checkpoint
+under a step's name (tests/test_reliability.py). A failed write (disk full)
+is a UserError naming the step; the checkpoints before it stay usable."""
 
+import contextlib
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
+from metricjax.errors import one_line
 from metricjax.errors import UserError
 
 
@@ -23,9 +27,52 @@ def manager(workdir: str, *, max_to_keep: int = 3,
                                item_names=("state", "meta"))
 
 
+def _write_failed(mngr, what: str, e: Exception) -> UserError:
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    kept = "no earlier checkpoint exists"
+  elif len(steps) == 1:
+    kept = f"the checkpoint of step {steps[0]} is intact"
+  else:
+    kept = f"the checkpoints of steps {', '.join(map(str, steps))} are intact"
+  return UserError(
+      f"Could not write {what} in {mngr.directory} ({type(e).__name__}: "
+      f"{one_line(e)}); {kept}. Free disk space (or fix the directory's "
+      "permissions) and run the same command again: it resumes from the "
+      "latest intact checkpoint.")
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  """Starts writing a checkpoint of `step`; the device-to-host copy is done
+  when this returns, the files are written in the background (see wait)."""
+  try:
+    # force: the training loop, not Orbax's save policy, decides when.
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+              force=True)
+  except Exception as e:  # This save, or the previous one in the background.
+    raise _write_failed(mngr, f"the checkpoint of step {step}", e) from e
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits until the checkpoint being written is complete on disk."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    raise _write_failed(mngr, "a checkpoint", e) from e
+
+
+@contextlib.contextmanager
+def finishing(mngr: ocp.CheckpointManager):
+  """Waits for the checkpoint in flight and closes `mngr` when the block
+  exits, however it exits, so that a stopped run still completes it."""
+  try:
+    yield mngr
+  finally:
+    try:
+      wait(mngr)
+    finally:
+      mngr.close()
 
 
 def resolve_step(mngr: ocp.CheckpointManager, step: int | None) -> int:
@@ -55,8 +102,16 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state):
   """Restores into the shapes, dtypes and shardings of `abstract_state`."""
-  return mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))["state"]
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
+  except (ValueError, KeyError, TypeError) as e:
+    # Orbax's words for a tree of other shapes or structure.
+    raise UserError(
+        f"The checkpoint {mngr.directory}/{step} does not fit this config's "
+        f"model and optimiser ({type(e).__name__}: {one_line(e)}). It was "
+        "written with another config: resume with that config, or use a new "
+        "--workdir.") from e
 
 
 def abstract_like(tree, sharding):

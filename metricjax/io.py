@@ -11,6 +11,8 @@ import os
 import tempfile
 from typing import Any, Iterator
 
+from metricjax.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", *,
@@ -20,7 +22,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *,
   The temporary file lives in path's directory, so the final os.replace is
   an atomic rename; it is flushed and fsynced first, so a crash right after
   cannot leave an empty file under the final name. On any exception the
-  temporary file is removed and `path` is untouched.
+  temporary file is removed and `path` is untouched; an OSError (disk full,
+  no permission) becomes a UserError naming the path.
 
   Args:
     path: the file to (re)write; parent directories are created.
@@ -32,9 +35,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *,
     raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                             suffix="-" + os.path.basename(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
+                               suffix="-" + os.path.basename(path))
+  except OSError as e:
+    raise _cannot_write(path, e) from e
   try:
     with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
       yield f
@@ -43,10 +49,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *,
     if permissions is not None:
       os.chmod(tmp, permissions)
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError):
+      raise _cannot_write(path, e) from e
     raise
+
+
+def _cannot_write(path: str, e: OSError) -> UserError:
+  return UserError(f"Could not write {path}: {e.strerror or e}. Free disk "
+                   "space or choose a writable directory; nothing was "
+                   "written there (the old file, if any, is unchanged).")
 
 
 def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs) -> None:

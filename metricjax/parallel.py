@@ -97,6 +97,15 @@ def check_same_everywhere(value: str, what: str) -> None:
         "command line.")
 
 
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any (e.g. a SIGTERM that
+  reached the processes of a job between two different steps): they must
+  agree, or one waits forever in the next collective."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def create_mesh(devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))

@@ -4,20 +4,38 @@ gradient, update parameters and optimiser state.
 A task supplies `sample(rng, data) -> batch` and `loss(params, loss_params,
 batch_stats, batch) -> (loss, new_batch_stats)`; the randomness of step s
 comes from fold_in(key(seed), s), so a resumed run draws the same batches.
+
+Every step reports whether its loss and gradients were finite. With
+`skip_nonfinite` a non-finite step changes nothing but the step counter (the
+next step draws a new batch); without it the training loop stops on it
+before any checkpoint of the bad state is written (metricjax/train.py).
 """
 
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from metricjax.state import trainable
 from metricjax.state import TrainState
 
 
+def all_finite(tree) -> jax.Array:
+  """True when every element of every leaf of `tree` is finite."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def make_train_step(sample: Callable, loss: Callable,
-                    tx: optax.GradientTransformation, *, seed: int) -> Callable:
-  """(state, data) -> (state, {"loss", "grad_norm"}), to be jitted."""
+                    tx: optax.GradientTransformation, *, seed: int,
+                    skip_nonfinite: bool = False) -> Callable:
+  """(state, data) -> (state, {"loss", "grad_norm", "finite"}), to be jitted.
+
+  "finite" (bool) is False when the loss or a gradient was NaN or infinite;
+  then, with skip_nonfinite, params, batch_stats and optimiser state stay
+  those of the input state.
+  """
   seed_key = jax.random.key(seed)
 
   def train_step(state: TrainState, data):
@@ -26,12 +44,20 @@ def make_train_step(sample: Callable, loss: Callable,
     params = trainable(state)
     (value, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(
         params)
+    finite = jnp.isfinite(value) & all_finite(grads)
     updates, opt_state = tx.update(grads, state.opt_state, params)
     params = optax.apply_updates(params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params["model"],
         loss_params=params["loss"], batch_stats=batch_stats,
         opt_state=opt_state)
-    return new_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+    if skip_nonfinite:
+      # An elementwise select, not lax.cond: both branches are already
+      # computed, and a select keeps the step one fused program.
+      kept = state.replace(step=new_state.step)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                               new_state, kept)
+    return new_state, {"loss": value, "grad_norm": optax.tree.norm(grads),
+                       "finite": finite}
 
   return train_step

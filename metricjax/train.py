@@ -7,12 +7,19 @@ Started again on the same workdir, it resumes from the latest checkpoint and
 gives the same result as an uninterrupted run: every step's randomness is
 derived from (seed, step). The loop is task-agnostic: what is trained on what
 comes from metricjax/tasks/ (config.task).
+
+Failures (README, "Resuming and failures"): SIGTERM, what schedulers send
+before preempting a machine, makes the run checkpoint the step it is at and
+exit with PREEMPTED_EXIT_CODE; the same command then resumes. A NaN or
+infinite loss or gradient stops the run before any checkpoint of the bad
+state is written, or, with config.skip_nonfinite_steps, skips the step and
+counts it (`nonfinite_steps` in metrics.jsonl).
 """
 
 import itertools
 import json
-import math
 import os
+import sys
 import time
 
 import jax
@@ -30,6 +37,7 @@ from metricjax import state as state_lib
 from metricjax import step as step_lib
 from metricjax import tasks
 from metricjax import errors
+from metricjax import failures
 from metricjax.errors import UserError, exit_on_user_error
 
 FLAGS = flags.FLAGS
@@ -72,14 +80,33 @@ class MetricsLog:
       return
     rows = []
     if resume_step and os.path.exists(self.path):
-      with open(self.path) as f:
-        rows = [line for line in f if json.loads(line)["step"] <= resume_step]
+      rows = _rows_up_to(self.path, resume_step)
     io.write_text(self.path, "".join(rows))
 
   def write(self, row: dict) -> None:
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+      try:
+        with open(self.path, "a") as f:
+          f.write(json.dumps(row) + "\n")
+      except OSError as e:
+        raise UserError(f"Cannot append to {self.path}: {errors.one_line(e)}. "
+                        "Free disk space or fix the permissions, then run "
+                        "again: it resumes from the last checkpoint.") from e
+
+
+def _rows_up_to(path: str, step: int) -> list[str]:
+  """metrics.jsonl's lines of steps <= step, without a torn last line (a run
+  killed while appending)."""
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if row["step"] <= step:
+        rows.append(line if line.endswith("\n") else line + "\n")
+  return rows
 
 
 def _check_same_run(saved_config: dict, config: ml_collections.ConfigDict,
@@ -102,7 +129,11 @@ def _check_same_run(saved_config: dict, config: ml_collections.ConfigDict,
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-  """Trains (or resumes) and returns the final state."""
+  """Trains (or resumes) and returns the final state.
+
+  Raises Preempted when SIGTERM stopped it early (after a checkpoint), and
+  UserError on bad input or a non-finite step.
+  """
   if config.total_steps < 1:
     raise UserError(f"config.total_steps={config.total_steps} must be >= 1.")
   parallel.check_same_everywhere(config.to_json_best_effort(sort_keys=True),
@@ -112,15 +143,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   task_module = tasks.of(config)
   task = task_module.build(config, mesh, tx)
 
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"Cannot create the workdir {workdir}: {errors.one_line(e)}. "
+                    "Pass a --workdir in a writable directory.") from e
   meta = dict(config=config.to_dict(), **task.meta.to_dict())
   mngr = checkpoint.manager(workdir, max_to_keep=config.keep_checkpoints)
   replicated = parallel.replicated(mesh)
   init = jax.jit(task.init, out_shardings=replicated)
   start_step = mngr.latest_step() or 0
+  skipped = 0
   if start_step:
-    _check_same_run(checkpoint.restore_meta(mngr, start_step)["config"], config,
-                    task_module, workdir)
+    saved = checkpoint.restore_meta(mngr, start_step)
+    _check_same_run(saved["config"], config, task_module, workdir)
+    skipped = saved.get("nonfinite_steps", 0)
     abstract = checkpoint.abstract_like(
         jax.eval_shape(init, jax.random.key(config.seed)), replicated)
     state = checkpoint.restore_state(mngr, start_step, abstract)
@@ -130,63 +167,84 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     io.write_text(os.path.join(workdir, "config.json"),
                   config.to_json_best_effort(indent=2))
 
+  guard = failures.FiniteGuard(config, skipped, start_step or None)
   # Compiled ahead of time so its memory analysis can be logged.
   train_step = step_lib.make_train_step(task.sample, task.loss, tx,
-                                        seed=config.seed)
+                                        seed=config.seed,
+                                        skip_nonfinite=guard.skip)
   step_fn = jax.jit(train_step, donate_argnums=(0,),
                     out_shardings=(replicated, replicated)
                     ).lower(state, task.data).compile()
   memory = step_memory(step_fn)
   schedule = state_lib.learning_rate_schedule(config)
-  log = MetricsLog(workdir, start_step)
   eval_every = config.get("eval_every") if task.validate else 0
 
-  bar = tqdm(total=config.total_steps, initial=start_step, desc="train",
-             unit="step", dynamic_ncols=True, mininterval=1.0,
-             disable=jax.process_index() != 0)
-  last_time, last_step = time.perf_counter(), start_step
-  in_flight = None
-  batches = (task.stream(start_step) if task.stream
-             else itertools.repeat(task.data))
-  for step in range(start_step + 1, config.total_steps + 1):
-    state, metrics = step_fn(state, next(batches))
-    # One step queued ahead is enough to hide dispatch; waiting for the one
-    # before keeps the bar at the real training rate instead of racing
-    # ahead of the devices.
-    if in_flight is not None:
-      jax.block_until_ready(in_flight)
-    in_flight = metrics
-    bar.update(1)
-    last = step == config.total_steps
-    validate_now = eval_every and (step % eval_every == 0 or last)
-    if step % config.log_every == 0 or last or validate_now:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      now = time.perf_counter()
-      rate = (step - last_step) / (now - last_time)
-      last_time, last_step = now, step
-      row = dict(step=step, **metrics, learning_rate=float(schedule(step - 1)),
-                 steps_per_sec=rate, examples_per_sec=rate * task.examples_per_step,
-                 epoch=step * task.examples_per_step / task.epoch_size, **memory)
-      if validate_now:
-        row.update({f"val_{k}": v for k, v in task.validate(state).items()})
-        last_time = time.perf_counter()  # Validation is not training time.
-      log.write(row)
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-      if not math.isfinite(metrics["loss"]):
-        raise UserError(f"The loss became {metrics['loss']} at step {step}. Lower "
-                        "config.learning_rate or set config.grad_clip_norm.")
-    if step % config.checkpoint_every == 0 or last:
-      checkpoint.save(mngr, step, state, meta)
-  bar.close()
-  mngr.wait_until_finished()
-  mngr.close()
-  return state
+  # Checkpoints are written in the background; however the loop ends
+  # (finished, preempted, an error), the last one started is waited for.
+  with (failures.stop_on_sigterm() as stop_requested,
+        checkpoint.finishing(mngr)):
+    log = MetricsLog(workdir, start_step)
+    bar = tqdm(total=config.total_steps, initial=start_step, desc="train",
+               unit="step", dynamic_ncols=True, mininterval=1.0,
+               disable=jax.process_index() != 0)
+    last_time, last_step = time.perf_counter(), start_step
+    unchecked = None  # (step, metrics) whose "finite" flag is not read yet.
+    batches = (task.stream(start_step) if task.stream
+               else itertools.repeat(task.data))
+    for step in range(start_step + 1, config.total_steps + 1):
+      state, metrics = step_fn(state, next(batches))
+      # One step queued ahead is enough to hide dispatch; waiting for the one
+      # before keeps the bar at the real training rate instead of racing
+      # ahead of the devices. Its finiteness is read then, for free.
+      if unchecked is not None:
+        guard.check(*unchecked)
+      unchecked = (step, metrics)
+      bar.update(1)
+      last = step == config.total_steps
+      validate_now = eval_every and (step % eval_every == 0 or last)
+      if step % config.log_every == 0 or last or validate_now:
+        guard.check(step, metrics)
+        unchecked = None
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()
+                   if k != "finite"}
+        if guard.skip:
+          metrics["nonfinite_steps"] = guard.skipped
+        now = time.perf_counter()
+        rate = (step - last_step) / (now - last_time)
+        last_time, last_step = now, step
+        row = dict(step=step, **metrics, learning_rate=float(schedule(step - 1)),
+                   steps_per_sec=rate, examples_per_sec=rate * task.examples_per_step,
+                   epoch=step * task.examples_per_step / task.epoch_size, **memory)
+        if validate_now:
+          row.update({f"val_{k}": v for k, v in task.validate(state).items()})
+          last_time = time.perf_counter()  # Validation is not training time.
+        log.write(row)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+      stop = parallel.any_process(stop_requested.is_set()) and not last
+      if step % config.checkpoint_every == 0 or last or stop:
+        # Never a checkpoint of a state not known to be finite.
+        if unchecked is not None:
+          guard.check(*unchecked)
+          unchecked = None
+        checkpoint.save(mngr, step, state,
+                        dict(meta, nonfinite_steps=guard.skipped))
+        guard.last_checkpoint = step
+      if stop:
+        bar.close()
+        checkpoint.wait(mngr)
+        raise failures.Preempted(step, workdir)
+    bar.close()
+    return state
 
 
 @exit_on_user_error
 def main(argv):
   cli.set_up(argv)
-  train(FLAGS.config, FLAGS.workdir)
+  try:
+    train(FLAGS.config, FLAGS.workdir)
+  except failures.Preempted as e:
+    print(f"\n{e}\n", file=sys.stderr)
+    sys.exit(failures.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

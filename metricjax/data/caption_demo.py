@@ -193,8 +193,7 @@ def write_caption_demo(out_dir: str | os.PathLike, train: ArrayDataset,
           "source_dataset": train.name, "seed": seed,
           "sizes": {"train": n_train, "val": n_val, "test": n_test},
           "images": entries}
-  with open(os.path.join(out_dir, "README.txt"), "w") as f:
-    f.write(DESCRIPTION + "\n")
+  io.write_text(os.path.join(out_dir, "README.txt"), DESCRIPTION + "\n")
   path = os.path.join(out_dir, f"dataset_{NAME}.json")
   # Written last and atomically: a complete JSON means complete images.
   io.write_json(path, data)

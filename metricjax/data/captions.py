@@ -201,21 +201,28 @@ def load_karpathy(json_path: str | os.PathLike, split: str, *,
 
   paths, captions = [], []
   for k, entry in enumerate(data["images"]):
-    if entry.get("split") not in wanted:
+    if not isinstance(entry, dict) or "split" not in entry:
+      raise UserError(f"{json_path}: images[{k}] has no 'split'; a Karpathy "
+                      "entry needs filename, split and sentences.")
+    if entry["split"] not in wanted:
       continue
     try:
       filename = entry["filename"]
       sentences = entry["sentences"]
     except KeyError as e:
       raise UserError(
-          f"{json_path}: images[{k}] has no {e.args[0]!r}.") from None
+          f"{json_path}: images[{k}] has no {e.args[0]!r}; a Karpathy entry "
+          "needs filename, split and sentences.") from None
     if len(sentences) < captions_per_image:
       raise UserError(
           f"{json_path}: image {filename} has {len(sentences)} captions, "
           f"fewer than {captions_per_image}. Every image needs "
           f"{captions_per_image} (the first are kept); fix or drop it.")
     for s in sentences[:captions_per_image]:
-      raw = s.get("raw")
+      raw = s.get("raw") if isinstance(s, dict) else None
+      if raw is None and not (isinstance(s, dict) and "tokens" in s):
+        raise UserError(f"{json_path}: a sentence of image {filename} has "
+                        "neither 'raw' nor 'tokens'.")
       captions.append(raw if raw is not None else " ".join(s["tokens"]))
     paths.append(os.path.join(image_dir, entry.get("filepath", ""), filename))
   if not paths:

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import zipfile
+import zlib
 
 from absl import logging
 import numpy as np
@@ -59,8 +60,9 @@ def load_image_folder(path: str | os.PathLike, split: str, *,
                     "zip of split/class/image files.")
   is_zip = os.path.isfile(path)
   if is_zip and not zipfile.is_zipfile(path):
-    raise UserError(f"{path} is a file but not a zip archive. Pass a directory "
-                    "or zip of split/class/image files.")
+    raise UserError(f"{path} is a file but not a zip archive, or a truncated "
+                    "one (its end record is missing). Copy or download it "
+                    "again, or pass a directory of split/class/image files.")
   name = name or re.sub(r"\.zip$", "", os.path.basename(path.rstrip(os.sep)))
   kind = "zip" if is_zip else "image folder"
   source = f"{kind} {path}"
@@ -74,8 +76,8 @@ def load_image_folder(path: str | os.PathLike, split: str, *,
       return ArrayDataset(*cached, name=name, split=split, source=source)
     with zipfile.ZipFile(path) as zf:
       members, class_names = _list_zip(zf, path, split)
-      arrays = _decode_all(members, class_names, zf.read, f"{name}/{split}",
-                           path)
+      arrays = _decode_all(members, class_names, lambda m: _read_member(zf, m),
+                           f"{name}/{split}", path)
   else:
     members, class_names = _list_dir(path, split)
     stats = [(m, *_stat(os.path.join(path, m))) for _, m in members]
@@ -96,8 +98,21 @@ def _stat(path):
 
 
 def _read_file(path):
-  with open(path, "rb") as f:
-    return f.read()
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise UserError(f"Cannot read image {path}: {e.strerror or e}.") from None
+
+
+def _read_member(zf, member):
+  try:
+    return zf.read(member)
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+    # A flipped byte shows as a CRC mismatch, a cut archive as EOF.
+    raise UserError(f"Cannot read {member} from {zf.filename}: {e}. The zip "
+                    "is corrupt or truncated; copy or download it "
+                    "again.") from None
 
 
 def _is_image(member: str) -> bool:
@@ -108,8 +123,22 @@ def _is_image(member: str) -> bool:
   return os.path.splitext(member)[1].lower() in _IMAGE_EXTENSIONS
 
 
-def _group(images_by_member, path, split, found_splits):
-  """[(class, member)] -> sorted [(label, member)] and the class names."""
+def _group(images_by_member, path, split, found_splits, class_dirs=()):
+  """[(class, member)] -> sorted [(label, member)] and the class names.
+
+  `class_dirs` are the class folders of the split, so that one with no
+  images (a failed copy, a filter gone wrong) is an error, not a class
+  silently missing from the labels.
+  """
+  empty = sorted(set(class_dirs) - {c for c, _ in images_by_member})
+  if images_by_member and empty:
+    folders = ", ".join(f"{split}/{c}/" for c in empty)
+    what = (f"class folders {folders} hold" if len(empty) > 1
+            else f"class folder {folders} holds")
+    raise UserError(
+        f"{path}: {what} no images (extensions read: "
+        f"{', '.join(sorted(_IMAGE_EXTENSIONS))}). Add the images or delete "
+        "the folder.")
   if not images_by_member:
     found = ", ".join(sorted(found_splits)) or "none"
     raise SplitNotFoundError(
@@ -127,7 +156,10 @@ def _list_dir(root, split):
                   and os.path.isdir(os.path.join(root, d))}
   items = []
   split_dir = os.path.join(root, split)
+  class_dirs = []
   if os.path.isdir(split_dir):
+    class_dirs = [d for d in os.listdir(split_dir) if not d.startswith(".")
+                  and os.path.isdir(os.path.join(split_dir, d))]
     for dirpath, dirnames, filenames in os.walk(split_dir):
       dirnames[:] = [d for d in dirnames if not d.startswith(".")]
       rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
@@ -136,7 +168,7 @@ def _list_dir(root, split):
         parts = member.split("/")
         if len(parts) >= 3 and _is_image(member):
           items.append((parts[1], member))
-  return _group(items, root, split, found_splits)
+  return _group(items, root, split, found_splits, class_dirs)
 
 
 def _list_zip(zf, path, split):
@@ -147,6 +179,10 @@ def _list_zip(zf, path, split):
   if (split not in tops and len(tops) == 1
       and all(n.count("/") >= 3 for n in names)):
     prefix = tops.pop() + "/"
+  # Folder entries (zip -r writes them): the classes of the split.
+  class_dirs = {n[len(prefix):].split("/")[1] for n in zf.namelist()
+                if n.startswith(prefix + split + "/") and n.endswith("/")
+                and n[len(prefix):].count("/") == 2}
   found_splits = set()
   items = []
   for n in names:
@@ -158,7 +194,7 @@ def _list_zip(zf, path, split):
     found_splits.add(parts[0])
     if parts[0] == split:
       items.append((parts[1], n))
-  return _group(items, path, split, found_splits)
+  return _group(items, path, split, found_splits, class_dirs)
 
 
 def _decode_all(members, class_names, read, desc, path):
@@ -254,7 +290,7 @@ def _save_cache(key, name, split, images, labels, num_classes, class_names):
     with atomic_write(path, "wb") as f:
       np.savez(f, images=images, labels=labels,
                class_names=np.asarray(class_names, dtype=str))
-  except OSError as e:
+  except (OSError, UserError) as e:
     # A read-only home must not stop training; it only costs a re-decode.
     logging.warning("Could not write cache %s (%s); set %s to a writable "
                     "directory to avoid decoding again.", path, e,

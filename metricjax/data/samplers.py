@@ -153,11 +153,11 @@ def check_batch_shape(batch_size: int, samples_per_class: int,
         "batch_size to a multiple of it.")
   if b % k:
     lower, higher = b // k * k, (b // k + 1) * k
+    sizes = f"{lower} or {higher}" if lower else f"{higher} or more"
     raise UserError(
         f"config field batch_size={b} is not a multiple of samples_per_class="
         f"{k}: a class-balanced batch is P classes x {k} samples. Use "
-        f"batch_size {lower or higher} or {higher}, or change "
-        "samples_per_class.")
+        f"batch_size {sizes}, or change samples_per_class.")
   p = b // k
   if p < 2:
     raise UserError(
