@@ -78,6 +78,19 @@ def tiny_idx_dir(tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_idx_dir, tmp_path_factory):
+  """A finished 6-step run of the tiny config (checkpoints at steps 3 and
+  6), its evaluation, and the config; shared, so copy the workdir before
+  changing it."""
+  from metricjax import evaluate, train  # after XLA_FLAGS
+  from test_train import tiny_config
+  config = tiny_config(tiny_idx_dir, augment=True, log_every=1)
+  workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+  train.train(config, workdir)
+  return workdir, evaluate.evaluate(workdir), config
+
+
 def load_config(name: str, arg: str | None = None):
   """configs/<name>.py's get_config(arg), loaded as the CLI loads it."""
   from metricjax.config_utils import load_config as load  # after XLA_FLAGS

@@ -15,6 +15,7 @@ import gzip
 import io as io_lib
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -216,15 +217,13 @@ def test_missing_dataset_says_where_and_how(tmp_path, monkeypatch):
 # --- Bad config, workdir or checkpoint ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_idx_dir, tmp_path_factory):
-  """A workdir with a good checkpoint (step 3) to be copied."""
-  workdir = tmp_path_factory.mktemp("trained") / "run"
-  train_lib.train(tiny_config(tiny_idx_dir, total_steps=3), str(workdir))
-  return workdir
+@pytest.fixture
+def trained(tiny_run):
+  """A workdir with good checkpoints (steps 3 and 6) to be copied."""
+  return pathlib.Path(tiny_run[0])
 
 
-def _intact(workdir, steps=(3,)):
+def _intact(workdir, steps=(3, 6)):
   """The checkpoints are those of before, and restorable; no result file
   or temporary file appeared."""
   mngr = checkpoint.manager(str(workdir), create=False)
@@ -237,9 +236,9 @@ def _intact(workdir, steps=(3,)):
 
 def test_checkpoint_of_another_config(trained, tiny_idx_dir, tmp_path):
   workdir = tmp_path / "run"
-  shutil.copytree(trained, workdir)
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("eval"))
   # Same task identity, other optimiser state: a shape/structure mismatch.
-  config = tiny_config(tiny_idx_dir, total_steps=6, grad_clip_norm=1.0)
+  config = tiny_config(tiny_idx_dir, total_steps=9, grad_clip_norm=1.0)
   with pytest.raises(UserError, match="does not fit this config's model and "
                      "optimiser.*resume with that config") as e:
     train_lib.train(config, str(workdir))
@@ -249,8 +248,8 @@ def test_checkpoint_of_another_config(trained, tiny_idx_dir, tmp_path):
 
 def test_batch_that_cannot_hold_p_by_k(trained, tiny_idx_dir, tmp_path):
   workdir = tmp_path / "run"
-  shutil.copytree(trained, workdir)
-  config = tiny_config(tiny_idx_dir, total_steps=6, batch_size=32)
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("eval"))
+  config = tiny_config(tiny_idx_dir, total_steps=9, batch_size=32)
   with pytest.raises(UserError, match="asks for 8 distinct classes per batch, "
                      "but the dataset has only 4") as e:
     train_lib.train(config, str(workdir))
@@ -269,12 +268,12 @@ def test_unwritable_workdir(tiny_idx_dir, tmp_path):
 
 def test_evaluate_cannot_write_its_result(trained, tmp_path, monkeypatch):
   workdir = tmp_path / "run"
-  shutil.copytree(trained, workdir)
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("eval"))
 
   def disk_full(fd):
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(io.os, "fsync", disk_full)
-  with pytest.raises(UserError, match="Could not write .*step_3.json: No space "
+  with pytest.raises(UserError, match="Could not write .*step_6.json: No space "
                      "left on device") as e:
     evaluate_lib.evaluate(str(workdir))
   assert_one_paragraph(str(e.value))

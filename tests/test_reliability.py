@@ -68,12 +68,12 @@ def final_params(workdir):
   return state["params"]
 
 
-@pytest.fixture(scope="module")
-def straight(tiny_idx_dir, tmp_path_factory):
-  """The workdir of an uninterrupted run, and its evaluation."""
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  train_lib.train(config_for(tiny_idx_dir), workdir)
-  return workdir, evaluate_lib.evaluate(workdir)
+@pytest.fixture
+def straight(tiny_run):
+  """The uninterrupted run of config_for(): its workdir and evaluation."""
+  workdir, result, config = tiny_run
+  assert config.to_dict() == config_for(config.dataset[len("idx:"):]).to_dict()
+  return workdir, result
 
 
 def assert_same_run(workdir, straight):
