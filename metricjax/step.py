@@ -61,3 +61,30 @@ def make_train_step(sample: Callable, loss: Callable,
                        "finite": finite}
 
   return train_step
+
+
+def repeat_steps(train_step: Callable, num_steps: int, *,
+                 streamed: bool) -> Callable:
+  """num_steps training steps as one program (fewer dispatches):
+  (state, data) -> (state, metrics stacked over the steps).
+
+  data is the device-resident dataset every step samples from, or, when
+  streamed, a tuple of num_steps batches, one per step. The scan is
+  unrolled: a rolled one (a while loop) fuses the step's ops differently
+  and drifts from separate calls in the last bits (measured: 6e-4 relative
+  on parameters after 7 steps), while unrolled the results are bit for bit
+  those of num_steps calls (tests/test_train.py). The price is compile time
+  growing with num_steps.
+  """
+  def one_step(state, data):
+    state, metrics = train_step(state, data[0] if streamed else data)
+    return state, jax.tree.map(lambda m: m[None], metrics)
+
+  def scanned(state, data):
+    if streamed:
+      stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *data)
+      return jax.lax.scan(train_step, state, stacked, unroll=True)
+    return jax.lax.scan(lambda s, _: train_step(s, data), state, None,
+                        length=num_steps, unroll=True)
+
+  return one_step if num_steps == 1 else scanned

@@ -168,16 +168,42 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
                   config.to_json_best_effort(indent=2))
 
   guard = failures.FiniteGuard(config, skipped, start_step or None)
-  # Compiled ahead of time so its memory analysis can be logged.
   train_step = step_lib.make_train_step(task.sample, task.loss, tx,
                                         seed=config.seed,
                                         skip_nonfinite=guard.skip)
-  step_fn = jax.jit(train_step, donate_argnums=(0,),
-                    out_shardings=(replicated, replicated)
-                    ).lower(state, task.data).compile()
-  memory = step_memory(step_fn)
+  steps_per_call = config.get("steps_per_call", 1)
+  if steps_per_call < 1:
+    raise UserError(f"config.steps_per_call={steps_per_call} must be >= 1.")
+  compiled = {}
+
+  def steps_fn(k):
+    """k steps as one compiled call (ahead of time: its memory is logged)."""
+    if k not in compiled:
+      example = (task.data,) * k if task.stream else task.data
+      compiled[k] = jax.jit(
+          step_lib.repeat_steps(train_step, k, streamed=bool(task.stream)),
+          donate_argnums=(0,), out_shardings=(replicated, replicated)
+      ).lower(state, example).compile()
+    return compiled[k]
+
   schedule = state_lib.learning_rate_schedule(config)
   eval_every = config.get("eval_every") if task.validate else 0
+  # Calls end where something happens (a log, a validation, a checkpoint),
+  # so the cadence stays in steps whatever steps_per_call is.
+  every = [config.log_every, config.checkpoint_every] + (
+      [eval_every] if eval_every else [])
+
+  def call_size(step: int) -> int:
+    event = min([(step // e + 1) * e for e in every] + [config.total_steps])
+    return min(steps_per_call, event - step)
+
+  memory = step_memory(steps_fn(call_size(start_step)))
+
+  def check(first: int, stacked: dict) -> None:
+    """The finiteness of steps first, first + 1, ..., in order."""
+    stacked = jax.device_get(stacked)
+    for i in range(len(stacked["finite"])):
+      guard.check(first + i, {k: v[i] for k, v in stacked.items()})
 
   # Checkpoints are written in the background; however the loop ends
   # (finished, preempted, an error), the last one started is waited for.
@@ -188,25 +214,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
                unit="step", dynamic_ncols=True, mininterval=1.0,
                disable=jax.process_index() != 0)
     last_time, last_step = time.perf_counter(), start_step
-    unchecked = None  # (step, metrics) whose "finite" flag is not read yet.
-    batches = (task.stream(start_step) if task.stream
-               else itertools.repeat(task.data))
-    for step in range(start_step + 1, config.total_steps + 1):
-      state, metrics = step_fn(state, next(batches))
-      # One step queued ahead is enough to hide dispatch; waiting for the one
-      # before keeps the bar at the real training rate instead of racing
-      # ahead of the devices. Its finiteness is read then, for free.
+    unchecked = None  # (first step, metrics) whose finiteness is unread.
+    batches = task.stream(start_step) if task.stream else None
+    step = start_step
+    while step < config.total_steps:
+      k = call_size(step)
+      data = (tuple(itertools.islice(batches, k)) if task.stream
+              else task.data)
+      state, metrics = steps_fn(k)(state, data)
+      # One call queued ahead is enough to hide dispatch; waiting for the
+      # one before keeps the bar at the real training rate instead of
+      # racing ahead of the devices. Its finiteness is read then, for free.
       if unchecked is not None:
-        guard.check(*unchecked)
-      unchecked = (step, metrics)
-      bar.update(1)
+        check(*unchecked)
+      unchecked = (step + 1, metrics)
+      step += k
+      bar.update(k)
       last = step == config.total_steps
       validate_now = eval_every and (step % eval_every == 0 or last)
       if step % config.log_every == 0 or last or validate_now:
-        guard.check(step, metrics)
+        check(*unchecked)
         unchecked = None
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()
-                   if k != "finite"}
+        metrics = {name: float(values[-1])  # The call's last step.
+                   for name, values in jax.device_get(metrics).items()
+                   if name != "finite"}
         if guard.skip:
           metrics["nonfinite_steps"] = guard.skipped
         now = time.perf_counter()
@@ -224,7 +255,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       if step % config.checkpoint_every == 0 or last or stop:
         # Never a checkpoint of a state not known to be finite.
         if unchecked is not None:
-          guard.check(*unchecked)
+          check(*unchecked)
           unchecked = None
         checkpoint.save(mngr, step, state,
                         dict(meta, nonfinite_steps=guard.skipped))
