@@ -1,0 +1,80 @@
+"""What the experiment runners in experiments/ share: run a config once
+(resumable, skipped when done), select its checkpoint on validation,
+summarise seeds, write a results page.
+
+A run's summary (test metrics at the selected step, validation curve,
+timings) is stored in WORKDIR/summary.json when it completes; a runner
+started again skips finished runs and resumes unfinished ones from their
+checkpoints.
+"""
+
+import json
+import math
+import os
+import statistics
+import time
+
+import ml_collections
+
+from metricjax import evaluate as evaluate_lib
+from metricjax import io
+from metricjax import train as train_lib
+
+# Two-sided 95% Student t quantiles t(0.975, df), df = n - 1 seeds.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
+         7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        select: str | None = None) -> dict:
+  """Trains (or resumes) and evaluates on the test split; the summary.
+
+  select: a logged validation metric (e.g. "val_map_at_r"): the test
+  split is evaluated at the checkpoint with its best value (ties: earliest);
+  None: at the last step.
+  """
+  path = os.path.join(workdir, "summary.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  start = time.perf_counter()
+  train_lib.train(config, workdir)
+  seconds = time.perf_counter() - start
+  step = evaluate_lib.best_step(workdir, select) if select else None
+  result = evaluate_lib.evaluate(workdir, step)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  val_keys = sorted({k for r in rows for k in r if k.startswith("val_")})
+  summary = dict(
+      step=result["step"], metrics=result["metrics"],
+      num_params=result["num_params"], param_bytes=result["param_bytes"],
+      train_seconds=seconds,
+      images_per_sec=statistics.median(
+          [r["examples_per_sec"] for r in rows[1:]] or
+          [rows[-1]["examples_per_sec"]]),
+      step_temp_bytes=rows[-1].get("step_temp_bytes"),
+      curves={k: [(r["step"], r[k]) for r in rows if k in r] for k in val_keys},
+      loss_curve=[(r["step"], r["loss"]) for r in rows])
+  io.write_json(path, summary)
+  return summary
+
+
+def mean_ci(values) -> tuple[float, float]:
+  """(mean, half-width of its 95% confidence interval; 0 for one value)."""
+  values = [float(v) for v in values]
+  mean = statistics.fmean(values)
+  if len(values) < 2:
+    return mean, 0.0
+  t = _T975.get(len(values) - 1, 1.96)
+  return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def fmt_ci(values, scale: float = 1.0, digits: int = 4) -> str:
+  mean, half = mean_ci([scale * v for v in values])
+  return (f"{mean:.{digits}f} ± {half:.{digits}f}" if len(values) > 1
+          else f"{mean:.{digits}f}")
+
+
+def steps_to(curve, target: float):
+  """The first logged step whose value reaches target, or None."""
+  return next((s for s, v in curve if v >= target), None)
