@@ -104,3 +104,32 @@ def load_config(name: str, arg: str | None = None):
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
                       f"{name}.py")
   return load(path + (f":{arg}" if arg else ""))
+
+
+def hue_images(n: int, seed: int, name: str = "hues"):
+  """16x16 RGB ArrayDataset, 4 classes, each its own dominant channel
+  (the caption demo's captions then name a colour per class)."""
+  from metricjax.data.dataset import ArrayDataset
+  from metricjax.data.sources import CIFAR10_CLASSES
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(n) % 4).astype(np.int32)
+  images = rng.integers(0, 80, (n, 16, 16, 3), np.uint8)
+  for i, c in enumerate(labels):
+    images[i, ..., c % 3] += 120
+  return ArrayDataset(images, labels, 10, CIFAR10_CLASSES, name, "x", "x")
+
+
+def write_random_vgg(path, arch: dict, image_size: int = 16) -> None:
+  """A backbone .npz of a VGG of `arch` with random weights (drawn in
+  numpy: no init compilation)."""
+  import jax
+  from metricjax.models import convert
+  from metricjax.models import vgg
+  shapes = jax.eval_shape(
+      vgg.VGG(**arch).init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(
+      np.float32), shapes["params"])
+  convert.save_params_npz(path, params, dict(
+      arch="vgg", model=arch, image_size=image_size, preprocess="torch"))

@@ -12,11 +12,9 @@ from metricjax import evaluate as evaluate_lib
 from metricjax import losses
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
-from metricjax.data.dataset import ArrayDataset
-from metricjax.data.sources import CIFAR10_CLASSES
-from metricjax.models import convert
-from metricjax.models import vgg
+from conftest import hue_images
 from conftest import load_config
+from conftest import write_random_vgg
 from test_train import tiny_config
 
 
@@ -63,31 +61,14 @@ def test_bfloat16_learns_like_float32(grating_idx_dir, tmp_path):
   assert dtypes == {np.dtype("float32")}
 
 
-def _hue_images(n, seed):
-  """4 classes, each its own dominant colour channel, noisy."""
-  rng = np.random.default_rng(seed)
-  labels = (np.arange(n) % 4).astype(np.int32)
-  images = rng.integers(0, 80, (n, 16, 16, 3), np.uint8)
-  for i, c in enumerate(labels):
-    images[i, ..., c % 3] += 120
-  return ArrayDataset(images, labels, 10, CIFAR10_CLASSES, "hues", "x", "x")
-
-
 @pytest.fixture(scope="module")
 def caption_data(tmp_path_factory):
   root = tmp_path_factory.mktemp("vse_learn")
-  caption_demo.write_caption_demo(root / "caption_demo", _hue_images(160, 0),
-                                  _hue_images(32, 1), sizes=(128, 32, 32))
-  tiny = dict(blocks=((8,), (16, 16)), fc_dims=(32, 16), num_classes=4,
-              pool_size=(2, 2))
-  net = vgg.VGG(**tiny)
-  shapes = jax.eval_shape(net.init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, 16, 16, 3), np.float32))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(
-      np.float32), shapes["params"])
-  convert.save_params_npz(root / "vgg.npz", params, dict(
-      arch="vgg", model=tiny, image_size=16, preprocess="torch"))
+  caption_demo.write_caption_demo(root / "caption_demo", hue_images(160, 0),
+                                  hue_images(32, 1), sizes=(128, 32, 32))
+  write_random_vgg(root / "vgg.npz", dict(blocks=((8,), (16, 16)),
+                                          fc_dims=(32, 16), num_classes=4,
+                                          pool_size=(2, 2)))
   return root
 
 

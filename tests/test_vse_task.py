@@ -6,17 +6,16 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import hue_images
 from conftest import load_config
+from conftest import write_random_vgg
 from metricjax import evaluate as evaluate_lib
 from metricjax import fne
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
-from metricjax.data.dataset import ArrayDataset
-from metricjax.data.sources import CIFAR10_CLASSES
 from metricjax.errors import UserError
 from metricjax.models import convert
 from metricjax.models import vgg
@@ -28,29 +27,13 @@ CROSSMODAL_KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1",
                    "t2i_r5", "t2i_r10", "t2i_medr", "rsum"}
 
 
-def _images(n, seed):
-  rng = np.random.default_rng(seed)
-  labels = (np.arange(n) % 4).astype(np.int32)
-  images = rng.integers(0, 80, (n, 16, 16, 3), np.uint8)
-  for i, c in enumerate(labels):  # Class-dependent hue: the captions say so.
-    images[i, ..., c % 3] += 120
-  return ArrayDataset(images, labels, 10, CIFAR10_CLASSES, "tiny", "x", "test")
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
   """$METRICJAX_DATA_DIR with caption_demo/ (16/8/8 images) + a VGG .npz."""
   root = tmp_path_factory.mktemp("vse_data")
-  caption_demo.write_caption_demo(root / "caption_demo", _images(24, 0),
-                                  _images(8, 1), sizes=(16, 8, 8))
-  net = vgg.VGG(**TINY_VGG)
-  shapes = jax.eval_shape(net.init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(
-      np.float32), shapes["params"])
-  convert.save_params_npz(root / "tiny_vgg.npz", params, dict(
-      arch="vgg", model=TINY_VGG, image_size=16, preprocess="torch"))
+  caption_demo.write_caption_demo(root / "caption_demo", hue_images(24, 0),
+                                  hue_images(8, 1), sizes=(16, 8, 8))
+  write_random_vgg(root / "tiny_vgg.npz", TINY_VGG)
   return root
 
 

@@ -33,7 +33,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import numpy as np
 
 from metricjax import parallel
 from metricjax import state as state_lib
