@@ -271,6 +271,10 @@ def _registry_inputs(name, loss, n=16):
     rng = np.random.default_rng(9)
     return tuple(rng.normal(size=(n, DIM)).astype(np.float32)
                  for _ in range(3)), {}
+  if loss.input == "image_text":
+    rng = np.random.default_rng(9)
+    return tuple(rng.normal(size=(n, DIM)).astype(np.float32)
+                 for _ in range(2)), {}
   if loss.input == "logits":
     x = np.random.default_rng(9).normal(size=(n, NUM_CLASSES)).astype(
         np.float32)

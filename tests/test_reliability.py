@@ -251,9 +251,10 @@ def test_step_flags_and_skips_nonfinite_updates():
   params = {"w": jnp.ones(3)}
   tx = optax.adam(0.1)
   state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               batch_stats={}, opt_state=tx.init(params))
+                               batch_stats={}, opt_state=None)
+  state = state.replace(opt_state=tx.init(state_lib.trainable(state)))
   # The data scales the loss: NaN data, NaN loss and gradients.
-  loss = lambda p, bs, scale: (scale * jnp.sum(p["w"] ** 2), bs)
+  loss = lambda p, loss_p, bs, scale: (scale * jnp.sum(p["w"] ** 2), bs)
   sample = lambda rng, data: data
   for skip in (False, True):
     step = jax.jit(step_lib.make_train_step(sample, loss, tx, seed=0,
@@ -297,8 +298,8 @@ def poisoned(tiny_idx_dir, monkeypatch):
   def make_poisoned_loss(*args):
     loss_fn = make_loss(*args)
 
-    def poisoned_loss(params, batch_stats, batch):
-      value, batch_stats = loss_fn(params, batch_stats, batch)
+    def poisoned_loss(params, loss_params, batch_stats, batch):
+      value, batch_stats = loss_fn(params, loss_params, batch_stats, batch)
       holds = (batch["images"] == bad_image).all(axis=(1, 2, 3)).any()
       return value * jnp.where(holds, jnp.nan, 1.0), batch_stats
     return poisoned_loss
