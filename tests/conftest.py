@@ -54,3 +54,13 @@ def load_config(name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_idx_dir, tmp_path_factory):
+  """A workdir trained for a few steps on `tiny_idx_dir` (search, export)."""
+  from metricjax import train
+  from test_train import tiny_config
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  train.train(tiny_config(tiny_idx_dir), str(workdir))
+  return workdir
