@@ -21,6 +21,11 @@ def atomic_write(path, mode: str = "w"):
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
                              suffix=".tmp")
   try:
+    # mkstemp makes the file private (0600); give it the permissions a plain
+    # open() would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
