@@ -45,6 +45,9 @@ METRICS = topk.METRICS
 QUERY_CHUNK = 1024
 REF_CHUNK = 4096
 BLOCK = 32
+# Below this many scores (64 MiB of float32) a query chunk takes all the
+# references at once.
+MAX_BLOCK_ELEMENTS = 2**24
 
 try:
   # The scan carries of the kernel start as constants and become
@@ -64,11 +67,13 @@ def _query_chunk(num_queries: int) -> int:
   return min(QUERY_CHUNK, max(8, 1 << (num_queries - 1).bit_length()))
 
 
-def _ref_chunk(num_refs: int, k: int) -> int:
-  # Large k (retrieval metrics need k = R) wants wide chunks: every chunk
-  # costs a top-k merge of 2k candidates.
+def _ref_chunk(num_refs: int, k: int, query_chunk: int) -> int:
+  # One chunk when the whole block fits the budget: a large k (retrieval
+  # metrics need k = R, hundreds) then costs one top-k per query instead of
+  # one per chunk plus merges.
+  if query_chunk * num_refs <= MAX_BLOCK_ELEMENTS:
+    return num_refs
   return min(num_refs, max(REF_CHUNK, -(-8 * k // BLOCK) * BLOCK))
-
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -186,7 +191,7 @@ def knn(queries, references, k: int, *, metric: str = "cosine", exclude=None,
                                  if references.mesh is not None else 1)
   values, indices = _search(
       queries, refs, exclude, k=k, metric=metric, query_chunk=chunk,
-      ref_chunk=_ref_chunk(shard_rows, k), block=BLOCK, num_valid=n,
+      ref_chunk=_ref_chunk(shard_rows, k, chunk), block=BLOCK, num_valid=n,
       mesh=references.mesh)
   values, indices = jax.device_get((values, indices))
   return values[:num_queries], indices[:num_queries]

@@ -53,12 +53,15 @@ def small_chunks(monkeypatch):
   # block top-k, on small inputs.
   monkeypatch.setattr(search, "QUERY_CHUNK", 16)
   monkeypatch.setattr(search, "REF_CHUNK", 256)
+  monkeypatch.setattr(search, "MAX_BLOCK_ELEMENTS", 16 * 100)
 
 
 @pytest.mark.parametrize("metric", search.METRICS)
 @pytest.mark.parametrize("num_refs, k", [(1000, 1), (1000, 3), (1000, 10),
                                          (300, 300), (7, 5)])
 def test_knn_matches_brute_force(metric, num_refs, k, small_chunks):
+  if num_refs == 1000:  # Several reference chunks, the last one shifted.
+    assert search._ref_chunk(num_refs, k, 16) == 256
   rng = np.random.default_rng(num_refs + k)
   refs = rng.normal(size=(num_refs, 12)).astype(np.float32)
   queries = rng.normal(size=(37, 12)).astype(np.float32)
