@@ -22,7 +22,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 import zipfile
 
 from absl import app
@@ -63,8 +62,12 @@ except AttributeError:  # jax < 0.7
 
 def _query_chunk(num_queries: int) -> int:
   # Few queries are padded to a power of two, so repeated small searches
-  # (the CLI, an interactive session) reuse a handful of compilations.
-  return min(QUERY_CHUNK, max(8, 1 << (num_queries - 1).bit_length()))
+  # (the CLI, an interactive session) reuse a handful of compilations; many
+  # are split into equal chunks of a multiple of 8, so little is padding.
+  if num_queries <= 64:
+    return max(8, 1 << (num_queries - 1).bit_length())
+  num_chunks = -(-num_queries // QUERY_CHUNK)
+  return -(-num_queries // (num_chunks * 8)) * 8
 
 
 def _ref_chunk(num_refs: int, k: int, query_chunk: int) -> int:

@@ -64,7 +64,7 @@ def test_knn_matches_brute_force(metric, num_refs, k, small_chunks):
     assert search._ref_chunk(num_refs, k, 16) == 256
   rng = np.random.default_rng(num_refs + k)
   refs = rng.normal(size=(num_refs, 12)).astype(np.float32)
-  queries = rng.normal(size=(37, 12)).astype(np.float32)
+  queries = rng.normal(size=(77, 12)).astype(np.float32)  # 5 chunks of 16.
   scores, indices = search.knn(queries, refs, k, metric=metric)
   want_scores, want_indices = brute_force_knn(queries, refs, k, metric)
   assert scores.dtype == np.float32 and indices.dtype == np.int32
