@@ -39,10 +39,13 @@ from metricjax.ops import topk
 from metricjax.ops.similarity import l2_normalize
 
 METRICS = topk.METRICS
-# Score block held at once: 1024 x 4096 float32 is 16 MiB, and measured on a
-# 2-core CPU this shape beat larger and smaller ones (tools/README.md).
-QUERY_CHUNK = 1024
-REF_CHUNK = 4096
+# Score block held at once: 512 x 8192 float32 is 16 MiB. On the 2-core CPU
+# of tools/README.md, with 2,000 queries and 200k references, blocks from
+# 256 x 16384 to 1000 x 8192 took within 10% of the same time, and 2000 x
+# 2048 up to 1.5x longer; this one was among the fastest at 64 and 128 dims.
+QUERY_CHUNK = 512
+REF_CHUNK = 8192
+# Run length of the block top-k (ops/topk.py); 16 and 64 were slower.
 BLOCK = 32
 # Below this many scores (64 MiB of float32) a query chunk takes all the
 # references at once.
