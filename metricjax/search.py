@@ -47,6 +47,8 @@ QUERY_CHUNK = 512
 REF_CHUNK = 8192
 # Run length of the block top-k (ops/topk.py); 16 and 64 were slower.
 BLOCK = 32
+# Sharding pays only when each device gets at least this many references.
+MIN_SHARD_ROWS = 512
 # Below this many scores (64 MiB of float32) a query chunk takes all the
 # references at once.
 MAX_BLOCK_ELEMENTS = 2**24
@@ -139,9 +141,8 @@ class References:
     n = references.shape[0]
     mesh = parallel.create_mesh() if mesh is None else mesh
     devices = mesh.devices.size
-    # Sharding pays only when each shard is a real search; a shard must
-    # also hold at least k rows for its top k.
-    if devices == 1 or -(-n // devices) < max(k_hint, REF_CHUNK // 8):
+    # A shard should also hold at least k rows for its top k.
+    if devices == 1 or -(-n // devices) < max(k_hint, MIN_SHARD_ROWS):
       return cls(references, n, None)
     pad = -n % devices
     if pad:
