@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -182,7 +181,7 @@ def test_faiss_backend_finds_the_same_neighbours():
   assert np.mean(exact == approximate) > 0.9
 
 
-def test_index_bad_input(tmp_path):
+def test_index_bad_input(tmp_path, monkeypatch):
   index = make_index()
   with pytest.raises(UserError, match="k=51 but the index has 50"):
     index.search(index.embeddings[:1], k=51)
@@ -200,11 +199,13 @@ def test_index_bad_input(tmp_path):
       search.Index.load(str(path))
   with pytest.raises(UserError, match="No index file"):
     search.Index.load(str(tmp_path / "missing.npz"))
-  # A failed save leaves neither a partial file nor a temporary.
-  broken = make_index()
-  broken.embeddings = object()
-  with pytest.raises(Exception):
-    broken.save(str(tmp_path / "new.npz"))
+  # A save that fails half-way leaves neither a partial file nor a temporary.
+  def fail_half_way(f, **arrays):
+    f.write(b"PK partial")
+    raise OSError("disk full")
+  monkeypatch.setattr(np, "savez", fail_half_way)
+  with pytest.raises(OSError, match="disk full"):
+    index.save(str(tmp_path / "new.npz"))
   assert sorted(os.listdir(tmp_path)) == ["index.npz"]
 
 

@@ -2,26 +2,29 @@ r"""Queries/s of metricjax.search.knn against faiss-cpu's exact flat indexes.
 
   python tools/bench_search.py [--cases=200000x128,1000000x128,200000x64]
       [--metrics=ip,l2] [--queries=2000] [--k=10] [--repeats=5]
-      [--faiss_threads=2,1] [--xla_cpu=default|per_core]
+      [--faiss_threads=2,1] [--xla_cpu=default|per_core|single_thread]
 
 Per case: random Gaussian references and queries (L2-normalised for ip, so
 ip is cosine), the references placed once (knn: `search.References.place`;
 FAISS: `IndexFlatIP` / `IndexFlatL2` with the data added), then `repeats`
 rounds in each of which every contender searches all queries once, in an
 order that rotates from round to round, so load from other jobs falls on
-all of them alike. The table gives medians. FAISS runs with each thread
-count of --faiss_threads (OpenMP barriers suffer more than XLA's thread pool
-when other jobs share the cores) and knn is compared with the fastest.
+all of them alike; a pause before each call lets the previous one's idle
+threads go to sleep. The table gives medians. FAISS runs with each thread
+count of --faiss_threads (on cores shared with other jobs one thread can
+beat two) and knn is compared with the fastest.
 
 Agreement: the share of queries whose k neighbours are identical to FAISS's
 (same indices, same order), and the share that is identical up to ties
 (at every rank the two neighbours' float64 scores differ by at most 1e-5,
 relative for scores above 1).
 
-On a 2-core machine shared with other jobs, XLA's two-thread matmul (its
-default) waits at every call for whichever thread was descheduled;
+On cores shared with other jobs a multi-threaded matmul (XLA's default, as
+FAISS's) waits at every call for whichever of its threads was descheduled;
 `--xla_cpu=per_core` gives XLA one single-threaded device per core, and knn
-then searches half of the references on each, meeting only for the merge.
+then searches half of the references on each, meeting only for the merge;
+`--xla_cpu=single_thread` one single-threaded device (thread for thread
+against FAISS on one thread).
 """
 
 import argparse
@@ -113,17 +116,21 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--faiss_threads", default="2,1")
   parser.add_argument(
-      "--xla_cpu", choices=("default", "per_core"), default="default",
+      "--xla_cpu", choices=("default", "per_core", "single_thread"),
+      default="default",
       help="per_core: one XLA CPU device per core, each single-threaded "
-      "(XLA_FLAGS); knn then shards the references over them")
+      "(XLA_FLAGS), knn then shards the references over them; "
+      "single_thread: one single-threaded device, to compare with FAISS on "
+      "one thread")
   parser.add_argument("--pause", type=float, default=0.5,
                       help="seconds of sleep before each timed call")
   args = parser.parse_args()
   args.faiss_threads = [int(t) for t in args.faiss_threads.split(",")]
-  if args.xla_cpu == "per_core":
+  if args.xla_cpu != "default":
+    devices = os.cpu_count() if args.xla_cpu == "per_core" else 1
     os.environ["XLA_FLAGS"] = " ".join([
         os.environ.get("XLA_FLAGS", ""),
-        f"--xla_force_host_platform_device_count={os.cpu_count()}",
+        f"--xla_force_host_platform_device_count={devices}",
         "--xla_cpu_multi_thread_eigen=false"]).strip()
   global jax, search
   import faiss  # pylint: disable=g-import-not-at-top
