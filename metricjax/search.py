@@ -492,9 +492,17 @@ class Index:
       raise UserError(f"k={k} but the index has {len(self)} entries; ask for "
                       f"1 to {len(self)} neighbours.")
     if backend == "exact":
+      # Cosine is ip of normalised rows, the references normalised once
+      # here rather than chunk by chunk in every search (same numbers).
+      metric = "ip" if self.metric == "cosine" else self.metric
       if self._references is None:
-        self._references = References.place(self.embeddings)
-      return knn(queries, self._references, k, metric=self.metric)
+        refs = self.embeddings
+        if self.metric == "cosine":
+          refs = l2_normalize(jnp.asarray(refs))
+        self._references = References.place(refs)
+      if self.metric == "cosine":
+        queries = l2_normalize(jnp.asarray(queries))
+      return knn(queries, self._references, k, metric=metric)
     if backend == "faiss":
       return self._faiss_search(queries, k)
     raise UserError(f"Unknown search backend {backend!r}; use exact or faiss.")

@@ -55,15 +55,6 @@ def merge_top_k(values_a, indices_a, values_b, indices_b, k: int):
   return values, indices
 
 
-def _reference_terms(refs: jax.Array, metric: str):
-  """What the scores need of a chunk of references: rows and offsets."""
-  if metric == "cosine":
-    return l2_normalize(refs), None
-  if metric == "l2":
-    return refs, 0.5 * jnp.sum(jnp.square(refs), axis=-1)
-  return refs, None
-
-
 @functools.partial(jax.jit, static_argnames=(
     "k", "metric", "query_chunk", "ref_chunk", "block"))
 def chunked_top_k(queries: jax.Array, refs: jax.Array, offset, num_valid,
@@ -96,6 +87,9 @@ def chunked_top_k(queries: jax.Array, refs: jax.Array, offset, num_valid,
   if exclude is None:
     exclude = jnp.full(queries.shape[:2], -1, jnp.int32)
   exclude = exclude.reshape(queries.shape[:2])
+  # Once per call, not once per query chunk: each would read all references.
+  half_sq_norm = (0.5 * jnp.sum(jnp.square(refs), axis=-1) if metric == "l2"
+                  else None)
 
   def search_query_chunk(args):
     q, excl = args
@@ -106,11 +100,12 @@ def chunked_top_k(queries: jax.Array, refs: jax.Array, offset, num_valid,
       # masked so that none is returned twice.
       first = c * ref_chunk
       start = jnp.minimum(first, n - ref_chunk)
-      rows, half_sq_norm = _reference_terms(
-          lax.dynamic_slice_in_dim(refs, start, ref_chunk), metric)
+      rows = lax.dynamic_slice_in_dim(refs, start, ref_chunk)
+      if metric == "cosine":
+        rows = l2_normalize(rows)
       scores = jnp.matmul(q, rows.T, precision=lax.Precision.HIGHEST)
-      if half_sq_norm is not None:
-        scores = scores - half_sq_norm[None, :]
+      if metric == "l2":
+        scores -= lax.dynamic_slice_in_dim(half_sq_norm, start, ref_chunk)
       local = start + jnp.arange(ref_chunk, dtype=jnp.int32)
       index = offset + local
       keep = (local >= first)[None, :] & (index < num_valid)[None, :]
