@@ -41,7 +41,7 @@ from metricjax.ops.similarity import l2_normalize
 METRICS = topk.METRICS
 # Score block held at once: 512 x 8192 float32 is 16 MiB. On the 2-core CPU
 # of tools/README.md, with 2,000 queries and 200k references, blocks from
-# 256 x 16384 to 1000 x 8192 took within 10% of the same time, and 2000 x
+# 256 x 16384 to 1000 x 8192 took within 15% of the same time, and 2000 x
 # 2048 up to 1.5x longer; this one was among the fastest at 64 and 128 dims.
 QUERY_CHUNK = 512
 REF_CHUNK = 8192
