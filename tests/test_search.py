@@ -73,14 +73,15 @@ def test_knn_matches_brute_force(metric, num_refs, k, small_chunks):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_ties_go_to_the_lower_index(metric, small_chunks):
+@pytest.mark.parametrize("k", [3, 20])  # Block top-k; plain top_k.
+def test_ties_go_to_the_lower_index(metric, k, small_chunks):
   # Small integers: every score is exact in float32, so ties are real ties.
   rng = np.random.default_rng(0)
   refs = rng.integers(-2, 3, size=(1500, 6)).astype(np.float32)
   queries = rng.integers(-2, 3, size=(40, 6)).astype(np.float32)
-  _, indices = search.knn(queries, refs, 20, metric=metric)
+  _, indices = search.knn(queries, refs, k, metric=metric)
   np.testing.assert_array_equal(
-      indices, brute_force_knn(queries, refs, 20, metric)[1])
+      indices, brute_force_knn(queries, refs, k, metric)[1])
   same = np.ones((600, 4), np.float32)
   np.testing.assert_array_equal(
       search.knn(same[:3], same, 5, metric=metric)[1],
