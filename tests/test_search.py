@@ -210,6 +210,19 @@ def test_index_bad_input(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path)) == ["index.npz"]
 
 
+def test_ids_are_paths_for_image_folders(tmp_path, monkeypatch):
+  from metricjax import data
+  monkeypatch.setenv("METRICJAX_CACHE_DIR", str(tmp_path / "cache"))
+  root = tmp_path / "ds"
+  for name in ("b", "a"):
+    (root / "test" / name).mkdir(parents=True)
+    for i in range(2):
+      _png(root / "test" / name / f"{i}.png", np.full((8, 8), i, np.uint8))
+  ds = data.load_dataset(f"folder:{root}", "test")
+  assert list(search._example_ids(ds)) == [
+      "test/a/0.png", "test/a/1.png", "test/b/0.png", "test/b/1.png"]
+
+
 # --- With a trained model ----------------------------------------------------
 
 
@@ -261,7 +274,9 @@ def test_build_and_query_cli(tiny_run, tiny_idx_dir, tmp_path):
   assert (index.labels[indices[:, 0]] == labels).all()
 
 
-def test_query_bad_input_in_process(tiny_run, tiny_idx_dir, tmp_path):
+def test_query_bad_input_in_process(tiny_run, tiny_idx_dir, tmp_path,
+                                    monkeypatch):
+  monkeypatch.setenv("METRICJAX_CACHE_DIR", str(tmp_path / "cache"))
   index = search.Index.build(str(tiny_run), f"idx:{tiny_idx_dir}", "test")
   model = search.Model.from_checkpoint(str(tiny_run))
   rgb = np.zeros((28, 28, 3), np.uint8)
@@ -278,9 +293,7 @@ def test_query_bad_input_in_process(tiny_run, tiny_idx_dir, tmp_path):
     index.search_images([rgb[..., :1]], other, k=1)
   # The gallery's images must fit the model.
   colour = tmp_path / "colour"
-  for split in ("test",):
-    (colour / split / "a").mkdir(parents=True)
-    _png(colour / split / "a" / "x.png", np.zeros((28, 28, 3), np.uint8) + 90)
+  (colour / "test" / "a").mkdir(parents=True)
+  _png(colour / "test" / "a" / "x.png", np.full((28, 28, 3), 90, np.uint8))
   with pytest.raises(UserError, match="3 channels"):
     search.Index.build(str(tiny_run), f"folder:{colour}", "test")
-  assert not list(tmp_path.glob("*.npz"))
