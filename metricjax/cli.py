@@ -30,15 +30,19 @@ def define_common_flags() -> None:
                        "Seconds to wait for every process to join.")
 
 
+def quiet_logging() -> None:
+  """Progress bars, warnings and results only, unless --verbosity is given."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+    for name in _CHATTY:
+      py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
 def set_up(argv) -> None:
   """Rejects stray arguments, quietens logging, joins a multi-host job."""
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}.")
-  if not FLAGS["verbosity"].present:
-    # Progress bars, warnings and results only.
-    logging.set_verbosity(logging.WARNING)
-    for name in _CHATTY:
-      py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  quiet_logging()
   if FLAGS.distributed:
     parallel.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

@@ -17,9 +17,9 @@ average, as AccuracyCalculator does: they cannot be answered correctly and
 R-precision and MAP@R are undefined for them. If every query is lone the
 metrics are NaN.
 
-Ranking is by cosine similarity (both sides normalised); among equal
-similarities the lower reference index ranks first (jax.lax.top_k is
-stable), so results are deterministic.
+Ranking is by cosine similarity (both sides normalised), found by the
+exact `metricjax.search.knn`; among equal similarities the lower reference
+index ranks first, so results are deterministic.
 """
 
 import functools
@@ -33,25 +33,20 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from metricjax.ops import similarity
+from metricjax import search
 
-# Similarity rows kept in memory at once: 2**24 float32 is 64 MiB.
+# Similarity rows kept in memory at once by the cross-modal metrics: 2**24
+# float32 is 64 MiB.
 _CHUNK_ELEMENTS = 2**24
 # Fewer chunks than this finish quickly and get no progress bar.
 _PROGRESS_MIN_CHUNKS = 5
 
 
-@functools.partial(jax.jit, static_argnames=("k", "ks", "exclude_self"))
-def _chunk_metrics(query, query_labels, r, start, reference, reference_labels,
-                   *, k, ks, exclude_self):
-  """Per-query hits for one chunk of normalised queries against all refs."""
-  sim = jnp.matmul(query, reference.T, precision=jax.lax.Precision.HIGHEST)
-  if exclude_self:
-    rows = start + jnp.arange(query.shape[0])
-    is_self = rows[:, None] == jnp.arange(reference.shape[0])[None, :]
-    sim = jnp.where(is_self, -jnp.inf, sim)
-  _, idx = jax.lax.top_k(sim, k)
-  correct = reference_labels[idx] == query_labels[:, None]
+@functools.partial(jax.jit, static_argnames=("ks",))
+def _chunk_metrics(indices, query_labels, r, reference_labels, *, ks):
+  """Per-query hits of one chunk of queries, from their ranked neighbours."""
+  k = indices.shape[1]
+  correct = reference_labels[indices] == query_labels[:, None]
   rank = jnp.arange(1, k + 1)
   hits = correct & (rank[None, :] <= r[:, None])
   safe_r = jnp.maximum(r, 1).astype(jnp.float32)  # lone rows dropped later
@@ -78,9 +73,9 @@ def retrieval_metrics(query, query_labels, reference=None,
       themselves, each query excluded from its own results.
     reference_labels: (M,) integer labels, given with reference.
     ks: the k of each recall_at_{k}.
-    chunk_size: queries per similarity block; default keeps a block near
-      64 MiB. Every block has this shape (the last is padded), so it
-      compiles once.
+    chunk_size: queries per block of the metric computation (the neighbour
+      search chunks on its own). Every block has this shape (the last is
+      padded), so it compiles once.
 
   Returns:
     {"precision_at_1", "r_precision", "map_at_r", "recall_at_{k}"...} as
@@ -122,29 +117,24 @@ def retrieval_metrics(query, query_labels, reference=None,
     return {name: math.nan for name in names}
 
   num_queries = len(query)
+  # The neighbours, exact and chunked over the references (metricjax.search).
+  _, indices = search.knn(query, reference, k, metric="cosine",
+                          exclude=np.arange(num_queries) if same_source else None)
   if chunk_size is None:
-    chunk_size = max(1, _CHUNK_ELEMENTS // len(reference))
+    chunk_size = max(1, _CHUNK_ELEMENTS // k)
   chunk_size = min(int(chunk_size), num_queries)
   num_chunks = -(-num_queries // chunk_size)
   pad = num_chunks * chunk_size - num_queries
-
-  reference_n = similarity.l2_normalize(jnp.asarray(reference))
-  query_n = reference_n if same_source else similarity.l2_normalize(
-      jnp.asarray(query))
-  query_n = jnp.pad(query_n, ((0, pad), (0, 0)))
+  indices = np.pad(indices, ((0, pad), (0, 0)))
   query_ids = np.pad(query_ids, (0, pad))
   r_padded = np.pad(r, (0, pad)).astype(np.int32)
   reference_ids = jnp.asarray(reference_ids)
 
   parts = {name: [] for name in names}
-  bar = tqdm.tqdm(range(num_chunks), desc="retrieval", unit="chunk",
-                  file=sys.stderr, leave=False,
-                  disable=num_chunks < _PROGRESS_MIN_CHUNKS)
-  for c in bar:
+  for c in range(num_chunks):
     s = slice(c * chunk_size, (c + 1) * chunk_size)
-    out = _chunk_metrics(query_n[s], query_ids[s], r_padded[s], c * chunk_size,
-                         reference_n, reference_ids, k=k, ks=ks,
-                         exclude_self=same_source)
+    out = _chunk_metrics(indices[s], query_ids[s], r_padded[s], reference_ids,
+                         ks=ks)
     for name in names:
       parts[name].append(np.asarray(out[name]))
   return {

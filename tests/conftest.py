@@ -98,6 +98,12 @@ def tiny_run(tiny_idx_dir, tmp_path_factory):
   return workdir, evaluate.evaluate(workdir), config
 
 
+@pytest.fixture(scope="session")
+def tiny_workdir(tiny_run):
+  """tiny_run's workdir, for tests that only read it (search, export)."""
+  return tiny_run[0]
+
+
 def load_config(name: str, arg: str | None = None):
   """configs/<name>.py's get_config(arg), loaded as the CLI loads it."""
   from metricjax.config_utils import load_config as load  # after XLA_FLAGS

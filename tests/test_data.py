@@ -219,8 +219,8 @@ def test_image_folder_cache(tmp_path, monkeypatch, container):
   else:
     path = write_zip(tmp_path / "tiny.zip", files)
   decoded = []
-  real_decode = image_folder._decode
-  monkeypatch.setattr(image_folder, "_decode",
+  real_decode = image_folder.decode_image
+  monkeypatch.setattr(image_folder, "decode_image",
                       lambda *a: decoded.append(1) or real_decode(*a))
   cache = tmp_path / "cache"
 

@@ -298,7 +298,7 @@ def test_tfds_coco_captions_mock():
   tfds = pytest.importorskip("tensorflow_datasets")
   # Without TensorFlow, TFDS's coco builder needs the loader's tf.int64
   # stand-in (captions._let_coco_builder_run_without_tensorflow).
-  captions_lib._let_coco_builder_run_without_tensorflow()  # pylint: disable=protected-access
+  captions_lib._let_coco_builder_run_without_tensorflow()
   with tfds.testing.mock_data(num_examples=6):
     source = tfds.data_source("coco_captions", split="test")
     counts = [len(source[i]["captions"]["text"]) for i in range(len(source))]

@@ -26,7 +26,7 @@ from metricjax.io import atomic_write
 CACHE_DIR_ENV = "METRICJAX_CACHE_DIR"
 # Bump when the decoding or the cache layout changes: old entries then miss.
 _CACHE_VERSION = 1
-_IMAGE_EXTENSIONS = frozenset(
+IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
      ".ppm", ".pgm", ".pbm"))
 _GRAY_MODES = frozenset(("1", "L", "LA"))
@@ -75,11 +75,11 @@ def load_image_folder(path: str | os.PathLike, split: str, *,
     if cached is not None:
       return ArrayDataset(*cached, name=name, split=split, source=source)
     with zipfile.ZipFile(path) as zf:
-      members, class_names = _list_zip(zf, path, split)
+      members, class_names = list_zip(zf, path, split)
       arrays = _decode_all(members, class_names, lambda m: _read_member(zf, m),
                            f"{name}/{split}", path)
   else:
-    members, class_names = _list_dir(path, split)
+    members, class_names = list_dir(path, split)
     stats = [(m, *_stat(os.path.join(path, m))) for _, m in members]
     key = _cache_key(path, split, stats)
     cached = _load_cache(key, name, split)
@@ -115,12 +115,12 @@ def _read_member(zf, member):
                     "again.") from None
 
 
-def _is_image(member: str) -> bool:
+def is_image_file(member: str) -> bool:
   parts = member.split("/")
   # Hidden files and macOS zip metadata (__MACOSX/, ._x.jpg) are not images.
   if any(p.startswith(".") or p == "__MACOSX" for p in parts):
     return False
-  return os.path.splitext(member)[1].lower() in _IMAGE_EXTENSIONS
+  return os.path.splitext(member)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _group(images_by_member, path, split, found_splits, class_dirs=()):
@@ -137,7 +137,7 @@ def _group(images_by_member, path, split, found_splits, class_dirs=()):
             else f"class folder {folders} holds")
     raise UserError(
         f"{path}: {what} no images (extensions read: "
-        f"{', '.join(sorted(_IMAGE_EXTENSIONS))}). Add the images or delete "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Add the images or delete "
         "the folder.")
   if not images_by_member:
     found = ", ".join(sorted(found_splits)) or "none"
@@ -151,7 +151,7 @@ def _group(images_by_member, path, split, found_splits, class_dirs=()):
   return members, class_names
 
 
-def _list_dir(root, split):
+def list_dir(root, split):
   found_splits = {d for d in os.listdir(root) if not d.startswith(".")
                   and os.path.isdir(os.path.join(root, d))}
   items = []
@@ -166,13 +166,13 @@ def _list_dir(root, split):
       for f in filenames:
         member = f"{rel}/{f}"
         parts = member.split("/")
-        if len(parts) >= 3 and _is_image(member):
+        if len(parts) >= 3 and is_image_file(member):
           items.append((parts[1], member))
   return _group(items, root, split, found_splits, class_dirs)
 
 
-def _list_zip(zf, path, split):
-  names = [n for n in zf.namelist() if not n.endswith("/") and _is_image(n)]
+def list_zip(zf, path, split):
+  names = [n for n in zf.namelist() if not n.endswith("/") and is_image_file(n)]
   prefix = ""
   tops = {n.split("/", 1)[0] for n in names}
   # Zipping a folder usually adds the folder itself: cifar10/train/cat/x.jpg.
@@ -205,7 +205,7 @@ def _decode_all(members, class_names, read, desc, path):
   for i, (label, member) in enumerate(
       tqdm(members, desc=f"decoding {desc}", unit="img", file=sys.stderr,
            mininterval=0.5, dynamic_ncols=True)):
-    image = _decode(read(member), f"{path}:{member}")
+    image = decode_image(read(member), f"{path}:{member}")
     if images is None:
       first = member
       images = np.empty((len(members),) + image.shape, np.uint8)
@@ -225,7 +225,7 @@ def _decode_all(members, class_names, read, desc, path):
   return images, labels, len(class_names), class_names
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
+def decode_image(data: bytes, where: str) -> np.ndarray:
   """Image bytes -> uint8 (H, W, 1) for grayscale or (H, W, 3)."""
   try:
     with Image.open(io.BytesIO(data)) as im:
