@@ -254,7 +254,7 @@ class Model:
           "images with a retrieval model (config.task = 'retrieval').")
     variables = {"params": restored.state.params,
                  "batch_stats": restored.state.batch_stats}
-    image_shape = tuple(restored.meta["dataset"]["image_shape"])
+    image_shape = restored.meta.image_shape
     devices = mesh.devices.size
 
     def embed_fn(images):

@@ -205,7 +205,7 @@ def test_index_bad_input(tmp_path, monkeypatch):
     f.write(b"PK partial")
     raise OSError("disk full")
   monkeypatch.setattr(np, "savez", fail_half_way)
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(UserError, match="disk full"):
     index.save(str(tmp_path / "new.npz"))
   assert sorted(os.listdir(tmp_path)) == ["index.npz"]
 
