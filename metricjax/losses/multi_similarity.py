@@ -89,7 +89,9 @@ def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, *,
   # self_index is applied after mining: see the module docstring.
   x, y, pos, neg = pairs.anchor_ref_pairs(
       embeddings, labels, mask, ref_embeddings, ref_labels, ref_mask)
-  sim = similarity.cosine_similarity(x, y)
+  # Without references, one normalisation serves both sides (as before
+  # references existed: the same gradient, bit for bit).
+  sim = similarity.cosine_similarity(x, None if ref_embeddings is None else y)
   if epsilon is not None:
     pos, neg = mine_pairs(sim, pos, neg, epsilon)
   if self_index is not None:
