@@ -1,0 +1,70 @@
+r"""Every registered loss at a batch of N (default 4096): it runs, and what
+its compiled value-and-gradient needs.
+
+  python tools/loss_memory.py [--batch=4096 --dim=64 --classes=100]
+
+Per loss: XLA's temporary bytes of the compiled jit(value_and_grad) (the
+memory the loss itself needs beyond its inputs and outputs), that number
+over N^2 float32 (O(N^2) losses stay a small constant), and the wall time
+of one call after compilation. Labelled losses get N embeddings of
+`classes` balanced classes; learnable ones their PML-initialised
+parameters; explicit-triplet losses N triplets; `vse` N image-caption pairs.
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metricjax import losses
+
+flags.DEFINE_integer("batch", 4096, "N: rows of the batch.")
+flags.DEFINE_integer("dim", 64, "Embedding width.")
+flags.DEFINE_integer("classes", 100, "Classes in the batch.")
+FLAGS = flags.FLAGS
+
+
+def _inputs(name, loss, n, d, c):
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  if loss.input == "triplets":
+    return (normal(n, d), normal(n, d), normal(n, d)), {}
+  if loss.input == "image_text":
+    return (normal(n, d), normal(n, d)), {}
+  labels = jnp.asarray(np.arange(n) % c, jnp.int32)
+  x = normal(n, c) if loss.input == "logits" else normal(n, d)
+  params = (loss.init(jax.random.key(0), num_classes=c, embedding_dim=d)
+            if loss.init else {})
+  return (x, labels), params
+
+
+def main(argv):
+  del argv
+  n, d, c = FLAGS.batch, FLAGS.dim, FLAGS.classes
+  print(f"N = {n}, D = {d}, {c} classes; jax {jax.__version__}, "
+        f"{jax.devices()[0].platform}; load average {os.getloadavg()[0]:.2f}")
+  print("| loss | compiled temp MiB | temp / (N^2 x 4 B) | one call s |")
+  print("|---|--:|--:|--:|")
+  for name, loss in sorted(losses.REGISTRY.items()):
+    args, params = _inputs(name, loss, n, d, c)
+    floats = tuple(a for a in args if a.dtype == jnp.float32)
+    ints = tuple(a for a in args if a.dtype != jnp.float32)
+    f = jax.jit(jax.value_and_grad(
+        lambda fl, i, p: loss.fn(*fl, *i, **p), argnums=(0, 2)))
+    compiled = f.lower(floats, ints, params).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    jax.block_until_ready(compiled(floats, ints, params))
+    start = time.perf_counter()
+    value, _ = jax.block_until_ready(compiled(floats, ints, params))
+    seconds = time.perf_counter() - start
+    assert np.isfinite(float(value)), name
+    print(f"| {name} | {temp / 2**20:,.1f} | {temp / (4 * n * n):.1f} | "
+          f"{seconds:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
