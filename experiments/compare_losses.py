@@ -112,8 +112,10 @@ def _workdir(root: str, loss: str, config) -> str:
   return os.path.join(root, f"{loss}-{tag.hexdigest()[:10]}")
 
 
-def compare(scale_name: str, dataset: str, losses, seeds: int, root: str):
-  """{loss: {"trials": [...], "chosen": i, "seeds": [summaries]}}."""
+def compare(scale_name: str, dataset: str, losses, seeds: int, root: str,
+            on_loss_done=None):
+  """{loss: {"trials": [...], "chosen": i, "seeds": [summaries]}};
+  on_loss_done(results so far) after each loss (results as they come)."""
   scale = SCALES[scale_name]
   results = {}
   for loss in losses:
@@ -138,11 +140,13 @@ def compare(scale_name: str, dataset: str, losses, seeds: int, root: str):
                             select=_SELECT))
     results[loss] = dict(trials=trials, searched=searched, chosen=best,
                          seeds=runs)
+    if on_loss_done:
+      on_loss_done(results)
   return results
 
 
 def write_report(results, out: str, command: str, scale_name: str,
-                 dataset: str, seconds: float) -> None:
+                 dataset: str, seconds: float, pending=()) -> None:
   scale = SCALES[scale_name]
   lines = [
       f"# Losses compared ({scale_name} scale)", "",
@@ -177,6 +181,9 @@ def write_report(results, out: str, command: str, scale_name: str,
         f"| {loss} | {hp} | {metric('map_at_r')} | {metric('precision_at_1')} "
         f"| {metric('recall_at_1')} | {metric('recall_at_10')} | {trial_vals} "
         f"| {study.mean_ci([s['images_per_sec'] for s in runs])[0]:.0f} |")
+  if pending:
+    lines += ["", f"Not run yet: {', '.join(pending)} (the runner resumes "
+              "where it stopped)."]
   lines += ["", "![validation MAP@R](curves.png)", ""]
   io.write_text(os.path.join(out, "README.md"), "\n".join(lines))
   io.write_json(os.path.join(out, "results.json"), results)
@@ -208,11 +215,14 @@ def main(argv):
                        else os.path.join(REPO, "experiments", "results",
                                          "compare_losses"))
   start = time.perf_counter()
-  results = compare(_SCALE.value, dataset, _LOSSES.value,
-                    _SEEDS.value or scale["seeds"], root)
-  write_report(results, out, "python experiments/compare_losses.py "
-               + " ".join(sys.argv[1:]), _SCALE.value, dataset,
-               time.perf_counter() - start)
+  command = "python experiments/compare_losses.py " + " ".join(sys.argv[1:])
+
+  def report(results):
+    pending = [l for l in _LOSSES.value if l not in results]
+    write_report(results, out, command, _SCALE.value, dataset,
+                 time.perf_counter() - start, pending)
+  compare(_SCALE.value, dataset, _LOSSES.value,
+          _SEEDS.value or scale["seeds"], root, on_loss_done=report)
   print(open(os.path.join(out, "README.md")).read())
 
 
