@@ -93,7 +93,7 @@ def _image_data(num_classes, per_class, rng):
   return images, labels
 
 
-def build_jax_case(case, batch_size=None, seed=0):
+def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
   """The case's metricjax pieces, as metricjax.train assembles them.
 
   -> namespace(config, tx, state, loss, sample, data, batch): data is the
@@ -104,23 +104,27 @@ def build_jax_case(case, batch_size=None, seed=0):
   mesh = parallel.create_mesh()
   if case in IMAGE_CASES:
     config = load_config(f"configs/compact_involution.py:variant={case}")
+    config.compute_dtype = compute_dtype or config.compute_dtype
     if batch_size:
       config.batch_size = batch_size
-    images, labels = _image_data(10, 600, rng)
+    # 32 classes: enough for batches of up to 1024 at 32 per class.
+    num_classes = 32
+    images, labels = _image_data(num_classes, 300, rng)
     meta = retrieval.Meta(name="synthetic", source="memory", split="train",
-                          size=labels.size, num_classes=10,
-                          class_names=tuple(map(str, range(10))),
+                          size=labels.size, num_classes=num_classes,
+                          class_names=tuple(map(str, range(num_classes))),
                           image_shape=(28, 28, 1))
     tx = state_lib.create_optimizer(config)
     model, init = retrieval.make_model_and_init(config, meta, tx)
     loss_def = losses.get_loss(config.loss.name)
     loss = retrieval.make_loss(config, model, loss_def)
-    sample = retrieval.make_sample(config, loss_def, mesh, 10)
+    sample = retrieval.make_sample(config, loss_def, mesh, num_classes)
     data = parallel.replicate(retrieval.DeviceData(
         images=images, labels=labels,
-        class_index=ClassIndex.from_labels(labels, 10)), mesh)
+        class_index=ClassIndex.from_labels(labels, num_classes)), mesh)
   elif case == "vse":
     config = load_config("configs/fne_vse.py")
+    config.compute_dtype = compute_dtype or config.compute_dtype
     if batch_size:
       config.batch_size = batch_size
     n, per_image = 1000, 5
