@@ -4,6 +4,7 @@ r"""Training-step throughput: metricjax against PyTorch, same machine, same run.
   python tools/bench_train.py --cases=hybrid1 --repeats=9
   python tools/bench_train.py --cases=hybrid1 --steps-per-call=1,4,16
   python tools/bench_train.py --quick                 # smoke run
+  python tools/bench_train.py --im2col                # + im2col first convs
 
 Cases (the batch is in memory on both sides):
   hybrid1, conv_only, involution_only
@@ -93,7 +94,8 @@ def _image_data(num_classes, per_class, rng):
   return images, labels
 
 
-def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
+def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None,
+                   im2col_channels=0):
   """The case's metricjax pieces, as metricjax.train assembles them.
 
   -> namespace(config, tx, state, loss, sample, data, batch): data is the
@@ -105,6 +107,8 @@ def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
   if case in IMAGE_CASES:
     config = load_config(f"configs/compact_involution.py:variant={case}")
     config.compute_dtype = compute_dtype or config.compute_dtype
+    if im2col_channels:
+      config.model.im2col_channels = im2col_channels
     if batch_size:
       config.batch_size = batch_size
     # 32 classes: enough for batches of up to 1024 at 32 per class.
@@ -289,6 +293,15 @@ def bench_case(name, args):
   compiled, data = compile_step(case, ready=True)
   fns["metricjax (ready batch)"] = jax_runner(compiled, case.state, data)
   jax_compile_s = time.perf_counter() - t0
+  if args.im2col and name in IMAGE_CASES:
+    # The same step with the 1-channel convs as im2col + matmul.
+    alt = build_jax_case(name, batch_size, im2col_channels=1)
+    compiled, data = compile_step(alt)
+    fns["metricjax im2col_channels=1 (sampler)"] = jax_runner(
+        compiled, alt.state, data)
+    compiled, data = compile_step(alt, ready=True)
+    fns["metricjax im2col_channels=1 (ready batch)"] = jax_runner(
+        compiled, alt.state, data)
   jax_params = models.count_params(case.state.params)
   threads = args.threads
   torch_counts = {}
@@ -298,6 +311,8 @@ def bench_case(name, args):
   notes = []
   if args.compile:
     names.append((f"torch.compile, {threads} threads", threads, True))
+    if threads > 1:
+      names.append(("torch.compile, 1 thread", 1, True))
   for label, n, comp in names:
     step, count = build_torch_case(name, case, n, compiled=comp)
     torch_counts[label] = count
@@ -396,6 +411,9 @@ def main():
   parser.add_argument("--no-compile", dest="compile", action="store_false",
                       help="skip torch.compile")
   parser.add_argument("--no-split", dest="split", action="store_false")
+  parser.add_argument("--im2col", action="store_true",
+                      help="also time metricjax with model.im2col_channels=1 "
+                      "(image cases)")
   parser.add_argument("--steps-per-call", default="",
                       help="e.g. 1,4,16: time the first case's real step "
                       "at these steps per jitted call instead")
