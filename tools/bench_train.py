@@ -5,6 +5,7 @@ r"""Training-step throughput: metricjax against PyTorch, same machine, same run.
   python tools/bench_train.py --cases=hybrid1 --steps-per-call=1,4,16
   python tools/bench_train.py --quick                 # smoke run
   python tools/bench_train.py --im2col                # + im2col first convs
+  python tools/bench_train.py --layers                # per-layer fwd+bwd
 
 Cases (the batch is in memory on both sides):
   hybrid1, conv_only, involution_only
@@ -383,6 +384,70 @@ def bench_steps_per_call(name, counts, args):
   return "\n".join(lines)
 
 
+# hybrid1's 3x3 convs at batch 256: (B, H, W, C_in, C_out).
+LAYERS = [(256, 28, 28, 1, 32), (256, 14, 14, 32, 64), (256, 7, 7, 64, 64),
+          (256, 4, 4, 64, 96)]
+
+
+def bench_layers(args):
+  """Forward + both gradients of each conv (and one BN + GELU), XLA conv vs
+  im2col vs PyTorch: where the step's time goes, layer by layer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from metricjax.models.compact import Im2colConv  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  rows = []
+  for shape in LAYERS + [("bn+gelu", 256, 28, 28, 32)]:
+    bn = shape[0] == "bn+gelu"
+    b, h, w, cin = shape[1:5] if bn else shape[:4]
+    cout = cin if bn else shape[4]
+    x = rng.normal(size=(b, h, w, cin)).astype(np.float32)
+    ct = rng.normal(size=(b, h, w, cout)).astype(np.float32)
+    if bn:
+      module = nn.BatchNorm(use_running_average=False, momentum=0.9,
+                            epsilon=1e-5)
+      jax_impls = {"XLA": lambda v, x: nn.gelu(
+          module.apply(v, x, mutable=["batch_stats"])[0], approximate=False)}
+      variables = module.init(jax.random.key(0), x)
+      t_layer = torch.nn.Sequential(torch.nn.BatchNorm2d(cin), torch.nn.GELU())
+    else:
+      convs = {"XLA": nn.Conv(cout, (3, 3), use_bias=False),
+               "im2col": Im2colConv(cout, 3)}
+      variables = convs["XLA"].init(jax.random.key(0), x)
+      jax_impls = {k: m.apply for k, m in convs.items()}
+      t_layer = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    fns = {}
+    for name, apply in jax_impls.items():
+      def fb(v, x, ct, apply=apply):
+        y, vjp = jax.vjp(apply, v, x)
+        return y, vjp(ct)
+      compiled = jax.jit(fb).lower(variables, x, ct).compile()
+      fns[name] = (lambda c=compiled: jax.block_until_ready(
+          c(variables, x, ct)))
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    ct_t = torch.from_numpy(ct.transpose(0, 3, 1, 2).copy())
+    for n in sorted({1, args.threads}):
+      def torch_fb(n=n):
+        torch.set_num_threads(n)
+        y = t_layer(x_t)
+        return torch.autograd.grad(y, [x_t, *t_layer.parameters()], ct_t)
+      fns[f"PyTorch, {n} thread{'s' if n > 1 else ''}"] = torch_fb
+    times = median_times(fns, args.repeats)
+    label = (f"BN (train) + GELU {(b, h, w, cin)}" if bn
+             else f"conv 3x3 {(b, h, w, cin)} -> {cout}")
+    rows.append((label, times))
+  names = sorted({n for _, t in rows for n in t}, key=lambda n: (
+      not n.startswith(("XLA", "im2col")), n))
+  lines = [f"Forward + gradients (input and weights), ms, median of "
+           f"{args.repeats}, load {load()}:", "",
+           "| layer | " + " | ".join(names) + " |",
+           "|---|" + "--:|" * len(names)]
+  for label, times in rows:
+    lines.append(f"| {label} | " + " | ".join(
+        f"{times[n] * 1e3:.1f}" if n in times else "" for n in names) + " |")
+  return "\n".join(lines)
+
+
 def machine(threads):
   import torch  # pylint: disable=g-import-not-at-top
   model = platform.processor() or platform.machine()
@@ -411,6 +476,9 @@ def main():
   parser.add_argument("--no-compile", dest="compile", action="store_false",
                       help="skip torch.compile")
   parser.add_argument("--no-split", dest="split", action="store_false")
+  parser.add_argument("--layers", action="store_true",
+                      help="time hybrid1's convs and a BN + GELU alone "
+                      "(XLA conv, im2col, PyTorch) instead")
   parser.add_argument("--im2col", action="store_true",
                       help="also time metricjax with model.im2col_channels=1 "
                       "(image cases)")
@@ -422,6 +490,9 @@ def main():
     args.repeats, args.batch_size, args.compile = 2, 64, False
   print(machine(args.threads), "\n", flush=True)
   cases = args.cases.split(",")
+  if args.layers:
+    print(bench_layers(args), flush=True)
+    return
   if args.steps_per_call:
     counts = [int(v) for v in args.steps_per_call.split(",")]
     print(bench_steps_per_call(cases[0], counts, args), flush=True)
