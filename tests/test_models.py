@@ -124,38 +124,3 @@ def test_create_model_from_config_dict():
 def test_create_model_rejects_bad_config(config, message):
   with pytest.raises(UserError, match=message):
     create_model(config, num_classes=10)
-
-
-@pytest.mark.parametrize("variant", ["hybrid1", "conv_only"])
-def test_im2col_conv_matches_xla_conv(variant):
-  """im2col_channels only changes how the 1-channel convs are computed: the
-  same parameters (bit for bit at init), outputs, batch statistics and
-  gradients within float32 rounding."""
-  images = jax.random.randint(jax.random.key(1), (8, 28, 28, 1), 0, 256,
-                              jnp.int32).astype(jnp.uint8)
-  labels = jnp.arange(8) % 2
-  models = [CompactNet(variant=variant, im2col_channels=c) for c in (0, 1)]
-  inits = [m.init(jax.random.key(0), images, train=False) for m in models]
-  jax.tree.map(np.testing.assert_array_equal, *inits)
-
-  def run(model):
-    def loss(params):
-      out, updates = model.apply(
-          {"params": params, "batch_stats": inits[0]["batch_stats"]}, images,
-          train=True, mutable=["batch_stats"])
-      emb = out["embedding"]
-      return jnp.sum(emb * emb[::-1] * labels[:, None]), (emb, updates)
-    return jax.grad(loss, has_aux=True)(inits[0]["params"])
-
-  (grads_ref, aux_ref), (grads, aux) = run(models[0]), run(models[1])
-  close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
-  jax.tree.map(close, aux, aux_ref)
-  jax.tree.map(close, grads, grads_ref)
-  # The switch reached the model: its 1-channel 3x3 convs (hybrid1: conv0;
-  # conv_only: spatial_conv0 and conv0) are no convolutions any more.
-  def convolutions(model):
-    text = jax.jit(lambda v: model.apply(v, images, train=False)).lower(
-        inits[0]).as_text()
-    return text.count("stablehlo.convolution")
-  one_channel = {"hybrid1": 1, "conv_only": 2}[variant]
-  assert convolutions(models[0]) - convolutions(models[1]) == one_channel

@@ -4,7 +4,6 @@ r"""Training-step throughput: metricjax against PyTorch, same machine, same run.
   python tools/bench_train.py --cases=hybrid1 --repeats=9
   python tools/bench_train.py --cases=hybrid1 --steps-per-call=1,4,16
   python tools/bench_train.py --quick                 # smoke run
-  python tools/bench_train.py --im2col                # + im2col first convs
   python tools/bench_train.py --layers                # per-layer fwd+bwd
 
 Cases (the batch is in memory on both sides):
@@ -45,6 +44,7 @@ import time
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -95,8 +95,7 @@ def _image_data(num_classes, per_class, rng):
   return images, labels
 
 
-def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None,
-                   im2col_channels=0):
+def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
   """The case's metricjax pieces, as metricjax.train assembles them.
 
   -> namespace(config, tx, state, loss, sample, data, batch): data is the
@@ -108,8 +107,6 @@ def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None,
   if case in IMAGE_CASES:
     config = load_config(f"configs/compact_involution.py:variant={case}")
     config.compute_dtype = compute_dtype or config.compute_dtype
-    if im2col_channels:
-      config.model.im2col_channels = im2col_channels
     if batch_size:
       config.batch_size = batch_size
     # 32 classes: enough for batches of up to 1024 at 32 per class.
@@ -294,15 +291,6 @@ def bench_case(name, args):
   compiled, data = compile_step(case, ready=True)
   fns["metricjax (ready batch)"] = jax_runner(compiled, case.state, data)
   jax_compile_s = time.perf_counter() - t0
-  if args.im2col and name in IMAGE_CASES:
-    # The same step with the 1-channel convs as im2col + matmul.
-    alt = build_jax_case(name, batch_size, im2col_channels=1)
-    compiled, data = compile_step(alt)
-    fns["metricjax im2col_channels=1 (sampler)"] = jax_runner(
-        compiled, alt.state, data)
-    compiled, data = compile_step(alt, ready=True)
-    fns["metricjax im2col_channels=1 (ready batch)"] = jax_runner(
-        compiled, alt.state, data)
   jax_params = models.count_params(case.state.params)
   threads = args.threads
   torch_counts = {}
@@ -389,6 +377,17 @@ def bench_steps_per_call(name, counts, args):
   return "\n".join(lines)
 
 
+def _im2col_conv(variables, x):
+  """nn.Conv(3x3, "SAME", no bias) as 9 shifted slices + one matmul: tried
+  for XLA:CPU's slow small-channel convs; kept here as the measurement."""
+  kernel = variables["params"]["kernel"]
+  _, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  columns = jnp.concatenate([padded[:, i:i + h, j:j + w, :]
+                             for i in range(3) for j in range(3)], axis=-1)
+  return jnp.dot(columns, kernel.reshape(9 * c, -1))
+
+
 # hybrid1's 3x3 convs at batch 256: (B, H, W, C_in, C_out).
 LAYERS = [(256, 28, 28, 1, 32), (256, 14, 14, 32, 64), (256, 7, 7, 64, 64),
           (256, 4, 4, 64, 96)]
@@ -399,7 +398,6 @@ def bench_layers(args):
   im2col vs PyTorch: where the step's time goes, layer by layer."""
   import torch  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from metricjax.models.compact import Im2colConv  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   rows = []
   for shape in LAYERS + [("bn+gelu", 256, 28, 28, 32)]:
@@ -416,10 +414,9 @@ def bench_layers(args):
       variables = module.init(jax.random.key(0), x)
       t_layer = torch.nn.Sequential(torch.nn.BatchNorm2d(cin), torch.nn.GELU())
     else:
-      convs = {"XLA": nn.Conv(cout, (3, 3), use_bias=False),
-               "im2col": Im2colConv(cout, 3)}
-      variables = convs["XLA"].init(jax.random.key(0), x)
-      jax_impls = {k: m.apply for k, m in convs.items()}
+      conv = nn.Conv(cout, (3, 3), use_bias=False)
+      variables = conv.init(jax.random.key(0), x)
+      jax_impls = {"XLA": conv.apply, "im2col": _im2col_conv}
       t_layer = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False)
     fns = {}
     for name, apply in jax_impls.items():
@@ -484,9 +481,6 @@ def main():
   parser.add_argument("--layers", action="store_true",
                       help="time hybrid1's convs and a BN + GELU alone "
                       "(XLA conv, im2col, PyTorch) instead")
-  parser.add_argument("--im2col", action="store_true",
-                      help="also time metricjax with model.im2col_channels=1 "
-                      "(image cases)")
   parser.add_argument("--steps-per-call", default="",
                       help="e.g. 1,4,16: time the first case's real step "
                       "at these steps per jitted call instead")

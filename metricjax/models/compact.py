@@ -41,37 +41,6 @@ ACTIVATIONS = {
 }
 
 
-class Im2colConv(nn.Module):
-  """nn.Conv (stride 1, "SAME", odd square kernel, no bias) as K*K shifted
-  slices concatenated along channels and one matmul; the same parameter
-  ("kernel", HWIO, lecun_normal), so the two are interchangeable.
-
-  Why: XLA:CPU's convolution is slow for very few input channels (the
-  first layer reads 1-channel images): at batch 256, 28x28, 1 -> 32,
-  forward + both gradients took 42 ms this way against 125 ms as a conv
-  (tools/README.md). With 32+ input channels the conv is as fast or faster.
-  """
-  features: int
-  kernel_size: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    if k % 2 != 1:
-      raise ValueError(f"Im2colConv needs an odd kernel size, got {k}")
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features), jnp.float32)
-    x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
-    _, h, w, c = x.shape
-    p = k // 2
-    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    # Tap-major, then channel: the order of the HWIO kernel's reshape.
-    columns = jnp.concatenate([padded[:, i:i + h, j:j + w, :]
-                               for i in range(k) for j in range(k)], axis=-1)
-    return jnp.dot(columns, kernel.reshape(k * k * c, self.features))
-
-
 class CompactNet(nn.Module):
   """Compact conv/involution embedding net; see the module docstring."""
   variant: str = "hybrid1"
@@ -84,10 +53,6 @@ class CompactNet(nn.Module):
   # by cosine either way.
   normalize_embedding: bool = True
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
-  # Spatial convs reading at most this many channels run as Im2colConv (the
-  # same parameters, float-rounding-equal outputs): faster on XLA:CPU for
-  # the 1-channel first layers. 0: every conv is nn.Conv.
-  im2col_channels: int = 0
 
   def __post_init__(self):
     super().__post_init__()
@@ -120,14 +85,7 @@ class CompactNet(nn.Module):
       raise ValueError(f"images must be (B, H, W, C), got shape "
                        f"{images.shape}")
     act = ACTIVATIONS[self.activation]
-    def conv(features, kernel_size, name):
-      def apply(x):
-        if kernel_size[0] > 1 and x.shape[-1] <= self.im2col_channels:
-          return Im2colConv(features, kernel_size[0], dtype=self.dtype,
-                            name=name)(x)
-        return nn.Conv(features, kernel_size, use_bias=False,
-                       dtype=self.dtype, name=name)(x)
-      return apply
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5, dtype=self.dtype)
 
