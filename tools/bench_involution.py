@@ -46,6 +46,7 @@ from metricjax import losses
 from metricjax import ops
 from metricjax.models import CompactNet
 from metricjax.ops.involution import involution_autodiff
+from torch_reference import involution_naive  # tools/, run as a script
 
 # (B, H, W, C, G, K): MNIST-sized single group, a wide 7x7 kernel, and a
 # RedNet-like 56x56 stage.
@@ -100,19 +101,6 @@ def _conv(x, w, *, stride):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _torch_involution(x, weight, kernel_size, stride, groups):
-  """involution_naive.py's forward (d-li14/involution), NCHW."""
-  import torch  # pylint: disable=g-import-not-at-top
-  b, c = x.shape[:2]
-  h, w = weight.shape[-2:]
-  weight = weight.view(b, groups, kernel_size**2, h, w).unsqueeze(2)
-  unfold = torch.nn.functional.unfold(
-      x, kernel_size, dilation=1, padding=(kernel_size - 1) // 2,
-      stride=stride)
-  out = unfold.view(b, groups, c // groups, kernel_size**2, h, w)
-  return (weight * out).sum(dim=3).view(b, c, h, w)
-
-
 def _torch_peak_bytes(fn):
   """High-water mark of the CPU allocator during fn(), from profiler events."""
   from torch import profiler  # pylint: disable=g-import-not-at-top
@@ -164,7 +152,7 @@ def bench_op(shape, repeats, threads):
   w_t = torch.tensor(kernel.transpose(0, 4, 3, 1, 2).reshape(
       b, g * k * k, ho, wo)).requires_grad_()
   ct_t = torch.tensor(cotangent.transpose(0, 3, 1, 2))
-  torch_fn = functools.partial(_torch_involution, kernel_size=k,
+  torch_fn = functools.partial(involution_naive, kernel_size=k,
                                stride=stride, groups=g)
 
   def torch_fwd(num_threads):

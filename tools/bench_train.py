@@ -1,0 +1,504 @@
+r"""Training-step throughput: metricjax against PyTorch, same machine, same run.
+
+  python tools/bench_train.py                         # every case
+  python tools/bench_train.py --cases=hybrid1 --repeats=9
+  python tools/bench_train.py --cases=hybrid1 --steps-per-call=1,4,16
+  python tools/bench_train.py --quick                 # smoke run
+  python tools/bench_train.py --layers                # per-layer fwd+bwd
+
+Cases (the batch is in memory on both sides):
+  hybrid1, conv_only, involution_only
+      configs/compact_involution.py (MS loss, batch 256 = 8 classes x 32,
+      28x28x1 uint8), built with the library's own pieces: retrieval.make_loss,
+      retrieval.make_sample, state.create_optimizer, step.make_train_step,
+      jitted as metricjax.train jits it (repeat_steps, donated state).
+      PyTorch: tools/torch_reference.CompactNet, PML's MultiSimilarityLoss
+      (alpha 2, beta 50, base 0.5) on MultiSimilarityMiner (epsilon 0.1)
+      pairs, torch.optim.AdamW (lr 3e-3, weight decay 1e-4) with the same
+      warm-up + cosine schedule.
+  vse
+      configs/fne_vse.py (FNE features of VGG16, 12,416 int8 values; batch
+      128; joint dim 2048; GRU caption encoder; VSE sum loss; AdamW without
+      decay after global-norm clipping at 2). PyTorch: VSE++'s encoders and
+      ContrastiveLoss (torch_reference.VSEModel), packed sequences, the same
+      clipping and optimiser.
+
+metricjax is timed twice: the real step, which samples (and gathers) its
+batch from the dataset on the device, and the step on a ready batch (the
+streamed-input path). PyTorch eager is timed with --threads threads and with
+one (OpenMP barriers on a loaded machine can make more threads slower), and
+under torch.compile (inductor, default mode) on the model. The
+implementations take turns within each repeat; tables give medians and the
+load average (os.getloadavg) before and after. The split of a metricjax step
+(input, forward, backward, optimiser) times separately compiled parts on
+the ready batch: sampling alone, the loss alone, its value_and_grad, and the
+optimiser update on given gradients; backward = value_and_grad - forward.
+"""
+
+import argparse
+import functools
+import os
+import platform
+import statistics
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metricjax import losses
+from metricjax import models
+from metricjax import parallel
+from metricjax import state as state_lib
+from metricjax import step as step_lib
+from metricjax.config_utils import load_config
+from metricjax.data import ClassIndex
+from metricjax.tasks import retrieval
+from metricjax.tasks import vse
+
+IMAGE_CASES = ("hybrid1", "conv_only", "involution_only")
+CASES = IMAGE_CASES + ("vse",)
+# VGG16's Full-Network Embedding: 13 conv layers (4,224 channels) + fc6 + fc7.
+FNE_DIM = 4224 + 4096 + 4096
+# Flickr8k-like captions: about 12 words on average; the training split's
+# ids are padded to its longest caption (Flickr8k's is near 40 words).
+VOCAB_SIZE = 2600
+CAPTION_WIDTH = 40
+CAPTION_LENGTHS = (6, 18)
+
+
+def load():
+  return f"{os.getloadavg()[0]:.2f}"
+
+
+def median_times(fns, repeats):
+  """Median seconds per call of each zero-argument, blocking callable."""
+  for fn in fns.values():
+    fn(), fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+# --- metricjax ---------------------------------------------------------------
+
+
+def _image_data(num_classes, per_class, rng):
+  labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+  images = rng.integers(0, 256, (labels.size, 28, 28, 1), dtype=np.uint8)
+  return images, labels
+
+
+def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
+  """The case's metricjax pieces, as metricjax.train assembles them.
+
+  -> namespace(config, tx, state, loss, sample, data, batch): data is the
+  device-resident dataset the real step samples from, batch one sampled
+  batch (the ready batch of the streamed path).
+  """
+  rng = np.random.default_rng(seed)
+  mesh = parallel.create_mesh()
+  if case in IMAGE_CASES:
+    config = load_config(f"configs/compact_involution.py:variant={case}")
+    config.compute_dtype = compute_dtype or config.compute_dtype
+    if batch_size:
+      config.batch_size = batch_size
+    # 32 classes: enough for batches of up to 1024 at 32 per class.
+    num_classes = 32
+    images, labels = _image_data(num_classes, 300, rng)
+    meta = retrieval.Meta(name="synthetic", source="memory", split="train",
+                          size=labels.size, num_classes=num_classes,
+                          class_names=tuple(map(str, range(num_classes))),
+                          image_shape=(28, 28, 1))
+    tx = state_lib.create_optimizer(config)
+    model, init = retrieval.make_model_and_init(config, meta, tx)
+    loss_def = losses.get_loss(config.loss.name)
+    loss = retrieval.make_loss(config, model, loss_def)
+    sample = retrieval.make_sample(config, loss_def, mesh, num_classes)
+    data = parallel.replicate(retrieval.DeviceData(
+        images=images, labels=labels,
+        class_index=ClassIndex.from_labels(labels, num_classes)), mesh)
+  elif case == "vse":
+    config = load_config("configs/fne_vse.py")
+    config.compute_dtype = compute_dtype or config.compute_dtype
+    if batch_size:
+      config.batch_size = batch_size
+    n, per_image = 1000, 5
+    features = rng.integers(-1, 2, (n, FNE_DIM), dtype=np.int8)
+    lengths = rng.integers(CAPTION_LENGTHS[0], CAPTION_LENGTHS[1] + 1,
+                           (n, per_image), dtype=np.int32)
+    ids = rng.integers(1, VOCAB_SIZE, (n, per_image, CAPTION_WIDTH),
+                       dtype=np.int32)
+    ids = np.where(np.arange(CAPTION_WIDTH) < lengths[..., None], ids, 0)
+    # What make_model_and_init reads of the meta.
+    meta = types.SimpleNamespace(vocabulary=range(VOCAB_SIZE),
+                                 features_kind="fne", features_dim=FNE_DIM)
+    tx = state_lib.create_optimizer(config)
+    model, init = vse.make_model_and_init(config, meta, tx)
+    loss = vse.make_loss(config, model)
+    sample = vse.make_sample(config, mesh)
+    data = parallel.replicate(vse.DeviceData(
+        features=features, ids=ids.astype(np.int32), lengths=lengths), mesh)
+  else:
+    raise ValueError(f"unknown case {case!r}; use {', '.join(CASES)}")
+  state = jax.jit(init)(jax.random.key(config.seed))
+  batch = jax.jit(sample)(jax.random.key(1), data)
+  return types.SimpleNamespace(config=config, tx=tx, state=state, loss=loss,
+                               sample=sample, data=data, batch=batch,
+                               model=model, mesh=mesh)
+
+
+def compile_step(case, steps=1, ready=False):
+  """(compiled, example args) of `steps` training steps per call, as
+  metricjax.train compiles them; ready: on a given batch (streamed path)."""
+  replicated = parallel.replicated(case.mesh)
+  sample = (lambda rng, batch: batch) if ready else case.sample
+  train_step = step_lib.make_train_step(sample, case.loss, case.tx,
+                                        seed=case.config.seed)
+  data = (case.batch,) * steps if ready else case.data
+  compiled = jax.jit(
+      step_lib.repeat_steps(train_step, steps, streamed=ready),
+      donate_argnums=(0,), out_shardings=(replicated, replicated)
+  ).lower(case.state, data).compile()
+  return compiled, data
+
+
+def _copy(tree):
+  return jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, tree)
+
+
+def jax_runner(compiled, state, data):
+  """A blocking zero-argument call of a donated-state step, state carried."""
+  holder = [_copy(state)]
+
+  def run():
+    holder[0], metrics = compiled(holder[0], data)
+    jax.block_until_ready(metrics)
+  return run
+
+
+def jax_split(case):
+  """{part: zero-argument blocking callable} of the step's parts."""
+  state, batch = case.state, case.batch
+  params = state_lib.trainable(state)
+  sample = jax.jit(case.sample)
+  objective = lambda p, b: case.loss(p["model"], p["loss"], state.batch_stats,
+                                     b)[0]
+  forward = jax.jit(objective)
+  fwd_bwd = jax.jit(jax.value_and_grad(objective))
+  grads = fwd_bwd(params, batch)[1]
+
+  @jax.jit
+  def optimiser(grads, opt_state, params):
+    updates, opt_state = case.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  key = jax.random.key(3)
+  block = jax.block_until_ready
+  return {
+      "input": lambda: block(sample(key, case.data)),
+      "forward": lambda: block(forward(params, batch)),
+      "fwd+bwd": lambda: block(fwd_bwd(params, batch)),
+      "optimiser": lambda: block(optimiser(grads, state.opt_state, params)),
+  }
+
+
+# --- PyTorch -----------------------------------------------------------------
+
+
+def _schedule(config):
+  """optax.warmup_cosine_decay_schedule's multiplier, for LambdaLR."""
+  warmup = min(config.warmup_steps, config.total_steps - 1)
+
+  def multiplier(step):
+    if step < warmup:
+      return step / warmup
+    t = min(1.0, (step - warmup) / max(1, config.total_steps - warmup))
+    return 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t))
+  return multiplier
+
+
+def build_torch_case(name, jax_case, threads, compiled=False):
+  """-> (step, describe): step() is one blocking training step."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_reference as tr  # tools/, run as a script
+  torch.manual_seed(0)
+  config = jax_case.config
+  batch = jax.tree.map(np.asarray, jax_case.batch)
+  if name in IMAGE_CASES:
+    from pytorch_metric_learning import losses as pml_losses  # pylint: disable=g-import-not-at-top
+    from pytorch_metric_learning import miners as pml_miners  # pylint: disable=g-import-not-at-top
+    model = tr.CompactNet(name)
+    kw = config.loss.kwargs
+    loss_fn = pml_losses.MultiSimilarityLoss(alpha=kw.alpha, beta=kw.beta,
+                                             base=kw.base)
+    miner = pml_miners.MultiSimilarityMiner(epsilon=kw.epsilon)
+    images = torch.from_numpy(batch["images"].transpose(0, 3, 1, 2).copy())
+    labels = torch.from_numpy(batch["labels"].astype(np.int64))
+    net = torch.compile(model) if compiled else model
+
+    def objective():
+      emb = net(images)
+      return loss_fn(emb, labels, miner(emb, labels))
+  else:
+    model = tr.VSEModel(FNE_DIM, VOCAB_SIZE, config.model.embed_dim,
+                        config.model.word_dim)
+    features = torch.from_numpy(batch["features"])
+    ids = torch.from_numpy(batch["ids"].astype(np.int64))
+    lengths = torch.from_numpy(batch["lengths"].astype(np.int64))
+    net = torch.compile(model) if compiled else model
+    kw = config.loss.kwargs
+
+    def objective():
+      image, text = net(features, ids, lengths)
+      return tr.vse_ranking_loss(image, text, kw.margin, kw.max_violation)
+  model.train()
+  optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                weight_decay=config.weight_decay)
+  scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(config))
+  clip = config.get("grad_clip_norm")
+
+  def step():
+    torch.set_num_threads(threads)
+    optimiser.zero_grad(set_to_none=True)
+    loss = objective()
+    loss.backward()
+    if clip:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimiser.step()
+    scheduler.step()
+    return loss.item()
+  return step, tr.count_params(model)
+
+
+# --- tables ------------------------------------------------------------------
+
+
+def bench_case(name, args):
+  batch_size = args.batch_size or None
+  case = build_jax_case(name, batch_size)
+  b = case.config.batch_size
+  fns = {}
+  t0 = time.perf_counter()
+  compiled, data = compile_step(case)
+  fns["metricjax (sampler)"] = jax_runner(compiled, case.state, data)
+  compiled, data = compile_step(case, ready=True)
+  fns["metricjax (ready batch)"] = jax_runner(compiled, case.state, data)
+  jax_compile_s = time.perf_counter() - t0
+  jax_params = models.count_params(case.state.params)
+  threads = args.threads
+  torch_counts = {}
+  names = [(f"PyTorch eager, {threads} threads", threads, False)]
+  if threads > 1:
+    names.append(("PyTorch eager, 1 thread", 1, False))
+  notes = []
+  if args.compile:
+    names.append((f"torch.compile, {threads} threads", threads, True))
+    if threads > 1:
+      names.append(("torch.compile, 1 thread", 1, True))
+  for label, n, comp in names:
+    step, count = build_torch_case(name, case, n, compiled=comp)
+    torch_counts[label] = count
+    if comp:
+      t0 = time.perf_counter()
+      try:
+        step()
+      except Exception as e:  # pylint: disable=broad-except
+        notes.append(f"torch.compile failed: {type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:200]}")
+        continue
+      notes.append(f"torch.compile: first step (compile) "
+                   f"{time.perf_counter() - t0:.0f} s")
+    fns[label] = step
+  load_before = load()
+  times = median_times(fns, args.repeats)
+  load_after = load()
+  eager = [v for k, v in times.items() if k.startswith("PyTorch eager")]
+  best_eager = min(eager)
+  lines = [
+      f"### {name}: batch {b}, median of {args.repeats}, load {load_before}"
+      f" -> {load_after}", "",
+      f"parameters: metricjax {jax_params:,}, PyTorch "
+      + ", ".join(sorted({f'{c:,}' for c in torch_counts.values()}))
+      + f"; metricjax compile {jax_compile_s:.0f} s", "",
+      "| implementation | step ms | images/s | x best PyTorch eager |",
+      "|---|--:|--:|--:|"]
+  for label, t in times.items():
+    lines.append(f"| {label} | {t * 1e3:.1f} | {b / t:.0f} | "
+                 f"{best_eager / t:.2f} |")
+  lines += [""] + [f"- {n}" for n in notes]
+  if args.split:
+    # The parts and the whole step take turns, like the table above.
+    parts = jax_split(case)
+    parts["whole step"] = fns["metricjax (sampler)"]
+    parts = median_times(parts, args.repeats)
+    parts["backward"] = parts["fwd+bwd"] - parts["forward"]
+    total = sum(parts[p] for p in ("input", "fwd+bwd", "optimiser"))
+    lines += ["", f"metricjax step split (separately compiled parts, "
+              f"median of {args.repeats}, load {load()}):", "",
+              "| part | ms | share of the parts' sum |", "|---|--:|--:|"]
+    for part in ("input", "forward", "backward", "optimiser"):
+      lines.append(f"| {part} | {parts[part] * 1e3:.1f} | "
+                   f"{parts[part] / total:.0%} |")
+    lines.append(f"| (sum of the parts) | {total * 1e3:.1f} | |")
+    lines.append(f"| (whole step, sampler, same repeats) | "
+                 f"{parts['whole step'] * 1e3:.1f} | |")
+  return "\n".join(lines)
+
+
+def bench_steps_per_call(name, counts, args):
+  """images/s of the real step for N steps per jitted call."""
+  case = build_jax_case(name, args.batch_size or None)
+  b = case.config.batch_size
+  fns, compile_s = {}, {}
+  for n in counts:
+    t0 = time.perf_counter()
+    compiled, data = compile_step(case, steps=n)
+    compile_s[n] = time.perf_counter() - t0
+    fns[n] = jax_runner(compiled, case.state, data)
+  load_before = load()
+  times = median_times(fns, args.repeats)
+  lines = [f"### steps_per_call, {name}, batch {b}, median of {args.repeats} "
+           f"calls, load {load_before} -> {load()}", "",
+           "| steps per call | ms per call | ms per step | images/s | "
+           "x N=1 | compile s |", "|--:|--:|--:|--:|--:|--:|"]
+  base = times[counts[0]] / counts[0]
+  for n in counts:
+    per_step = times[n] / n
+    lines.append(f"| {n} | {times[n] * 1e3:.1f} | {per_step * 1e3:.1f} | "
+                 f"{b / per_step:.0f} | {base / per_step:.2f} | "
+                 f"{compile_s[n]:.0f} |")
+  return "\n".join(lines)
+
+
+def _im2col_conv(variables, x):
+  """nn.Conv(3x3, "SAME", no bias) as 9 shifted slices + one matmul: tried
+  for XLA:CPU's slow small-channel convs; kept here as the measurement."""
+  kernel = variables["params"]["kernel"]
+  _, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  columns = jnp.concatenate([padded[:, i:i + h, j:j + w, :]
+                             for i in range(3) for j in range(3)], axis=-1)
+  return jnp.dot(columns, kernel.reshape(9 * c, -1))
+
+
+# hybrid1's 3x3 convs at batch 256: (B, H, W, C_in, C_out).
+LAYERS = [(256, 28, 28, 1, 32), (256, 14, 14, 32, 64), (256, 7, 7, 64, 64),
+          (256, 4, 4, 64, 96)]
+
+
+def bench_layers(args):
+  """Forward + both gradients of each conv (and one BN + GELU), XLA conv vs
+  im2col vs PyTorch: where the step's time goes, layer by layer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  rows = []
+  for shape in LAYERS + [("bn+gelu", 256, 28, 28, 32)]:
+    bn = shape[0] == "bn+gelu"
+    b, h, w, cin = shape[1:5] if bn else shape[:4]
+    cout = cin if bn else shape[4]
+    x = rng.normal(size=(b, h, w, cin)).astype(np.float32)
+    ct = rng.normal(size=(b, h, w, cout)).astype(np.float32)
+    if bn:
+      module = nn.BatchNorm(use_running_average=False, momentum=0.9,
+                            epsilon=1e-5)
+      jax_impls = {"XLA": lambda v, x: nn.gelu(
+          module.apply(v, x, mutable=["batch_stats"])[0], approximate=False)}
+      variables = module.init(jax.random.key(0), x)
+      t_layer = torch.nn.Sequential(torch.nn.BatchNorm2d(cin), torch.nn.GELU())
+    else:
+      conv = nn.Conv(cout, (3, 3), use_bias=False)
+      variables = conv.init(jax.random.key(0), x)
+      jax_impls = {"XLA": conv.apply, "im2col": _im2col_conv}
+      t_layer = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    fns = {}
+    for name, apply in jax_impls.items():
+      def fb(v, x, ct, apply=apply):
+        y, vjp = jax.vjp(apply, v, x)
+        return y, vjp(ct)
+      compiled = jax.jit(fb).lower(variables, x, ct).compile()
+      fns[name] = (lambda c=compiled: jax.block_until_ready(
+          c(variables, x, ct)))
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    ct_t = torch.from_numpy(ct.transpose(0, 3, 1, 2).copy())
+    for n in sorted({1, args.threads}):
+      def torch_fb(n=n):
+        torch.set_num_threads(n)
+        y = t_layer(x_t)
+        return torch.autograd.grad(y, [x_t, *t_layer.parameters()], ct_t)
+      fns[f"PyTorch, {n} thread{'s' if n > 1 else ''}"] = torch_fb
+    times = median_times(fns, args.repeats)
+    label = (f"BN (train) + GELU {(b, h, w, cin)}" if bn
+             else f"conv 3x3 {(b, h, w, cin)} -> {cout}")
+    rows.append((label, times))
+  names = sorted({n for _, t in rows for n in t}, key=lambda n: (
+      not n.startswith(("XLA", "im2col")), n))
+  lines = [f"Forward + gradients (input and weights), ms, median of "
+           f"{args.repeats}, load {load()}:", "",
+           "| layer | " + " | ".join(names) + " |",
+           "|---|" + "--:|" * len(names)]
+  for label, times in rows:
+    lines.append(f"| {label} | " + " | ".join(
+        f"{times[n] * 1e3:.1f}" if n in times else "" for n in names) + " |")
+  return "\n".join(lines)
+
+
+def machine(threads):
+  import torch  # pylint: disable=g-import-not-at-top
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next(l.split(":", 1)[1].strip() for l in f
+                   if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return (f"{model}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+          f"({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({threads} threads), {time.strftime('%Y-%m-%d')}")
+
+
+def main():
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--cases", default=",".join(CASES))
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--batch-size", type=int, default=0,
+                      help="0: the config's")
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke run: 2 repeats, batch 64, no torch.compile")
+  parser.add_argument("--threads", type=int,
+                      default=len(os.sched_getaffinity(0)))
+  parser.add_argument("--no-compile", dest="compile", action="store_false",
+                      help="skip torch.compile")
+  parser.add_argument("--no-split", dest="split", action="store_false")
+  parser.add_argument("--layers", action="store_true",
+                      help="time hybrid1's convs and a BN + GELU alone "
+                      "(XLA conv, im2col, PyTorch) instead")
+  parser.add_argument("--steps-per-call", default="",
+                      help="e.g. 1,4,16: time the first case's real step "
+                      "at these steps per jitted call instead")
+  args = parser.parse_args()
+  if args.quick:
+    args.repeats, args.batch_size, args.compile = 2, 64, False
+  print(machine(args.threads), "\n", flush=True)
+  cases = args.cases.split(",")
+  if args.layers:
+    print(bench_layers(args), flush=True)
+    return
+  if args.steps_per_call:
+    counts = [int(v) for v in args.steps_per_call.split(",")]
+    print(bench_steps_per_call(cases[0], counts, args), flush=True)
+    return
+  for name in cases:
+    print(bench_case(name, args), "\n", flush=True)
+
+
+if __name__ == "__main__":
+  main()

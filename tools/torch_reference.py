@@ -1,0 +1,157 @@
+"""PyTorch peers of metricjax's models, for the benchmarks in tools/.
+
+  involution_naive   d-li14/involution's involution_naive.py forward (unfold).
+  Involution         the official layer: 1x1 reduce -> BN -> act -> 1x1 span,
+                     then involution_naive; the same generator as
+                     metricjax.models.Involution (min 4 reduced channels).
+  CompactNet         metricjax.models.CompactNet in NCHW: same stages, widths,
+                     exact GELU, BN (momentum 0.1 = flax's 0.9, eps 1e-5),
+                     2x2 max pool with ceil_mode (= flax "SAME": 7 -> 4),
+                     global average pool, Linear embedding, L2 normalisation.
+  VSEModel           VSE++'s EncoderImagePrecomp + EncoderText (Linear of the
+                     features; embedding -> GRU over packed sequences, the
+                     last real state), both L2-normalised.
+  vse_ranking_loss   VSE++'s ContrastiveLoss (sum or max violation).
+
+Initialisation follows flax's defaults, which metricjax uses: conv and dense
+kernels lecun_normal (truncated normal, variance 1/fan_in), biases zero, BN
+scale 1 and offset 0; the VSE image projection Xavier-uniform as in VSE++,
+word embeddings U(-0.1, 0.1). The GRU keeps PyTorch's own initialisation (the
+flax GRUCell's differs, but not the cost of a step). Imported by the
+benchmarks when run as scripts from the repository root.
+"""
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def involution_naive(x, weight, kernel_size, stride, groups):
+  """involution_naive.py's forward (d-li14/involution), NCHW.
+
+  x (B, C, H, W); weight (B, G*K*K, Ho, Wo), G-major.
+  """
+  b, c = x.shape[:2]
+  h, w = weight.shape[-2:]
+  weight = weight.view(b, groups, kernel_size**2, h, w).unsqueeze(2)
+  unfold = F.unfold(x, kernel_size, dilation=1,
+                    padding=(kernel_size - 1) // 2, stride=stride)
+  out = unfold.view(b, groups, c // groups, kernel_size**2, h, w)
+  return (weight * out).sum(dim=3).view(b, c, h, w)
+
+
+def _bn(channels):
+  # flax momentum 0.9 is PyTorch's 0.1 (the weight of the new statistic).
+  return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)
+
+
+class Involution(nn.Module):
+  """The official involution layer (stride 1), metricjax's generator sizes."""
+
+  def __init__(self, channels, act, kernel_size=3, group_channels=16,
+               reduction_ratio=4, min_reduced_channels=4):
+    super().__init__()
+    self.kernel_size = kernel_size
+    self.groups = max(1, channels // group_channels)
+    reduced = max(channels // reduction_ratio, min_reduced_channels)
+    self.reduce = nn.Conv2d(channels, reduced, 1, bias=False)
+    self.reduce_bn = _bn(reduced)
+    self.act = act
+    self.span = nn.Conv2d(reduced, kernel_size**2 * self.groups, 1)
+
+  def forward(self, x):
+    weight = self.span(self.act(self.reduce_bn(self.reduce(x))))
+    return involution_naive(x, weight, self.kernel_size, 1, self.groups)
+
+
+class CompactNet(nn.Module):
+  """metricjax.models.CompactNet (embedding only), NCHW; see the docstring."""
+
+  def __init__(self, variant="hybrid1", widths=(32, 64, 64, 96),
+               embedding_dim=64, in_channels=1):
+    super().__init__()
+    n = len(widths)
+    if variant.startswith("hybrid"):
+      k = int(variant[len("hybrid"):])
+      plan = [("involution" if i < k else None, 3) for i in range(n)]
+    elif variant == "conv_only":
+      plan = [("conv", 3)] + [(None, 3)] * (n - 1)
+    elif variant == "involution_only":
+      plan = [("involution", 1)] * n
+    else:
+      raise ValueError(f"unknown variant {variant!r}")
+    act = nn.GELU()  # Exact (erf), as metricjax's.
+    layers = []
+    c = in_channels
+    for i, (spatial, size) in enumerate(plan):
+      if spatial == "involution":
+        layers += [Involution(c, act), _bn(c), act]
+      elif spatial == "conv":
+        layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), _bn(c), act]
+      layers += [nn.Conv2d(c, widths[i], size, padding=size // 2, bias=False),
+                 _bn(widths[i]), act]
+      if i < n - 1:
+        layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+      c = widths[i]
+    self.body = nn.Sequential(*layers)
+    self.embedding = nn.Linear(c, embedding_dim)
+    lecun_init_(self)
+
+  def forward(self, images):
+    # Preprocessing as metricjax's: uint8 -> [0, 1] -> (x - 0.5) / 0.25.
+    x = (images.float() / 255.0 - 0.5) / 0.25
+    x = self.body(x).mean(dim=(2, 3))
+    return F.normalize(self.embedding(x), dim=-1)
+
+
+def lecun_init_(module):
+  """flax's lecun_normal kernels and zero biases on every conv and linear."""
+  for m in module.modules():
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+      fan_in = m.weight[0].numel()
+      # flax: truncated normal on (-2, 2) rescaled to the target variance.
+      std = math.sqrt(1.0 / fan_in) / .87962566103423978
+      nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+      if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+class VSEModel(nn.Module):
+  """VSE++'s precomputed-feature image encoder and GRU caption encoder."""
+
+  def __init__(self, features_dim, vocab_size, embed_dim=2048, word_dim=300):
+    super().__init__()
+    self.image_proj = nn.Linear(features_dim, embed_dim)
+    nn.init.xavier_uniform_(self.image_proj.weight)
+    nn.init.zeros_(self.image_proj.bias)
+    self.embed = nn.Embedding(vocab_size, word_dim)
+    nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+    self.gru = nn.GRU(word_dim, embed_dim, batch_first=True)
+
+  def forward(self, features, ids, lengths):
+    image = F.normalize(self.image_proj(features.float()), dim=-1)
+    # VSE++: packed sequences, the GRU runs only the real words.
+    packed = nn.utils.rnn.pack_padded_sequence(
+        self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+    _, last = self.gru(packed)
+    return image, F.normalize(last[0], dim=-1)
+
+
+def vse_ranking_loss(image, text, margin=0.2, max_violation=False):
+  """VSE++'s ContrastiveLoss (fartashf/vsepp model.py)."""
+  scores = image @ text.t()
+  diagonal = scores.diag().view(-1, 1)
+  cost_s = (margin + scores - diagonal).clamp(min=0)
+  cost_im = (margin + scores - diagonal.t()).clamp(min=0)
+  eye = torch.eye(scores.shape[0], dtype=torch.bool)
+  cost_s = cost_s.masked_fill(eye, 0)
+  cost_im = cost_im.masked_fill(eye, 0)
+  if max_violation:
+    return cost_s.max(1)[0].sum() + cost_im.max(0)[0].sum()
+  return cost_s.sum() + cost_im.sum()
+
+
+def count_params(module) -> int:
+  return sum(p.numel() for p in module.parameters())
