@@ -63,8 +63,8 @@ def get_config(arg=None):
       margin=0.2, max_violation=arg.loss == "max"))
   config.batch_size = 128
   # Training steps per jitted call (an unrolled lax.scan): fewer dispatches,
-  # the same results; logs, validation and checkpoints still fall on their
-  # steps.
+  # the same results up to float32 rounding; logs, validation and
+  # checkpoints still fall on their steps.
   config.steps_per_call = 1
   # Activations in float32 or bfloat16; parameters, optimiser state,
   # normalisation statistics and loss reductions stay float32.

@@ -211,7 +211,12 @@ def test_steps_per_call_gives_the_same_run(tiny_idx_dir, tmp_path, placement):
     return rows, _params(workdir)
   (rows1, (step1, params1)), (rows3, (step3, params3)) = run(1), run(3)
   assert [r["step"] for r in rows3] == [r["step"] for r in rows1] == [2, 4, 6, 7]
-  # Bit for bit: the unrolled scan is the same program as separate calls.
-  assert [r["loss"] for r in rows3] == [r["loss"] for r in rows1]
+  # The same run up to float32 rounding: XLA may fuse across the unrolled
+  # steps (most runs here were bit for bit; one differed in a loss's last
+  # bit).
+  np.testing.assert_allclose([r["loss"] for r in rows3],
+                             [r["loss"] for r in rows1], rtol=1e-6)
   assert step1 == step3 == 7
-  jax.tree.map(np.testing.assert_array_equal, params1, params3)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               params1, params3)
