@@ -70,12 +70,12 @@ def repeat_steps(train_step: Callable, num_steps: int, *,
 
   data is the device-resident dataset every step samples from, or, when
   streamed, a tuple of num_steps batches, one per step. The scan is
-  unrolled: a rolled one (a while loop) fuses the step's ops differently
-  and drifted from separate calls (measured: 6e-4 relative on parameters
-  after 7 steps), while unrolled the results are those of num_steps calls
-  up to float32 rounding (tests/test_train.py: most runs bit for bit, one
-  with a loss differing in its last bit). The price is compile time
-  growing with num_steps.
+  unrolled, which keeps each step's program closest to a separate call's:
+  the results are those of num_steps calls up to float32 rounding, which
+  the MS miner's thresholds can amplify (tests/test_train.py measured bit
+  for bit in some runs, 1e-4 relative on parameters after 7 steps in
+  others; a rolled scan gave 6e-4). The price is compile time growing
+  with num_steps.
   """
   def one_step(state, data):
     state, metrics = train_step(state, data[0] if streamed else data)
