@@ -34,8 +34,6 @@ import contextlib
 import functools
 import os
 import platform
-import statistics
-import time
 from unittest import mock
 
 import jax
@@ -46,6 +44,7 @@ from metricjax import losses
 from metricjax import ops
 from metricjax.models import CompactNet
 from metricjax.ops.involution import involution_autodiff
+from bench_train import median_times  # tools/, run as a script
 from torch_reference import involution_naive  # tools/, run as a script
 
 # (B, H, W, C, G, K): MNIST-sized single group, a wide 7x7 kernel, and a
@@ -64,19 +63,6 @@ def _parse_shapes(text):
     else:
       shapes.append(SHAPES[int(item)])
   return shapes
-
-
-def _median_times(fns, repeats):
-  """Median seconds per call of each zero-argument, blocking callable."""
-  for fn in fns.values():
-    fn(), fn()
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _jax_call(compiled, *args):
@@ -175,7 +161,7 @@ def bench_op(shape, repeats, threads):
   results["pytorch"]["mem"] = _torch_peak_bytes(fwd_bwd["pytorch"])
 
   for key, fns in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-    for name, seconds in _median_times(fns, repeats).items():
+    for name, seconds in median_times(fns, repeats).items():
       results[name][key] = seconds
   results.setdefault("pytorch_1t", results["pytorch"])
   return results
@@ -262,7 +248,7 @@ def bench_train_step(repeats, batch_size, variant):
     mem[name] = _jax_peak_bytes(compiled)
     losses_[name] = float(compiled(*args)[-1])
   assert len(programs) == 2, "the op swap did not reach the compiled step"
-  times = _median_times(fns, repeats)
+  times = median_times(fns, repeats)
   after, before = list(fns)
   lines = [
       f"Train step, CompactNet {variant}, MS loss, batch {batch_size} "
