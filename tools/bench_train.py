@@ -36,7 +36,6 @@ optimiser update on given gradients; backward = value_and_grad - forward.
 """
 
 import argparse
-import functools
 import os
 import platform
 import statistics
