@@ -430,3 +430,23 @@ def test_real_cifar10_test(monkeypatch):
   assert ds.class_names == sources.CIFAR10_CLASSES
   assert np.bincount(ds.labels).tolist() == [1000] * 10
   assert ds.source.endswith("cifar10-jpeg.zip")
+
+
+def test_class_halves_of_an_image_folder(tmp_path):
+  """CUB-style layout (images/<class>/<file>), split by classes."""
+  from PIL import Image
+  for c in range(5):
+    folder = tmp_path / "cub" / "images" / f"{c:03d}.bird{c}"
+    folder.mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(np.full((6, 6, 3), 40 * c + i, np.uint8)).save(
+          folder / f"{i}.png")
+  spec = f"halves:folder:{tmp_path / 'cub'}@images"
+  train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
+  assert train.class_names == ("000.bird0", "001.bird1")
+  assert test.class_names == ("002.bird2", "003.bird3", "004.bird4")
+  assert sorted(set(train.labels)) == [0, 1] and len(train) == 6
+  assert sorted(set(test.labels)) == [0, 1, 2] and len(test) == 9
+  assert int(test.images[test.labels == 0][0, 0, 0, 0]) == 80
+  with pytest.raises(UserError, match="halves:SPEC@SPLIT"):
+    load_dataset(f"halves:folder:{tmp_path / 'cub'}", "train")

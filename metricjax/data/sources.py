@@ -29,7 +29,8 @@ from metricjax.errors import UserError
 DATA_DIR_ENV = "METRICJAX_DATA_DIR"
 # Module-level so tests can point it at a temporary directory.
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
-SPEC_FORMS = ("idx:DIR", "folder:PATH", "tfds:NAME", "packed:PATH")
+SPEC_FORMS = ("idx:DIR", "folder:PATH", "tfds:NAME", "packed:PATH",
+              "halves:SPEC@SPLIT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +70,21 @@ def load_dataset(name: str, split: str, *,
 
   Args:
     name: "mnist", "fashion_mnist", "cifar10" ('-' for '_' accepted), or a
-      spec "idx:DIR", "folder:PATH", "tfds:NAME".
+      spec "idx:DIR", "folder:PATH", "tfds:NAME", "packed:PATH", or
+      "halves:SPEC@SPLIT" (below).
     split: "train" or "test" (any TFDS split string for "tfds:").
     data_dir: offline data directory; overrides $METRICJAX_DATA_DIR.
+
+  "halves:SPEC@SPLIT" is the class split of the metric-learning benchmarks
+  (CUB-200-2011, Cars196, Stanford Online Products): SPEC's split SPLIT
+  holds every class; "train" is its first half of the classes, "test" the
+  second half, each relabelled from 0. E.g. CUB as an image folder,
+  halves:folder:/data/CUB_200_2011@images (images/<class>/<file>), or
+  Cars196 from TFDS, halves:tfds:cars196@train+test.
   """
   kind, _, arg = name.partition(":")
+  if arg and kind == "halves":
+    return _class_half(arg, split, data_dir)
   if arg and kind == "packed":
     return load_packed(arg, split)
   if arg and kind in ("idx", "folder", "tfds"):
@@ -244,3 +255,24 @@ def _load_spec(kind, arg, split):
                       "from t10k-* files), or a split named like the "
                       "files.") from None
   return load_image_folder(path, split, name=stem if known else None)
+
+
+def _class_half(arg: str, split: str, data_dir) -> ArrayDataset:
+  inner, sep, source_split = arg.rpartition("@")
+  if not sep or not inner:
+    raise UserError(f"halves:{arg}: expected halves:SPEC@SPLIT, e.g. "
+                    "halves:folder:/data/CUB_200_2011@images (the split "
+                    "that holds every class).")
+  if split not in ("train", "test"):
+    raise UserError(f"halves:{arg} has splits train (first half of the "
+                    f"classes) and test (second half), not {split!r}.")
+  ds = load_dataset(inner, source_split, data_dir=data_dir)
+  if ds.num_classes < 2:
+    raise UserError(f"halves:{arg}: {ds.num_classes} class, nothing to split.")
+  half = ds.num_classes // 2
+  lo, hi = (0, half) if split == "train" else (half, ds.num_classes)
+  keep = (ds.labels >= lo) & (ds.labels < hi)
+  return dataclasses.replace(
+      ds, images=ds.images[keep], labels=ds.labels[keep] - lo,
+      num_classes=hi - lo, class_names=ds.class_names[lo:hi], split=split,
+      source=f"{ds.source}, classes {lo}..{hi - 1} of {ds.num_classes}")
