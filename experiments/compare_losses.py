@@ -148,12 +148,17 @@ def compare(scale_name: str, dataset: str, losses, seeds: int, root: str,
 def write_report(results, out: str, command: str, scale_name: str,
                  dataset: str, seconds: float, pending=()) -> None:
   scale = SCALES[scale_name]
+  # Every run once (a loss's chosen trial is also its seed 0).
+  runs = {id(s): s for r in results.values() for s in r["searched"] + r["seeds"]}
+  train_minutes = sum(s["train_seconds"] for s in runs.values()) / 60
   lines = [
       f"# Losses compared ({scale_name} scale)", "",
       f"Command: `{command}`", "",
       f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
-      f"{os.getloadavg()[0]:.2f} at the end; {time.strftime('%Y-%m-%d')}; "
-      f"{seconds / 60:.0f} min for the runs not already done.", "",
+      f"{os.getloadavg()[0]:.2f} when this page was written; "
+      f"{time.strftime('%Y-%m-%d')}; {len(runs)} runs, {train_minutes:.0f} "
+      f"min of training in all (this call: {seconds / 60:.0f} min for the "
+      "runs not already done).", "",
       f"Data: {dataset} (validation: {scale['val_size']} training images "
       "held out of training, stratified by class; test: the test split). "
       f"Backbone: compact hybrid1; batch {scale['batch_size']} "
@@ -181,6 +186,24 @@ def write_report(results, out: str, command: str, scale_name: str,
         f"| {loss} | {hp} | {metric('map_at_r')} | {metric('precision_at_1')} "
         f"| {metric('recall_at_1')} | {metric('recall_at_10')} | {trial_vals} "
         f"| {study.mean_ci([s['images_per_sec'] for s in runs])[0]:.0f} |")
+  # Reading, from the numbers: which losses the seeds cannot tell apart
+  # from the best one (95% intervals overlapping).
+  ci = {loss: study.mean_ci([s["metrics"]["map_at_r"] for s in r["seeds"]])
+        for loss, r in results.items()}
+  best = max(ci, key=lambda loss: ci[loss][0])
+  ties = [loss for loss in ci if loss != best
+          and ci[loss][0] + ci[loss][1] >= ci[best][0] - ci[best][1]]
+  apart = [loss for loss in ci if loss != best and loss not in ties]
+  epochs = scale["steps"] * scale["batch_size"] / 60000
+  lines += ["", f"Reading: highest mean test MAP@R: {best} "
+            f"({ci[best][0]:.4f}). Its 95% interval overlaps those of "
+            f"{', '.join(ties) or 'no other loss'}"
+            + (f"; {', '.join(apart)} lie(s) below it" if apart else "")
+            + f". {scale['steps']} steps of {scale['batch_size']} are "
+            f"about {epochs:.2f} epochs of the 60,000 training images (fewer "
+            "once validation is held out): a short budget that ranks how fast "
+            "losses learn as much as where they end, and wide intervals "
+            "mean most differences here are not resolved."]
   if pending:
     lines += ["", f"Not run yet: {', '.join(pending)} (the runner resumes "
               "where it stopped)."]
