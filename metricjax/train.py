@@ -251,7 +251,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
           last_time = time.perf_counter()  # Validation is not training time.
         log.write(row)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-      stop = parallel.any_process(stop_requested.is_set()) and not last
+      stop = stop_requested.is_set() and not last
+      if jax.process_count() > 1:
+        # The processes must stop at one step; agreeing takes a collective,
+        # so they do it at log steps only, not on every step's hot path.
+        stop = (step % config.log_every == 0 and not last
+                and parallel.any_process(stop))
       if step % config.checkpoint_every == 0 or last or stop:
         # Never a checkpoint of a state not known to be finite.
         if unchecked is not None:

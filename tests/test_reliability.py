@@ -122,7 +122,9 @@ def _pause_after_logging(step, until):
 
 def get_config():
   _pause_after_logging({pause_at}, {signalled!r})
-  return tiny_config({data!r}, augment=True, log_every=1)
+  config = tiny_config({data!r}, augment=True, log_every=1)
+  config.data.placement = {placement!r}
+  return config
 """
 
 
@@ -156,12 +158,28 @@ def _wait_for_row(proc, workdir, step, timeout=300):
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_rerun_matches(tiny_idx_dir,
                                                           tmp_path, straight):
+  _preempt_and_rerun(tiny_idx_dir, tmp_path, straight, placement="auto")
+
+
+@pytest.mark.slow
+def test_sigterm_on_the_streaming_path(tiny_idx_dir, tmp_path):
+  config = config_for(tiny_idx_dir)
+  config.data.placement = "stream"
+  reference = str(tmp_path / "straight")
+  train_lib.train(config, reference)
+  _preempt_and_rerun(tiny_idx_dir, tmp_path, (
+      reference, evaluate_lib.evaluate(reference)), placement="stream")
+
+
+def _preempt_and_rerun(tiny_idx_dir, tmp_path, straight, *, placement):
+  """SIGTERM at step 2 of a real training process, then the same command
+  again: the result is the uninterrupted run's."""
   signalled = tmp_path / "signalled"
   config_path = tmp_path / "child_config.py"
   # Step 2 is off the checkpoint schedule (every 3): the save is SIGTERM's.
   config_path.write_text(CHILD_CONFIG.format(
       tests=TESTS, pause_at=2, signalled=str(signalled),
-      data=str(tiny_idx_dir)))
+      data=str(tiny_idx_dir), placement=placement))
   workdir = str(tmp_path / "run")
 
   proc = _start_training(config_path, workdir)
