@@ -137,12 +137,11 @@ def export(workdir: str, out: str, *, step: int | None = None,
   exported = export_embedding(model.module, variables,
                               model.reference["image_shape"], batch=batch)
   params = variables["params"]
-  constants = jax.tree.leaves(variables)
   header = dict(
       model=model.reference, batch="polymorphic" if batch is None else batch,
       num_params=models.count_params(params),
       param_bytes=models.param_bytes(params),
-      constant_bytes=sum(x.size * x.dtype.itemsize for x in constants),
+      constant_bytes=models.param_bytes(variables),
       input=dict(shape=str(exported.in_avals[0].shape), dtype="uint8"),
       output=dict(shape=str(exported.out_avals[0].shape),
                   dtype=str(exported.out_avals[0].dtype)),

@@ -245,7 +245,7 @@ class Model:
   def from_checkpoint(cls, workdir: str, step: int | None = None) -> "Model":
     # Imported here: knn users need neither checkpoints nor the data layer.
     from metricjax import evaluate
-    from metricjax.inference import embed
+    from metricjax.inference import batched_apply
     restored = evaluate.restore(workdir, step)
     config, mesh = restored.config, restored.mesh
     if config.get("task", "retrieval") != "retrieval":
@@ -256,12 +256,14 @@ class Model:
                  "batch_stats": restored.state.batch_stats}
     image_shape = restored.meta.image_shape
     devices = mesh.devices.size
+    # Jitted once: a model queried again does not compile again.
+    apply = jax.jit(lambda v, x: restored.model.apply(v, x, train=False))
 
     def embed_fn(images):
       # Small query sets get a small batch rather than a padded full one.
       batch = min(config.eval.batch_size, -(-len(images) // devices) * devices)
-      return embed(restored.model, variables, images, batch_size=batch,
-                   mesh=mesh, desc="embed")["embedding"]
+      return batched_apply(apply, variables, (images,), batch_size=batch,
+                           mesh=mesh, desc="embed")["embedding"]
 
     out = jax.eval_shape(
         lambda v, x: restored.model.apply(v, x, train=False), variables,

@@ -9,10 +9,10 @@ the step in the checkpoint is the stream's saved state.
 
 The pipeline is grain's (the JAX ecosystem's loader): a MapDataset over
 step numbers whose map reads this process's rows of that step's batch, run
-ahead by grain's reader threads (random access to a packed ArrayRecord file
-or to host memory releases the GIL while it copies). Measured against
-reading in the training loop: tools/bench_input.py. Augmentation stays in
-the jitted step, identical to the on-device path.
+ahead by grain's reader threads; grain's checkpointable iterator state is
+not needed, the step being the whole state. Measured against the
+on-device path: tools/bench_input.py (training step 0.97x on CIFAR-10).
+Augmentation stays in the jitted step, identical to the on-device path.
 """
 
 import collections
