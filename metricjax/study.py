@@ -15,8 +15,11 @@ import statistics
 import time
 
 import ml_collections
+import numpy as np
 
+from metricjax import data as data_lib
 from metricjax import evaluate as evaluate_lib
+from metricjax import inference
 from metricjax import io
 from metricjax import train as train_lib
 
@@ -78,3 +81,42 @@ def fmt_ci(values, scale: float = 1.0, digits: int = 4) -> str:
 def steps_to(curve, target: float):
   """The first logged step whose value reaches target, or None."""
   return next((s for s, v in curve if v >= target), None)
+
+
+def fmt_std(values, scale: float = 1.0, digits: int = 4) -> str:
+  """mean ± sample standard deviation (the mean alone for one value)."""
+  values = [scale * float(v) for v in values]
+  mean = statistics.fmean(values)
+  if len(values) < 2:
+    return f"{mean:.{digits}f}"
+  return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def test_embeddings(workdir: str, step: int, limit: int = 2000,
+                    split: str | None = None):
+  """(embeddings, labels) of the first `limit` images of the evaluation
+  split (default config.eval_split) at a checkpoint of a retrieval run."""
+  restored = evaluate_lib.restore(workdir, step)
+  ds = data_lib.load_dataset(restored.config.dataset,
+                             split or restored.config.eval_split)
+  variables = {"params": restored.state.params,
+               "batch_stats": restored.state.batch_stats}
+  outputs = inference.embed(
+      restored.model, variables, ds.images[:limit],
+      batch_size=restored.config.eval.batch_size, mesh=restored.mesh,
+      desc=f"embed {ds.name}")
+  return outputs["embedding"], np.asarray(ds.labels[:limit])
+
+
+def tsne_panel(ax, embeddings, labels, title: str, seed: int = 0) -> None:
+  """A 2-d t-SNE of embeddings (cosine distances, as retrieval ranks them),
+  coloured by label, on a matplotlib axis."""
+  from sklearn.manifold import TSNE  # Slow to import; only figures need it.
+  points = TSNE(n_components=2, metric="cosine", init="pca",
+                perplexity=min(30.0, (len(labels) - 1) / 3),
+                random_state=seed).fit_transform(np.asarray(embeddings))
+  ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3,
+             linewidths=0)
+  ax.set_title(title, fontsize=9)
+  ax.set_xticks([])
+  ax.set_yticks([])
