@@ -14,7 +14,6 @@ MAP@R. Table: mean ± 95% interval over seeds; plot: validation MAP@R.
 Runs are resumable and skipped when done (WORKDIR/<loss>-<hash>/...).
 """
 
-import hashlib
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ from absl import flags
 import matplotlib
 import matplotlib.pyplot as plt
 
+from metricjax import cli
 from metricjax import io
 from metricjax import study
 from metricjax.config_utils import load_config
@@ -107,11 +107,6 @@ def _config(scale: dict, dataset: str, loss: str, trial: dict, seed: int):
   return config
 
 
-def _workdir(root: str, loss: str, config) -> str:
-  tag = hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode())
-  return os.path.join(root, f"{loss}-{tag.hexdigest()[:10]}")
-
-
 def compare(scale_name: str, dataset: str, losses, seeds: int, root: str,
             on_loss_done=None):
   """{loss: {"trials": [...], "chosen": i, "seeds": [summaries]}};
@@ -127,7 +122,7 @@ def compare(scale_name: str, dataset: str, losses, seeds: int, root: str,
     for i, trial in enumerate(trials):
       config = _config(scale, dataset, loss, trial, seed=0)
       print(f"== {loss} trial {i}: {trial}", flush=True)
-      searched.append(study.run(config, _workdir(root, loss, config),
+      searched.append(study.run(config, study.run_dir(root, loss, config),
                                 select=_SELECT))
     # The trial with the best validation MAP@R (at its best checkpoint).
     best = max(range(len(trials)),
@@ -136,7 +131,7 @@ def compare(scale_name: str, dataset: str, losses, seeds: int, root: str,
     for seed in range(1, seeds):
       config = _config(scale, dataset, loss, trials[best], seed)
       print(f"== {loss} seed {seed}", flush=True)
-      runs.append(study.run(config, _workdir(root, loss, config),
+      runs.append(study.run(config, study.run_dir(root, loss, config),
                             select=_SELECT))
     results[loss] = dict(trials=trials, searched=searched, chosen=best,
                          seeds=runs)
@@ -228,6 +223,7 @@ def write_report(results, out: str, command: str, scale_name: str,
 @exit_on_user_error
 def main(argv):
   del argv
+  cli.quiet_logging()
   scale = SCALES[_SCALE.value]
   dataset = _DATASET.value or scale["dataset"]
   if dataset is None:

@@ -8,6 +8,7 @@ started again skips finished runs and resumes unfinished ones from their
 checkpoints.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -26,6 +27,13 @@ from metricjax import train as train_lib
 # Two-sided 95% Student t quantiles t(0.975, df), df = n - 1 seeds.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
          7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def run_dir(root: str, name: str, config: ml_collections.ConfigDict) -> str:
+  """ROOT/NAME-TAG, TAG a hash of every setting: another setting is another
+  run, never a stale one reused."""
+  tag = hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode())
+  return os.path.join(root, f"{name}-{tag.hexdigest()[:10]}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
