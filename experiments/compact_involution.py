@@ -94,11 +94,7 @@ SCALES = {
                 eval_every=100, val_size=1000, batch_size=128,
                 samples_per_class=16, seeds=3, width_scale=1.0,
                 embedding_dim=64, eval_batch=1000, tsne_points=1500,
-                rows=lambda ds: _grid(ds[:1], False) + [
-                    r for r in _grid(ds[1:], False)
-                    if r.variant not in ("hybrid2",) and not (
-                        r.variant == "involution_only"
-                        and r.widths == DEFAULT_WIDTHS)]),
+                rows=_cpu_rows),
     # An accelerator budget: the whole grid, a few epochs per run.
     "full": dict(datasets=("fashion_mnist", "cifar10", "mnist"), steps=5000,
                  eval_every=500, val_size=5000, batch_size=256,
