@@ -330,6 +330,12 @@ def write_report(out, results, backbone_result, scale_name, dataset, demo,
             f"(sum): {max_gains}."
             + (f" Seed std of a row's rsum: {min(stds):.1f} to "
                f"{max(stds):.1f}." if stds else "")]
+  last = [r for r in results if r["step"] == r["curves"][_SELECT][-1][0]]
+  if last:
+    lines[-1] += (
+        f" {len(last)} of the {len(results)} runs selected their last "
+        f"checkpoint (step {steps}): validation rsum was still at its best "
+        "when training stopped, so longer training may raise those rows.")
   collapsed = 2 * scale["batch_size"] * 0.2  # Every score equal.
   max_runs = [r for r in results if r["loss"] == "max"]
   # Said only when the numbers show it: the hardest-negative runs stuck
@@ -374,7 +380,8 @@ def write_report(out, results, backbone_result, scale_name, dataset, demo,
         "the test images come from the test split it never saw). Many test "
         "images share the same class and attributes, hence the same captions "
         "up to wording, so R@1 is capped well below 100. "
-        f"{len(done_seeds)} seed(s) of short VSE training on one backbone: "
+        f"{len(done_seeds)} seed{'s' if len(done_seeds) > 1 else ''} of "
+        "short VSE training on one backbone: "
         "the spread measured is that of the VSE initialisation and batch "
         "order, not of the backbone's training, and a few seeds give wide "
         "intervals. The reference figures of paper 3 (Flickr8K/30K, COCO) "
