@@ -48,3 +48,32 @@ def test_compact_involution_smoke(tiny_idx_dir, tmp_path):
   assert (out / "tsne.png").stat().st_size > 0
   again = _run("compact_involution.py", *args)
   assert again.returncode == 0 and "train:" not in again.stderr
+
+
+def test_fne_vs_fc7_smoke(tmp_path):
+  from conftest import hue_images  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  # A CIFAR-10-like image folder (RGB, CIFAR class names): the backbone
+  # trains on it and the caption demo is composed from it.
+  source = tmp_path / "hues"
+  for split, n, seed in (("train", 40, 0), ("test", 16, 1)):
+    ds = hue_images(n, seed)
+    for i, (image, label) in enumerate(zip(ds.images, ds.labels)):
+      folder = source / split / ds.class_names[label]
+      folder.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(image).save(folder / f"{i:03d}.png")
+  out = tmp_path / "results"
+  args = ("--scale=smoke", f"--source=folder:{source}", "--seeds=2",
+          f"--workdir={tmp_path / 'runs'}", f"--out={out}")
+  proc = _run("fne_vs_fc7.py", *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  page = (out / "README.md").read_text()
+  assert "| FNE | VSE (sum) | 2 |" in page and "| FC7 | VSE++ (max) | 2 |" in page
+  assert "±" in page and "## On real data" in page
+  assert (out / "curves.png").stat().st_size > 0
+  # Done runs (backbone included) are skipped: a second call trains nothing.
+  again = _run("fne_vs_fc7.py", *args)
+  assert again.returncode == 0 and "train:" not in again.stderr, again.stderr[-3000:]
+  # --scale=full without real data or weights: a clear error.
+  full = _run("fne_vs_fc7.py", "--scale=full", f"--workdir={tmp_path / 'f'}")
+  assert full.returncode != 0 and "--dataset and --weights" in full.stderr
