@@ -50,6 +50,7 @@ def test_compact_involution_smoke(tiny_idx_dir, tmp_path):
   assert again.returncode == 0 and "train:" not in again.stderr
 
 
+@pytest.mark.slow
 def test_fne_vs_fc7_smoke(tmp_path):
   from conftest import hue_images  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
