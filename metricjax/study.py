@@ -116,15 +116,24 @@ def test_embeddings(workdir: str, step: int, limit: int = 2000,
   return outputs["embedding"], np.asarray(ds.labels[:limit])
 
 
-def tsne_panel(ax, embeddings, labels, title: str, seed: int = 0) -> None:
-  """A 2-d t-SNE of embeddings (cosine distances, as retrieval ranks them),
-  coloured by label, on a matplotlib axis."""
-  from sklearn.manifold import TSNE  # Slow to import; only figures need it.
-  points = TSNE(n_components=2, metric="cosine", init="pca",
-                perplexity=min(30.0, (len(labels) - 1) / 3),
-                random_state=seed).fit_transform(np.asarray(embeddings))
+def tsne(embeddings, seed: int = 0) -> np.ndarray:
+  """2-d t-SNE points of embeddings, with cosine distances as retrieval
+  ranks them."""
+  from sklearn.manifold import TSNE  # Slow to import; figures only.
+  return TSNE(n_components=2, metric="cosine", init="pca",
+              perplexity=min(30.0, (len(embeddings) - 1) / 3),
+              random_state=seed).fit_transform(np.asarray(embeddings))
+
+
+def scatter_panel(ax, points, labels, title: str) -> None:
+  """2-d points coloured by label on a matplotlib axis, without ticks."""
   ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3,
              linewidths=0)
   ax.set_title(title, fontsize=9)
   ax.set_xticks([])
   ax.set_yticks([])
+
+
+def tsne_panel(ax, embeddings, labels, title: str, seed: int = 0) -> None:
+  """A t-SNE of embeddings, coloured by label, on a matplotlib axis."""
+  scatter_panel(ax, tsne(embeddings, seed), labels, title)
