@@ -21,6 +21,15 @@ import jax.numpy as jnp
 # sum so the unrolled expression (and compile time) stays small.
 _MAX_UNROLLED_CHANNELS = 16
 
+# XLA:CPU's instruction fusion inlines a producer into a loop that reads it
+# at up to this many different indices, recomputing it per read
+# (FusionNodeIndexingEvaluation::kAllowedCodeDuplication); past it, the
+# producer is computed once into memory.
+_XLA_MAX_INLINED_READS = 15
+# XLA:CPU fuses a concatenate of at most this many operands (on a non-minor
+# axis) into its consumers' loop; more are copied separately.
+_MAX_CONCAT_CHUNKS = 8
+
 
 def _output_shape(x: jax.Array, kernel: jax.Array, kernel_size: int,
                   stride: int) -> tuple[int, int, int]:
@@ -57,10 +66,15 @@ def _acc_dtype(x, kernel):
 
 
 def _padded_groups(x, kernel_size, groups):
-  """x zero-padded by (K-1)//2 and split into groups, (B, Hp, Wp, G, C/G)."""
+  """x split into groups and zero-padded by (K-1)//2, (B, Hp, Wp, G, C/G).
+
+  Split first, then pad: with the reshape after the pad, XLA moves it past
+  the forward's slices but not the backward's, and the forward and the
+  backward each materialise their own padded copy of x.
+  """
   pad = (kernel_size - 1) // 2
-  x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  return x_pad.reshape(*x_pad.shape[:3], groups, -1)
+  x = x.reshape(*x.shape[:3], groups, -1)
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
 
 
 def _window(x_pad, dy, dx, ho, wo, stride):
@@ -135,17 +149,38 @@ def _involution_bwd(kernel_size, stride, residuals, cotangent):
   # dx: each tap's weighted cotangent, moved back to the input pixels it
   # read. Interior padding undoes the stride, negative edge padding crops
   # the zero border; all K*K pads and adds fuse into one loop over dx.
-  grad_x = None
-  for dy in range(kernel_size):
-    for dx in range(kernel_size):
-      term = ct * kernel[:, :, :, dy * kernel_size + dx, :, None].astype(
-          acc_dtype)
-      term = jax.lax.pad(term, zero, (
-          (0, 0, 0),
-          (dy - pad, h - span_h - dy + pad, stride - 1),
-          (dx - pad, w - span_w - dx + pad, stride - 1),
-          (0, 0, 0), (0, 0, 0)))
-      grad_x = term if grad_x is None else grad_x + term
+  def grad_x_of(ct, kernel):
+    grad_x = None
+    for dy in range(kernel_size):
+      for dx in range(kernel_size):
+        term = ct * kernel[:, :, :, dy * kernel_size + dx, :, None].astype(
+            acc_dtype)
+        term = jax.lax.pad(term, zero, (
+            (0, 0, 0),
+            (dy - pad, h - span_h - dy + pad, stride - 1),
+            (dx - pad, w - span_w - dx + pad, stride - 1),
+            (0, 0, 0), (0, 0, 0)))
+        grad_x = term if grad_x is None else grad_x + term
+    return grad_x
+
+  # That loop reads the cotangent at K*K shifted positions. When the
+  # cotangent is a cheap expression of this op's own output (the gradient of
+  # sum(out**2), a following activation's or norm's backward), XLA:CPU
+  # inlines that expression, forward included, into the loop once per read
+  # (9x the forward's work for K = 3) unless it is read more than
+  # _XLA_MAX_INLINED_READS times; then it computes the cotangent once into
+  # memory, which the dkernel loops read anyway. So for small K the batch is
+  # split into chunks whose dx are concatenated (on the batch axis, which
+  # XLA fuses into the same single loop): every chunk's taps are separate
+  # reads.
+  chunks = -(-(_XLA_MAX_INLINED_READS + 1) // kernel_size**2)
+  if 1 < chunks <= min(b, _MAX_CONCAT_CHUNKS) and kernel_size > 1:
+    bounds = [b * i // chunks for i in range(chunks + 1)]
+    grad_x = jnp.concatenate(
+        [grad_x_of(ct[lo:hi], kernel[lo:hi])
+         for lo, hi in zip(bounds[:-1], bounds[1:])], axis=0)
+  else:
+    grad_x = grad_x_of(ct, kernel)
   grad_x = grad_x.reshape(b, h, w, c).astype(x.dtype)
 
   # dkernel[..., t, g]: the group's channels of tap t's window dotted with
