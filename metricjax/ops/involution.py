@@ -154,30 +154,38 @@ def _involution_bwd(kernel_size, stride, residuals, cotangent):
   # dx: each tap's weighted cotangent, moved back to the input pixels it
   # read. Interior padding undoes the stride, negative edge padding crops
   # the zero border; all K*K pads and adds fuse into one loop over dx.
+  #
+  # That loop reads the cotangent at K*K shifted positions, and how XLA:CPU
+  # compiles it depends on what computed the cotangent. When that is a cheap
+  # expression of this op's own output (the gradient of sum(out**2), a
+  # following activation's or norm's backward), XLA inlines the expression,
+  # forward included, into every read of up to _XLA_MAX_INLINED_READS reads,
+  # else computes it once into memory, where the dkernel loop reads it
+  # anyway. Three things keep it there:
+  # - for small K (K*K <= 15) the batch is split into chunks whose dx are
+  #   concatenated on the batch axis (fused into the same single loop):
+  #   every chunk's taps are separate reads;
+  # - each tap pads the cotangent and the kernel tap separately, then
+  #   multiplies: padding their product let XLA reassociate a constant
+  #   factor of the cotangent (the 2 of 2 * out) onto the kernel, so dx read
+  #   `out` while dkernel read `2 * out`, and the forward ran twice;
+  # - the loop runs over one extra row, cropped after the sum, so no tap's
+  #   pad is the identity (XLA would drop it and the centre tap would again
+  #   read `out` through the reassociated product).
   def grad_x_of(ct, kernel):
     grad_x = None
     for dy in range(kernel_size):
       for dx in range(kernel_size):
-        term = ct * kernel[:, :, :, dy * kernel_size + dx, :, None].astype(
-            acc_dtype)
-        term = jax.lax.pad(term, zero, (
-            (0, 0, 0),
-            (dy - pad, h - span_h - dy + pad, stride - 1),
-            (dx - pad, w - span_w - dx + pad, stride - 1),
-            (0, 0, 0), (0, 0, 0)))
+        config = ((0, 0, 0),
+                  (dy - pad, h - span_h - dy + pad + 1, stride - 1),
+                  (dx - pad, w - span_w - dx + pad, stride - 1),
+                  (0, 0, 0), (0, 0, 0))
+        tap = kernel[:, :, :, dy * kernel_size + dx, :, None]
+        term = (jax.lax.pad(ct, zero, config)
+                * jax.lax.pad(tap.astype(acc_dtype), zero, config))
         grad_x = term if grad_x is None else grad_x + term
-    return grad_x
+    return grad_x[:, :h]
 
-  # That loop reads the cotangent at K*K shifted positions. When the
-  # cotangent is a cheap expression of this op's own output (the gradient of
-  # sum(out**2), a following activation's or norm's backward), XLA:CPU
-  # inlines that expression, forward included, into the loop once per read
-  # (9x the forward's work for K = 3) unless it is read more than
-  # _XLA_MAX_INLINED_READS times; then it computes the cotangent once into
-  # memory, which the dkernel loops read anyway. So for small K the batch is
-  # split into chunks whose dx are concatenated (on the batch axis, which
-  # XLA fuses into the same single loop): every chunk's taps are separate
-  # reads.
   chunks = -(-(_XLA_MAX_INLINED_READS + 1) // kernel_size**2)
   if 1 < chunks <= min(b, _MAX_CONCAT_CHUNKS) and kernel_size > 1:
     bounds = [b * i // chunks for i in range(chunks + 1)]
