@@ -22,7 +22,12 @@ that load from other processes hits them alike. Compared per shape
   conv       jax.lax.conv_general_dilated, 3x3, C -> C, same padding/stride.
 
 "fwd+bwd" returns the output and the gradients of both inputs for a given
-output cotangent. Peak memory of fwd+bwd: for JAX, the compiled function's
+output cotangent. "in situ" is the op inside a differentiated loss whose
+cotangent comes from the op's own output: the gradients of
+sum(op(x, kernel)**2) with respect to x and the kernel (JAX: jit of grad;
+PyTorch: forward with autograd, then torch.autograd.grad of the sum), so
+XLA compiles the op's backward together with the loss that feeds it. Load
+averages (os.getloadavg) are printed before and after each shape. Peak memory of fwd+bwd: for JAX, the compiled function's
 memory_analysis() temp + output bytes (inputs excluded); for PyTorch, the
 high-water mark of the CPU allocator's allocations during one call, summed
 from torch.profiler's memory events (profile_memory=True), inputs excluded.
@@ -81,6 +86,15 @@ def _fwd_bwd(fn):
   return run
 
 
+def _in_situ(fn):
+  # The cotangent of the op's output is 2 * output, computed in the program.
+  return jax.grad(lambda a, b: jnp.sum(fn(a, b) ** 2), argnums=(0, 1))
+
+
+def _load():
+  return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def _conv(x, w, *, stride):
   return jax.lax.conv_general_dilated(
       x, w, (stride, stride), ((1, 1), (1, 1)),
@@ -117,7 +131,7 @@ def bench_op(shape, repeats, threads):
   conv_w = (rng.normal(size=(3, 3, c, c)) / np.sqrt(9 * c)).astype(np.float32)
 
   results = {}
-  fwd, fwd_bwd = {}, {}
+  fwd, fwd_bwd, in_situ = {}, {}, {}
   jax_cases = {
       "metricjax": (functools.partial(ops.involution, kernel_size=k,
                                       stride=stride), kernel),
@@ -132,6 +146,8 @@ def bench_op(shape, repeats, threads):
     compiled = jax.jit(_fwd_bwd(fn)).lower(*args, ct).compile()
     fwd_bwd[name] = _jax_call(compiled, *args, ct)
     results[name] = {"mem": _jax_peak_bytes(compiled)}
+    in_situ[name] = _jax_call(
+        jax.jit(_in_situ(fn)).lower(*args).compile(), *args)
 
   # Official layouts: x (B, C, H, W), weight (B, G*K*K, Ho, Wo), G-major.
   x_t = torch.tensor(x.transpose(0, 3, 1, 2)).requires_grad_()
@@ -151,16 +167,22 @@ def bench_op(shape, repeats, threads):
     out = torch_fn(x_t, w_t)
     return (out, *torch.autograd.grad(out, (x_t, w_t), ct_t))
 
+  def torch_in_situ(num_threads):
+    torch.set_num_threads(num_threads)
+    loss = (torch_fn(x_t, w_t) ** 2).sum()
+    return torch.autograd.grad(loss, (x_t, w_t))
+
   torch_threads = {"pytorch": threads}
   if threads > 1:
     torch_threads["pytorch_1t"] = 1
   for name, num_threads in torch_threads.items():
     fwd[name] = functools.partial(torch_fwd, num_threads)
     fwd_bwd[name] = functools.partial(torch_fwd_bwd, num_threads)
+    in_situ[name] = functools.partial(torch_in_situ, num_threads)
     results[name] = {}
   results["pytorch"]["mem"] = _torch_peak_bytes(fwd_bwd["pytorch"])
 
-  for key, fns in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+  for key, fns in (("fwd", fwd), ("fwd+bwd", fwd_bwd), ("in situ", in_situ)):
     for name, seconds in median_times(fns, repeats).items():
       results[name][key] = seconds
   results.setdefault("pytorch_1t", results["pytorch"])
@@ -175,20 +197,23 @@ def _op_tables(all_results, repeats, threads):
     names = ("metricjax", "autodiff", "pytorch", "conv")
     torch_columns = "PyTorch unfold, 1 thread"
   lines = [
-      f"Time, ms (median of {repeats}); metricjax/PyTorch against the faster "
-      "PyTorch:", "",
+      f"Time, ms (median of {repeats}); metricjax/PyTorch and PyTorch's "
+      "speedup (PyTorch/metricjax) against the faster PyTorch:", "",
       f"| shape (B,H,W,C,G,K) | pass | metricjax | autodiff (before) | "
-      f"{torch_columns} | XLA conv 3x3 | metricjax/PyTorch | metricjax/conv |",
-      "|---|---|" + "--:|" * (len(names) + 2)]
+      f"{torch_columns} | XLA conv 3x3 | metricjax/PyTorch | "
+      "x faster than PyTorch | metricjax/conv |",
+      "|---|---|" + "--:|" * (len(names) + 3)]
   for shape, res in all_results:
-    for key in ("fwd", "fwd+bwd"):
+    for key in ("fwd", "fwd+bwd", "in situ"):
       ms = {n: res[n][key] * 1e3 for n in names}
       torch_ms = min(res["pytorch"][key], res["pytorch_1t"][key]) * 1e3
       lines.append(
           f"| {shape} | {key} | "
           + " | ".join(f"{ms[n]:.1f}" for n in names)
           + f" | {ms['metricjax'] / torch_ms:.3f}"
+          f" | {torch_ms / ms['metricjax']:.1f}"
           f" | {ms['metricjax'] / ms['conv']:.2f} |")
+  lines += [""] + [f"{shape}: {res['load']}" for shape, res in all_results]
   names = ("metricjax", "autodiff", "pytorch", "conv")
   lines += [
       "", "Peak memory of fwd+bwd, MB (JAX: compiled temp + output; "
@@ -287,7 +312,7 @@ def main():
   print(f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, jax {jax.__version__} "
         f"({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({args.threads} threads)\n", flush=True)
+        f"({args.threads} threads); {_load()}\n", flush=True)
   if args.train_step:
     batch = 64 if args.quick else 256
     print(bench_train_step(repeats, batch, args.variant))
@@ -296,8 +321,12 @@ def main():
   for shape in _parse_shapes(args.shapes):
     if args.quick:
       shape = (max(1, shape[0] // 8),) + tuple(shape[1:])
-    print(f"{shape} ...", flush=True)
-    all_results.append((shape, bench_op(shape, repeats, args.threads)))
+    before = _load()
+    print(f"{shape} ... {before}", flush=True)
+    results = bench_op(shape, repeats, args.threads)
+    results["load"] = f"{before} before, {_load()} after"
+    print(f"  {results['load']}", flush=True)
+    all_results.append((shape, results))
   print("\n" + _op_tables(all_results, repeats, args.threads))
 
 

@@ -21,6 +21,20 @@ import jax.numpy as jnp
 # sum so the unrolled expression (and compile time) stays small.
 _MAX_UNROLLED_CHANNELS = 16
 
+# XLA:CPU's instruction fusion inlines a producer into a loop that reads it
+# at up to this many different indices, recomputing it per read
+# (FusionNodeIndexingEvaluation::kAllowedCodeDuplication); past it, the
+# producer is computed once into memory.
+_XLA_MAX_INLINED_READS = 15
+# XLA:CPU fuses a concatenate of at most this many operands (on a non-minor
+# axis) into its consumers' loop; more are copied separately.
+_MAX_CONCAT_CHUNKS = 8
+# Kernel rows whose dkernel taps one fused loop computes, by kernel size
+# (default 1): for K = 3 one loop for all 9 taps reads the padded input and
+# the cotangent once instead of 3 times (0.8-1.0x the time, same process);
+# for K = 7 a loop over all taps measured 1.4-4x slower than one per row.
+_DKERNEL_ROWS_PER_LOOP = {3: 3}
+
 
 def _output_shape(x: jax.Array, kernel: jax.Array, kernel_size: int,
                   stride: int) -> tuple[int, int, int]:
@@ -57,10 +71,15 @@ def _acc_dtype(x, kernel):
 
 
 def _padded_groups(x, kernel_size, groups):
-  """x zero-padded by (K-1)//2 and split into groups, (B, Hp, Wp, G, C/G)."""
+  """x split into groups and zero-padded by (K-1)//2, (B, Hp, Wp, G, C/G).
+
+  Split first, then pad: with the reshape after the pad, XLA moves it past
+  the forward's slices but not the backward's, and the forward and the
+  backward each materialise their own padded copy of x.
+  """
   pad = (kernel_size - 1) // 2
-  x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  return x_pad.reshape(*x_pad.shape[:3], groups, -1)
+  x = x.reshape(*x.shape[:3], groups, -1)
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
 
 
 def _window(x_pad, dy, dx, ho, wo, stride):
@@ -135,37 +154,72 @@ def _involution_bwd(kernel_size, stride, residuals, cotangent):
   # dx: each tap's weighted cotangent, moved back to the input pixels it
   # read. Interior padding undoes the stride, negative edge padding crops
   # the zero border; all K*K pads and adds fuse into one loop over dx.
-  grad_x = None
-  for dy in range(kernel_size):
-    for dx in range(kernel_size):
-      term = ct * kernel[:, :, :, dy * kernel_size + dx, :, None].astype(
-          acc_dtype)
-      term = jax.lax.pad(term, zero, (
-          (0, 0, 0),
-          (dy - pad, h - span_h - dy + pad, stride - 1),
-          (dx - pad, w - span_w - dx + pad, stride - 1),
-          (0, 0, 0), (0, 0, 0)))
-      grad_x = term if grad_x is None else grad_x + term
+  #
+  # That loop reads the cotangent at K*K shifted positions, and how XLA:CPU
+  # compiles it depends on what computed the cotangent. When that is a cheap
+  # expression of this op's own output (the gradient of sum(out**2), a
+  # following activation's or norm's backward), XLA inlines the expression,
+  # forward included, into every read of up to _XLA_MAX_INLINED_READS reads,
+  # else computes it once into memory, where the dkernel loop reads it
+  # anyway. Three things keep it there:
+  # - for small K (K*K <= 15) the batch is split into chunks whose dx are
+  #   concatenated on the batch axis (fused into the same single loop):
+  #   every chunk's taps are separate reads;
+  # - each tap pads the cotangent and the kernel tap separately, then
+  #   multiplies: padding their product let XLA reassociate a constant
+  #   factor of the cotangent (the 2 of 2 * out) onto the kernel, so dx read
+  #   `out` while dkernel read `2 * out`, and the forward ran twice;
+  # - the loop runs over one extra row, cropped after the sum, so no tap's
+  #   pad is the identity (XLA would drop it and the centre tap would again
+  #   read `out` through the reassociated product).
+  def grad_x_of(ct, kernel):
+    grad_x = None
+    for dy in range(kernel_size):
+      for dx in range(kernel_size):
+        config = ((0, 0, 0),
+                  (dy - pad, h - span_h - dy + pad + 1, stride - 1),
+                  (dx - pad, w - span_w - dx + pad, stride - 1),
+                  (0, 0, 0), (0, 0, 0))
+        tap = kernel[:, :, :, dy * kernel_size + dx, :, None]
+        term = (jax.lax.pad(ct, zero, config)
+                * jax.lax.pad(tap.astype(acc_dtype), zero, config))
+        grad_x = term if grad_x is None else grad_x + term
+    return grad_x[:, :h]
+
+  chunks = -(-(_XLA_MAX_INLINED_READS + 1) // kernel_size**2)
+  if 1 < chunks <= min(b, _MAX_CONCAT_CHUNKS) and kernel_size > 1:
+    bounds = [b * i // chunks for i in range(chunks + 1)]
+    grad_x = jnp.concatenate(
+        [grad_x_of(ct[lo:hi], kernel[lo:hi])
+         for lo, hi in zip(bounds[:-1], bounds[1:])], axis=0)
+  else:
+    grad_x = grad_x_of(ct, kernel)
   grad_x = grad_x.reshape(b, h, w, c).astype(x.dtype)
 
   # dkernel[..., t, g]: the group's channels of tap t's window dotted with
-  # the cotangent, per pixel. One fused loop per kernel row dy writes that
-  # row's K contiguous taps in place (pads select the tap, the update slice
-  # writes into the output buffer): no stack of K*K taps, no K*K windows
-  # alive at once, and the cotangent is read K times, not K*K. Finer (one
-  # tap) or coarser (all taps) loops measured slower on CPU.
+  # the cotangent, per pixel. One fused loop per kernel row dy (per block of
+  # rows, _DKERNEL_ROWS_PER_LOOP) writes that row's K contiguous taps in
+  # place (pads select the tap, the update slice writes into the output
+  # buffer): no stack of K*K taps, no K*K windows alive at once, and the
+  # cotangent is read K times (once for K = 3), not K*K. One loop per tap
+  # measured slower on CPU, and so did one for all taps at K = 7.
   x_pad = _padded_groups(x, kernel_size, groups)
+  rows_per_loop = _DKERNEL_ROWS_PER_LOOP.get(kernel_size, 1)
   grad_kernel = jnp.zeros(kernel.shape, kernel.dtype)
-  for dy in range(kernel_size):
-    row = None
-    for dx in range(kernel_size):
+  for dy0 in range(0, kernel_size, rows_per_loop):
+    rows = range(dy0, min(dy0 + rows_per_loop, kernel_size))
+    n_taps = len(rows) * kernel_size
+    block = None
+    for i, (dy, dx) in enumerate(
+        (dy, dx) for dy in rows for dx in range(kernel_size)):
       window = _window(x_pad, dy, dx, ho, wo, stride).astype(acc_dtype)
       tap = _group_dot(window, ct)[:, :, :, None, :]
       tap = jax.lax.pad(tap, zero, ((0, 0, 0),) * 3 + (
-          (dx, kernel_size - 1 - dx, 0), (0, 0, 0)))
-      row = tap if row is None else row + tap
+          (i, n_taps - 1 - i, 0), (0, 0, 0)))
+      block = tap if block is None else block + tap
     grad_kernel = jax.lax.dynamic_update_slice(
-        grad_kernel, row.astype(kernel.dtype), (0, 0, 0, dy * kernel_size, 0))
+        grad_kernel, block.astype(kernel.dtype),
+        (0, 0, 0, dy0 * kernel_size, 0))
   return grad_x, grad_kernel
 
 
