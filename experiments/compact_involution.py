@@ -87,7 +87,8 @@ SCALES = {
     "smoke": dict(datasets=None, steps=6, eval_every=3, val_size=16,
                   batch_size=16, samples_per_class=4, seeds=2,
                   width_scale=0.25, embedding_dim=16, eval_batch=16,
-                  tsne_points=60, rows=lambda ds: [
+                  tsne_points=60, grid="hybrid1 with MS and with CE.",
+                  rows=lambda ds: [
                       Row(ds[0], "hybrid1", "gelu", "ms", DEFAULT_WIDTHS),
                       Row(ds[0], "hybrid1", "gelu", "ce", DEFAULT_WIDTHS)]),
     # What this 2-core CPU does in about an hour (shared with the other
@@ -103,7 +104,8 @@ SCALES = {
                  eval_every=500, val_size=5000, batch_size=256,
                  samples_per_class=32, seeds=5, width_scale=1.0,
                  embedding_dim=64, eval_batch=1000, tsne_points=3000,
-                 rows=_full_rows),
+                 rows=_full_rows, grid="every variant x GELU/ReLU x MS/CE "
+                 "x dataset, involution_only at both widths."),
 }
 
 _SCALE = flags.DEFINE_enum("scale", "cpu", list(SCALES), "Budget.")
@@ -247,6 +249,7 @@ def write_report(results, out: str, command: str, scale_name: str,
       "trains a 10-way head on the embedding; retrieval uses the embedding, "
       "accuracy the head. MNIST: 10,000 training digits (all that is "
       "offline here), not 60,000.", "",
+      f"Rows: {scale['grid']}", "",
       "Widths: *default* (32, 64, 64, 96) for every variant; *matched*: "
       f"involution_only widened to {MATCHED_WIDTHS} so that it has "
       "about as many parameters as hybrid1 (the default-width rows of the "
