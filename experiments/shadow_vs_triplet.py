@@ -172,6 +172,10 @@ def run_all(scale_name: str, dataset, seeds: int, root: str,
   every run (skipped ones included)."""
   scale = SCALES[scale_name]
   keys = grid(scale, dataset)
+  # When the study first started, for its wall time across resumptions.
+  os.makedirs(root, exist_ok=True)
+  if not os.path.exists(os.path.join(root, "started")):
+    io.write_text(os.path.join(root, "started"), f"{time.time():.0f}\n")
   todo = [(seed, key) for seed in range(seeds) for key in keys]
   results = {key: [] for key in keys}
   for i, (seed, key) in enumerate(todo):
@@ -189,6 +193,15 @@ def run_all(scale_name: str, dataset, seeds: int, root: str,
     if on_run_done:
       on_run_done(results, todo[i + 1:])
   return results
+
+
+def _cpu() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
 
 
 def _stats(values):
@@ -233,6 +246,18 @@ def _section_title(ds, keep) -> str:
                       f"imbalanced (classes 0-4 keep {keep:g})")
 
 
+def _compare(a, b, names=("Shadow's", "Triplet's")) -> str:
+  """Where seeds a lie against seeds b: their mean ± std intervals; with
+  one seed on either side only which mean is higher (no spread to judge)."""
+  (ma, sa), (mb, sb) = _stats(a), _stats(b)
+  if min(len(a), len(b)) < 2:
+    return (f"{names[0]} mean is {'higher' if ma > mb else 'lower'} on one "
+            "seed (no spread to judge)")
+  where = ("lies above" if ma - sa > mb + sb else "lies below"
+           if ma + sa < mb - sb else "overlaps")
+  return f"{names[0]} mean ± std interval {where} {names[1]}"
+
+
 def _reading(ds, keep, groups) -> list[str]:
   """Sentences computed from one section's numbers (never fixed prose)."""
   out = []
@@ -243,10 +268,11 @@ def _reading(ds, keep, groups) -> list[str]:
       parts = []
       for k, name in (("map_at_r", "MAP@R"), ("precision_at_1", "P@1")):
         (ms, ss), (mt, st) = _stats(metric(sh, k)), _stats(metric(tr, k))
-        where = ("lies above" if ms - ss > mt + st else "lies below"
-                 if ms + ss < mt - st else "overlaps")
         parts.append(f"{name} {ms:.4f} ± {ss:.4f} vs {mt:.4f} ± {st:.4f}: "
-                     f"Shadow's mean ± std interval {where} Triplet's")
+                     + _compare(metric(sh, k), metric(tr, k)))
+      target = _target(list(groups.values()))
+      parts.append(f"steps to validation P@1 {target}: "
+                   f"{_to_target(sh, target)[0]} vs {_to_target(tr, target)[0]}")
       mem_s = _mb(sh)
       mem_t = _mb(tr)
       if mem_s is not None and mem_t:
@@ -277,10 +303,11 @@ def _reading(ds, keep, groups) -> list[str]:
     if sh and raw:
       (ms, ss), (mr, sr) = (_stats(metric(sh, "map_at_r")),
                             _stats(metric(raw, "map_at_r")))
-      where = ("above" if mr - sr > ms + ss else "below"
-               if mr + sr < ms - ss else "overlapping")
-      out.append(f"{mining}, unnormalised Shadow: MAP@R {mr:.4f} ± {sr:.4f}, "
-                 f"{where} normalised Shadow's {ms:.4f} ± {ss:.4f}.")
+      out.append(f"{mining}, unnormalised vs normalised Shadow: MAP@R "
+                 f"{mr:.4f} ± {sr:.4f} vs {ms:.4f} ± {ss:.4f}: "
+                 + _compare(metric(raw, "map_at_r"), metric(sh, "map_at_r"),
+                            ("the unnormalised one's", "the normalised one's"))
+                 + ".")
   return [line for line in out if line]
 
 
@@ -334,21 +361,28 @@ def _tsne_figure(out: str, ds: str, groups, limit: int) -> str | None:
 
 
 def write_report(results, pending, out: str, command: str, scale_name: str,
-                 seconds: float) -> None:
+                 seconds: float, root: str) -> None:
   scale = SCALES[scale_name]
   done = [s for seeds in results.values() for s in seeds]
   train_minutes = sum(s["train_seconds"] for s in done) / 60
+  try:
+    with open(os.path.join(root, "started")) as f:
+      since = (time.time() - float(f.read())) / 60
+  except (OSError, ValueError):
+    since = None
+  wall = (f"{since:.0f} min since the study's first call started (pauses "
+          "included), " if since is not None else "")
   steps = ", ".join(f"{ds}: {scale.get('steps_by_dataset', {}).get(ds, scale['steps'])}"
                     for ds in dict.fromkeys(k[0] for k in results))
   lines = [
       f"# Shadow vs Triplet ({scale_name} scale)", "",
       f"Command: `{command}`", "",
-      f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), "
+      f"Machine: {_cpu()}, "
       f"{os.cpu_count()} CPUs, load average "
       f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min) when "
       f"this page was written, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
       f"{len(done)} runs done, {train_minutes:.0f} min of training in all; "
-      f"this call's wall time so far {seconds / 60:.0f} min.", "",
+      f"wall time: {wall}{seconds / 60:.0f} min in this call.", "",
       f"Set-up (configs/siamese.py): {done[0]['backbone'] if done else '?'} "
       f"backbone, {done[0]['embedding_dim'] if done else '?'}-d embedding, "
       f"AdamW with warm-up and cosine decay. Steps: {steps}. A step is "
@@ -359,7 +393,7 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
       f"are mined. Validation every {scale['eval_every']} steps on "
       f"{scale['val_size']} training images held out of training "
       "(stratified, so imbalanced like the training set where it is); test: "
-      "the whole test split, at each run's best validation MAP@R checkpoint. "
+      "the whole (balanced) test split, at each run's best validation MAP@R checkpoint. "
       "Metrics are mean ± std over seeds (the number in the seeds column); "
       "R@k is 1 when a correct image is in the top k, so R@1 = P@1. Steps "
       "and epochs to target: median over the seeds that reached the "
@@ -448,7 +482,8 @@ def _plot_curves(results, path: str, scale_name: str) -> None:
     ax.set(xlabel="step", ylabel="validation P@1 (mean over seeds)",
            title=_section_title(ds, keep))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if target is not None:  # Some run is done: there are labelled lines.
+      ax.legend(fontsize=7)
   fig.suptitle(f"Shadow vs Triplet, {scale_name} scale", fontsize=10)
   fig.tight_layout()
   with io.atomic_write(path, "wb") as f:
@@ -473,7 +508,7 @@ def main(argv):
 
   def report(results, pending):
     write_report(results, pending, out, command, _SCALE.value,
-                 time.perf_counter() - start)
+                 time.perf_counter() - start, root)
   run_all(_SCALE.value, _DATASET.value, _SEEDS.value or scale["seeds"], root,
           on_run_done=report)
   print(open(os.path.join(out, "README.md")).read())
