@@ -419,7 +419,22 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
   readings, tsnes = [], []
   for ds, keep, groups in _sections(results):
     targets = {m: _target(groups, m) for m in dict.fromkeys(m for m, _ in groups)}
+    # How much training a section's runs had, and where they ended: a tiny
+    # budget on a hard dataset leaves every loss near chance, which the
+    # reader must see before comparing losses there.
+    budget = {}
+    for (mining, _), seeds in groups.items():
+      for r in seeds:
+        last_step = max(step for step, _ in r["curves"][_CURVE])
+        budget[mining] = last_step * r["epochs_per_step"]
+    best = max((s["metrics"]["precision_at_1"] for seeds in groups.values()
+                for s in seeds), default=None)
     lines += [f"## {_section_title(ds, keep)}", "",
+              "Training: " + ", ".join(
+                  f"{m} {e:.2f} epochs" for m, e in budget.items())
+              + (f"; best test P@1 of any run here {best:.4f}"
+                 if best is not None else "") + ".",
+              "",
               "Target validation P@1: " + ", ".join(
                   f"{m} {'–' if t is None else t}" for m, t in targets.items())
               + ".", "",
