@@ -82,9 +82,11 @@ SCALES = {
                   seeds=2, model=dict(widths=(8, 16, 16, 16),
                                       embedding_dim=16),
                   eval_batch=16, tsne=32),
-    # About 35 minutes of this 2-core CPU when alone: a run is ~45 s
-    # (Fashion-MNIST) or ~75 s (CIFAR-10, 3-channel and augmented, so fewer
-    # steps). Pruned: all four losses only on balanced Fashion-MNIST; the
+    # A run trains ~50 s on this 2-core CPU at load ~4 (Fashion-MNIST at
+    # 300 steps; CIFAR-10, 3-channel and augmented, at 200), plus ~20 s of
+    # test evaluation: the 48 runs of 3 seeds took 52 min of training and
+    # 75 min of wall time beside other jobs; --seeds=2 fits ~35 min.
+    # Pruned: all four losses only on balanced Fashion-MNIST; the
     # imbalanced and CIFAR-10 blocks compare Shadow with Triplet only.
     # Batches: 8 classes x 8 mined, or 21 explicit triplets (63 images).
     "cpu": dict(grid=[("fashion_mnist", 1.0, MININGS, ALL),
@@ -94,7 +96,8 @@ SCALES = {
                 val_size=1000, batch_size=64, samples_per_class=8, triplets=21,
                 seeds=3, model={}, eval_batch=1000, tsne=1500),
     # An accelerator budget near the paper's: the whole grid, the config's
-    # batches (8 x 32 mined, 88 triplets), ~25-30 epochs.
+    # batches (8 x 32 mined, 88 triplets), ~28 (Fashion-MNIST) and ~34
+    # (CIFAR-10) epochs.
     "full": dict(grid=[(ds, keep, MININGS, ALL)
                        for ds in ("fashion_mnist", "cifar10")
                        for keep in (1.0, IMBALANCED)],
@@ -280,7 +283,8 @@ def _reading(ds, keep, groups) -> list[str]:
       mem_t = _mb(tr)
       if mem_s is not None and mem_t:
         parts.append(f"step memory {mem_s:.1f} vs {mem_t:.1f} MB "
-                     f"({100 * (mem_s - mem_t) / mem_t:+.1f}%)")
+                     f"({100 * (mem_s - mem_t) / mem_t:+.1f}%, "
+                     f"{(mem_s - mem_t) * 2**20:+,.0f} bytes)")
       out.append(f"{mining}, Shadow vs Triplet "
                  f"({min(len(sh), len(tr))} seed(s)): " + "; ".join(parts)
                  + ".")
