@@ -78,3 +78,20 @@ def test_fne_vs_fc7_smoke(tmp_path):
   # --scale=full without real data or weights: a clear error.
   full = _run("fne_vs_fc7.py", "--scale=full", f"--workdir={tmp_path / 'f'}")
   assert full.returncode != 0 and "--dataset and --weights" in full.stderr
+
+
+@pytest.mark.slow
+def test_shadow_vs_triplet_smoke(tiny_idx_dir, tmp_path):
+  args = ("--scale=smoke", f"--dataset=idx:{tiny_idx_dir}", "--seeds=2",
+          f"--workdir={tmp_path / 'runs'}")
+  proc = _run("shadow_vs_triplet.py", *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = tmp_path / "runs" / "results"
+  page = (out / "README.md").read_text()
+  assert "| Shadow, unit" in page and "| Triplet, euclidean" in page
+  assert "±" in page and "Pending" not in page and "Reading" in page
+  assert (out / "curves.png").stat().st_size > 0
+  assert any(p.stat().st_size > 0 for p in out.glob("tsne-*.png"))
+  # Done runs are skipped: a second call trains nothing.
+  again = _run("shadow_vs_triplet.py", *args)
+  assert again.returncode == 0 and "train:" not in again.stderr

@@ -97,3 +97,12 @@ def test_explicit_loss_needs_triplet_sampler(tiny_idx_dir, tmp_path):
   config.sampler = "balanced"
   with pytest.raises(UserError, match="triplets"):
     train_lib.train(config, str(tmp_path))
+
+
+def test_siamese_identity_is_json():
+  # A resumed run compares identities as JSON; the imbalance ConfigDict
+  # once made every siamese run unresumable (TypeError).
+  from metricjax.tasks import retrieval
+  for arg in ("keep=1.0", "keep=0.1"):
+    identity = retrieval.identity(load_config("siamese", arg))
+    assert json.loads(json.dumps(identity))["imbalance"]["keep_fraction"] == float(arg[5:])

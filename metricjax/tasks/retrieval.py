@@ -59,10 +59,14 @@ class Meta:
 
 
 def identity(config) -> dict:
-  """What a resumed run must share with the checkpoint's."""
+  """What a resumed run must share with the checkpoint's (JSON-able)."""
+  imbalance = config.get("imbalance")
+  # A ConfigDict (configs/siamese.py's) is no JSON; compared as a dict.
+  if hasattr(imbalance, "to_dict"):
+    imbalance = imbalance.to_dict()
   return dict(dataset=config.dataset, model=config.model.to_dict(),
               classification_head=config.classification_head,
-              imbalance=config.get("imbalance"), held_out=_val_size(config))
+              imbalance=imbalance, held_out=_val_size(config))
 
 
 def _val_size(config) -> int:
