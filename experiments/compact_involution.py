@@ -132,17 +132,7 @@ def _config(scale: dict, row: Row, seed: int):
   config.model.widths = tuple(max(16, int(w * scale["width_scale"]))
                               for w in row.widths)
   config.model.embedding_dim = scale["embedding_dim"]
-  config.batch_size = scale["batch_size"]
-  config.samples_per_class = scale["samples_per_class"]
-  config.total_steps = scale["steps"]
-  config.warmup_steps = min(config.warmup_steps, scale["steps"] // 10)
-  config.log_every = config.eval_every = scale["eval_every"]
-  config.checkpoint_every = scale["eval_every"]
-  config.keep_checkpoints = scale["steps"] // scale["eval_every"] + 1
-  config.val_size = scale["val_size"]
-  config.eval.batch_size = scale["eval_batch"]
-  config.seed = seed
-  return config
+  return study.set_budget(config, scale, seed)
 
 
 def _name(row: Row) -> str:
@@ -298,7 +288,7 @@ def _plot_curves(results, path):
            title=os.path.basename(ds.rstrip("/")))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-  _save(fig, path)
+  study.save_figure(fig, path)
 
 
 def write_tsne(results, scale: dict, root: str, out: str) -> None:
@@ -324,14 +314,7 @@ def write_tsne(results, scale: dict, root: str, out: str) -> None:
           ax, panel["points"], panel["labels"],
           f"{os.path.basename(row.dataset.rstrip('/'))}: hybrid1, MS, "
           f"test MAP@R {summary['metrics']['map_at_r']:.3f}")
-  _save(fig, os.path.join(out, "tsne.png"))
-
-
-def _save(fig, path):
-  fig.tight_layout()
-  with io.atomic_write(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  study.save_figure(fig, os.path.join(out, "tsne.png"))
 
 
 @exit_on_user_error

@@ -94,17 +94,7 @@ def _config(scale: dict, dataset: str, loss: str, trial: dict, seed: int):
   config.model.update(scale["model"])
   config.loss.kwargs = trial["kwargs"]
   config.loss.param_lr_multiplier = trial.get("lr_mult", 1.0)
-  config.batch_size = scale["batch_size"]
-  config.samples_per_class = scale["samples_per_class"]
-  config.total_steps = scale["steps"]
-  config.warmup_steps = min(config.warmup_steps, scale["steps"] // 10)
-  config.log_every = config.eval_every = scale["eval_every"]
-  config.checkpoint_every = scale["eval_every"]
-  config.keep_checkpoints = scale["steps"] // scale["eval_every"] + 1
-  config.val_size = scale["val_size"]
-  config.eval.batch_size = scale["eval_batch"]
-  config.seed = seed
-  return config
+  return study.set_budget(config, scale, seed)
 
 
 def compare(scale_name: str, dataset: str, losses, seeds: int, root: str,
@@ -214,10 +204,7 @@ def write_report(results, out: str, command: str, scale_name: str,
          title=f"Losses on {dataset}, {scale_name} scale")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  with io.atomic_write(os.path.join(out, "curves.png"), "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  study.save_figure(fig, os.path.join(out, "curves.png"))
 
 
 @exit_on_user_error

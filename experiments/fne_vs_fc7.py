@@ -451,10 +451,7 @@ def write_report(out, results, backbone_result, scale_name, dataset, demo,
          f"{scale_name} scale")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  with io.atomic_write(os.path.join(out, "curves.png"), "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  study.save_figure(fig, os.path.join(out, "curves.png"))
 
 
 @exit_on_user_error

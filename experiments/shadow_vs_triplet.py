@@ -369,10 +369,7 @@ def _tsne_figure(out: str, ds: str, groups, limit: int) -> str | None:
                      f"test MAP@R {s['metrics']['map_at_r']:.3f}")
   fig.suptitle(f"{ds}: t-SNE of {min(limit, len(labels))} test embeddings "
                "(seed 0)", fontsize=10)
-  fig.tight_layout()
-  with io.atomic_write(os.path.join(out, name), "wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
+  study.save_figure(fig, os.path.join(out, name), dpi=100)
   io.write_text(stamp_path, stamp)
   return name
 
@@ -548,10 +545,7 @@ def _plot_curves(results, path: str, scale_name: str) -> None:
     if any(groups.values()):  # Labelled lines to list.
       ax.legend(fontsize=7)
   fig.suptitle(f"Shadow vs Triplet, {scale_name} scale", fontsize=10)
-  fig.tight_layout()
-  with io.atomic_write(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
+  study.save_figure(fig, path, dpi=100)
 
 
 @exit_on_user_error

@@ -137,3 +137,29 @@ def scatter_panel(ax, points, labels, title: str) -> None:
 def tsne_panel(ax, embeddings, labels, title: str, seed: int = 0) -> None:
   """A t-SNE of embeddings, coloured by label, on a matplotlib axis."""
   scatter_panel(ax, tsne(embeddings, seed), labels, title)
+
+
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+  """A matplotlib figure as PNG, written atomically, then closed."""
+  import matplotlib.pyplot as plt  # Figures only.
+  fig.tight_layout()
+  with io.atomic_write(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
+  plt.close(fig)
+
+
+def set_budget(config: ml_collections.ConfigDict, scale: dict,
+               seed: int) -> ml_collections.ConfigDict:
+  """A runner's scale on a retrieval config: batch, steps, and validation
+  with a checkpoint at every validated step (selection needs them)."""
+  config.batch_size = scale["batch_size"]
+  config.samples_per_class = scale["samples_per_class"]
+  config.total_steps = scale["steps"]
+  config.warmup_steps = min(config.warmup_steps, scale["steps"] // 10)
+  config.log_every = config.eval_every = scale["eval_every"]
+  config.checkpoint_every = scale["eval_every"]
+  config.keep_checkpoints = scale["steps"] // scale["eval_every"] + 1
+  config.val_size = scale["val_size"]
+  config.eval.batch_size = scale["eval_batch"]
+  config.seed = seed
+  return config
