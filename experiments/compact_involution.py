@@ -314,7 +314,7 @@ def write_tsne(results, scale: dict, root: str, out: str) -> None:
     # The page is redrawn after every row: fit each panel once.
     cache = os.path.join(workdir, f"tsne-{summary['step']}.npz")
     if not os.path.exists(cache):
-      emb, labels = study.test_embeddings(workdir, summary["step"],
+      emb, labels = study.split_embeddings(workdir, summary["step"],
                                           scale["tsne_points"])
       with io.atomic_write(cache, "wb") as f:
         np.savez(f, points=study.tsne(emb), labels=labels)

@@ -43,7 +43,6 @@ from absl import app
 from absl import flags
 import matplotlib
 import matplotlib.pyplot as plt
-import numpy as np
 
 from metricjax import io
 from metricjax import study
@@ -358,13 +357,10 @@ def _tsne_figure(out: str, ds: str, groups, limit: int) -> str | None:
     ax.axis("off")
   for (mining, loss) in panels:
     s = seed0[(mining, loss)]
-    # All test images, then a seeded subset: image folders (CIFAR-10) are
-    # sorted by class, so the first `limit` would be a class or two.
-    emb, labels = study.test_embeddings(s["workdir"], s["step"], limit=10**9)
-    pick = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
+    emb, labels = study.split_embeddings(s["workdir"], s["step"], limit)
     ax = axes[minings.index(mining), PAIR.index(loss)]
     ax.axis("on")
-    study.tsne_panel(ax, np.asarray(emb)[pick], labels[pick],
+    study.tsne_panel(ax, emb, labels,
                      f"{LOSSES[loss]['label']}, {mining}\n"
                      f"test MAP@R {s['metrics']['map_at_r']:.3f}")
   fig.suptitle(f"{ds}: t-SNE of {min(limit, len(labels))} test embeddings "

@@ -100,20 +100,23 @@ def fmt_std(values, scale: float = 1.0, digits: int = 4) -> str:
   return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def test_embeddings(workdir: str, step: int, limit: int = 2000,
-                    split: str | None = None):
-  """(embeddings, labels) of the first `limit` images of the evaluation
-  split (default config.eval_split) at a checkpoint of a retrieval run."""
+def split_embeddings(workdir: str, step: int, limit: int = 2000,
+                     split: str | None = None):
+  """(embeddings, labels) of `limit` images of the evaluation split
+  (default config.eval_split) at a checkpoint of a retrieval run: a seeded
+  random subset in file order, since image folders are sorted by class and
+  their first images would be one or two classes."""
   restored = evaluate_lib.restore(workdir, step)
   ds = data_lib.load_dataset(restored.config.dataset,
                              split or restored.config.eval_split)
+  pick = np.sort(np.random.default_rng(0).permutation(len(ds))[:limit])
   variables = {"params": restored.state.params,
                "batch_stats": restored.state.batch_stats}
   outputs = inference.embed(
-      restored.model, variables, ds.images[:limit],
+      restored.model, variables, ds.images[pick],
       batch_size=restored.config.eval.batch_size, mesh=restored.mesh,
       desc=f"embed {ds.name}")
-  return outputs["embedding"], np.asarray(ds.labels[:limit])
+  return outputs["embedding"], np.asarray(ds.labels)[pick]
 
 
 def tsne(embeddings, seed: int = 0) -> np.ndarray:
