@@ -245,8 +245,8 @@ def write_report(results, out: str, command: str, scale_name: str,
       "(test split against itself, cosine) at the best-validation "
       f"checkpoint; mean ± std over {seeds} seed(s). MS: pytorch-metric-"
       "learning's defaults (alpha 2, beta 50, base 0.5, epsilon 0.1). CE "
-      "trains a classification head on the embedding; retrieval uses the embedding, "
-      "accuracy the head. MNIST: 10,000 training digits (all that is "
+      "trains a classification head on the embedding; retrieval uses the "
+      "embedding, accuracy the head. MNIST: 10,000 training digits (all that is "
       "offline here), not 60,000.", "",
       f"Rows: {scale['grid']}", "",
       "Widths: *default* (32, 64, 64, 96) for every variant; *matched*: "
