@@ -30,7 +30,6 @@ Runs are resumable and skipped when done (WORKDIR/<name>-<hash>/); the page
 every run, with what is still pending.
 """
 
-import hashlib
 import json
 import os
 import platform
@@ -160,11 +159,6 @@ def _name(dataset, keep, mining, loss) -> str:
   return f"{ds}-{'bal' if keep >= 1 else 'imb'}-{mining}-{loss}"
 
 
-def _workdir(root: str, key, config) -> str:
-  tag = hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode())
-  return os.path.join(root, f"{_name(*key)}-{tag.hexdigest()[:10]}")
-
-
 def run_all(scale_name: str, dataset, seeds: int, root: str,
             on_run_done=None):
   """{key: [summary per seed done]}, key = (dataset, keep, mining, loss).
@@ -182,12 +176,14 @@ def run_all(scale_name: str, dataset, seeds: int, root: str,
   results = {key: [] for key in keys}
   for i, (seed, key) in enumerate(todo):
     config = _config(scale, *key, seed)
-    workdir = _workdir(root, key, config)
+    workdir = study.run_dir(root, _name(*key), config)
     print(f"== {_name(*key)} seed {seed}", flush=True)
     summary = dict(study.run(config, workdir, select=_SELECT))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       last = [json.loads(line) for line in f][-1]
     summary.update(seed=seed, workdir=workdir,
+                   silhouette=_silhouette(workdir, summary["step"],
+                                          scale["tsne"]),
                    epochs_per_step=last["epoch"] / last["step"],
                    backbone=config.model.variant,
                    embedding_dim=config.model.embedding_dim)
@@ -195,6 +191,20 @@ def run_all(scale_name: str, dataset, seeds: int, root: str,
     if on_run_done:
       on_run_done(results, todo[i + 1:])
   return results
+
+
+def _silhouette(workdir: str, step: int, limit: int) -> float:
+  """Silhouette score (cosine) of `limit` test embeddings by class at the
+  selected checkpoint: paper 2's measure of tight, separated clusters.
+  Stored in the run directory, computed once."""
+  path = os.path.join(workdir, f"silhouette-{step}-{limit}.json")
+  if not os.path.exists(path):
+    from sklearn.metrics import silhouette_score  # Slow to import.
+    emb, labels = study.split_embeddings(workdir, step, limit)
+    io.write_json(path, dict(silhouette=float(
+        silhouette_score(emb, labels, metric="cosine"))))
+  with open(path) as f:
+    return json.load(f)["silhouette"]
 
 
 def _cpu() -> str:
@@ -276,12 +286,14 @@ def _compare(a, b, names=("Shadow's", "Triplet's")) -> str:
 def _reading(ds, keep, groups) -> list[str]:
   """Sentences computed from one section's numbers (never fixed prose)."""
   out = []
-  metric = lambda seeds, k: [s["metrics"][k] for s in seeds]
+  metric = lambda seeds, k: [s[k] if k == "silhouette" else s["metrics"][k]
+                             for s in seeds]
   for mining in MININGS:
     sh, tr = groups.get((mining, "shadow")), groups.get((mining, "triplet"))
     if sh and tr:
       parts = []
-      for k, name in (("map_at_r", "MAP@R"), ("precision_at_1", "P@1")):
+      for k, name in (("map_at_r", "MAP@R"), ("precision_at_1", "P@1"),
+                      ("silhouette", "silhouette")):
         (ms, ss), (mt, st) = _stats(metric(sh, k)), _stats(metric(tr, k))
         parts.append(f"{name} {ms:.4f} ± {ss:.4f} vs {mt:.4f} ± {st:.4f}: "
                      + _compare(metric(sh, k), metric(tr, k)))
@@ -411,7 +423,10 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
       "(stratified, so imbalanced like the training set where it is); test: "
       "the whole (balanced) test split, at each run's best validation MAP@R checkpoint. "
       "Metrics are mean ± std over seeds (the number in the seeds column); "
-      "R@k is 1 when a correct image is in the top k, so R@1 = P@1. Steps "
+      "R@k is 1 when a correct image is in the top k, so R@1 = P@1. "
+      f"Silhouette: sklearn's silhouette score (cosine) of {scale['tsne']} "
+      "test embeddings (a seeded random subset) by class, the measure of "
+      "tight, separated clusters paper 2's v2 reports (-1 to 1). Steps "
       "and epochs to target: median over the seeds that reached the "
       "target validation P@1 (how many did in brackets); the target of a "
       "section's mining is 95% of the median over its losses of the best "
@@ -452,13 +467,13 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
                   f"{m} {'–' if t is None else t}" for m, t in targets.items())
               + ".", "",
               "| loss | mining | seeds | test P@1 | R@1 | R@5 | R@10 | MAP@R "
-              "| steps to target | epochs to target | step MB | images/s "
-              "| train s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| silhouette | steps to target | epochs to target | step MB "
+              "| images/s | train s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (mining, loss), seeds in groups.items():
       if not seeds:
         lines.append(f"| {LOSSES[loss]['label']} | {mining} | 0 | pending "
-                     "| | | | | | | | | |")
+                     "| | | | | | | | | | |")
         continue
       m = lambda k: study.fmt_std([s["metrics"][k] for s in seeds])
       steps_t, epochs_t = _to_target(seeds, targets[mining])
@@ -466,7 +481,9 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
       lines.append(
           f"| {LOSSES[loss]['label']} | {mining} | {len(seeds)} "
           f"| {m('precision_at_1')} | {m('recall_at_1')} | {m('recall_at_5')} "
-          f"| {m('recall_at_10')} | {m('map_at_r')} | {steps_t} | {epochs_t} "
+          f"| {m('recall_at_10')} | {m('map_at_r')} "
+          f"| {study.fmt_std([s['silhouette'] for s in seeds], digits=3)} "
+          f"| {steps_t} | {epochs_t} "
           f"| {'–' if mb is None else f'{mb:.1f}'} "
           f"| {statistics.median(s['images_per_sec'] for s in seeds):.0f} "
           f"| {statistics.median(s['train_seconds'] for s in seeds):.0f} |")
@@ -477,7 +494,7 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
       tsnes.append((ds, _tsne_figure(out, ds, groups, scale["tsne"])))
   lines += ["## Reading (computed from the tables)", ""]
   # The headline: every section x mining where both have 2+ seeds.
-  outcome, same_mem, n = {}, 0, 0
+  outcome, clusters, same_mem, n = {}, {}, 0, 0
   for _, _, groups in _sections(results):
     for mining in MININGS:
       sh = groups.get((mining, "shadow")) or []
@@ -488,6 +505,9 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
       where = _where([r["metrics"]["map_at_r"] for r in sh],
                      [r["metrics"]["map_at_r"] for r in tr])
       outcome[where] = outcome.get(where, 0) + 1
+      where = _where([r["silhouette"] for r in sh],
+                     [r["silhouette"] for r in tr])
+      clusters[where] = clusters.get(where, 0) + 1
       same_mem += _mb(sh) == _mb(tr)
   if n:
     lines.append(
@@ -495,8 +515,10 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
         f"mining, 2+ seeds each), Shadow's test MAP@R mean ± std interval "
         f"lies above Triplet's in {outcome.get('above', 0)}, below in "
         f"{outcome.get('below', 0)} and overlaps it in "
-        f"{outcome.get('overlaps', 0)}; the compiled step's temp memory is "
-        f"the same to the byte in {same_mem} of {n}.")
+        f"{outcome.get('overlaps', 0)}; its silhouette score's lies above "
+        f"in {clusters.get('above', 0)}, below in {clusters.get('below', 0)} "
+        f"and overlaps in {clusters.get('overlaps', 0)}; the compiled "
+        f"step's temp memory is the same to the byte in {same_mem} of {n}.")
   lines += readings or ["- Nothing to compare yet."]
   lines += ["", "![validation P@1](curves.png)", ""]
   for ds, name in tsnes:
