@@ -19,7 +19,6 @@ import collections
 import os
 import platform
 import statistics
-import sys
 import time
 
 from absl import app
@@ -227,7 +226,7 @@ def write_report(results, out: str, command: str, scale_name: str,
   seeds = max(len(rs) for rs in results.values())
   lines = [
       f"# Paper 1: compact involution model ({scale_name} scale)", "",
-      f"Command: `METRICJAX_DATA_DIR=../shared/datasets {command}`", "",
+      f"Command: `{command}`", "",
       f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared with "
       f"other studies; load average {os.getloadavg()[0]:.2f} when this page "
       f"was written; {time.strftime('%Y-%m-%d')}; {len(runs)} runs, "
@@ -342,7 +341,7 @@ def main(argv):
                                          "compact_involution"))
   rows = scale["rows"](datasets)
   start = time.perf_counter()
-  command = "python experiments/compact_involution.py " + " ".join(sys.argv[1:])
+  command = study.command_line("compact_involution.py")
 
   def report(results):
     pending = [_name(r) for r in rows if r not in results]

@@ -16,7 +16,6 @@ Runs are resumable and skipped when done (WORKDIR/<loss>-<hash>/...).
 
 import os
 import platform
-import sys
 import time
 
 from absl import app
@@ -221,7 +220,7 @@ def main(argv):
                        else os.path.join(REPO, "experiments", "results",
                                          "compare_losses"))
   start = time.perf_counter()
-  command = "python experiments/compare_losses.py " + " ".join(sys.argv[1:])
+  command = study.command_line("compare_losses.py")
 
   def report(results):
     pending = [l for l in _LOSSES.value if l not in results]

@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
 from absl import app
@@ -288,10 +287,10 @@ def write_report(out, results, backbone_result, scale_name, dataset, demo,
       "`--scale=... --seeds=N` runs them all):", "",
       "```",
       "python -m metricjax.train --config=configs/fne_vse.py:dataset="
-      + (f"karpathy:WORKDIR/data/caption_demo-TAG/dataset_caption_demo.json,"
+      + ("karpathy:WORKDIR/data/caption_demo-TAG/dataset_caption_demo.json,"
          if demo_scale else f"{dataset},")
       + "image_features=fne,loss=sum,"
-      + (f"backbone=vgg,weights=WORKDIR/cifar_vgg-TAG.npz"
+      + ("backbone=vgg,weights=WORKDIR/cifar_vgg-TAG.npz"
          if demo_scale else f"weights={_WEIGHTS.value}")
       + f",embed_dim={scale['embed_dim']} "
       f"--config.model.word_dim={scale['word_dim']} --config.seed=0 "
@@ -493,7 +492,7 @@ def main(argv):
     default_out = os.path.join(REPO, "experiments", "results", "fne_vs_fc7")
   out = _OUT.value or (os.path.join(root, "results") if scale_name == "smoke"
                        else default_out)
-  command = "python experiments/fne_vs_fc7.py " + " ".join(sys.argv[1:])
+  command = study.command_line("fne_vs_fc7.py")
   start = time.perf_counter()
   results = []
   for seed in range(seeds):

@@ -35,7 +35,6 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
 
 from absl import app
@@ -579,7 +578,7 @@ def main(argv):
                        else os.path.join(REPO, "experiments", "results",
                                          "shadow_vs_triplet"))
   start = time.perf_counter()
-  command = "python experiments/shadow_vs_triplet.py " + " ".join(sys.argv[1:])
+  command = study.command_line("shadow_vs_triplet.py")
 
   def report(results, pending):
     write_report(results, pending, out, command, _SCALE.value,

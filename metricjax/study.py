@@ -13,6 +13,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 
 import ml_collections
@@ -27,6 +28,13 @@ from metricjax import train as train_lib
 # Two-sided 95% Student t quantiles t(0.975, df), df = n - 1 seeds.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
          7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def command_line(script: str) -> str:
+  """This runner's command line as typed from the repository root, with
+  the offline data of ../shared/datasets (for a results page)."""
+  return " ".join(["METRICJAX_DATA_DIR=../shared/datasets python",
+                   f"experiments/{script}", *sys.argv[1:]])
 
 
 def run_dir(root: str, name: str, config: ml_collections.ConfigDict) -> str:
