@@ -18,7 +18,7 @@ R-precision and MAP@R are undefined for them. If every query is lone the
 metrics are NaN.
 
 Ranking is by cosine similarity (both sides normalised), found by the
-exact `metricjax.search.knn`; among equal similarities the lower reference
+exact `metricjax.ops.knn.knn`; among equal similarities the lower reference
 index ranks first, so results are deterministic.
 """
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from metricjax import search
+from metricjax.ops.knn import knn
 
 # Similarity rows kept in memory at once by the cross-modal metrics: 2**24
 # float32 is 64 MiB.
@@ -118,7 +118,7 @@ def retrieval_metrics(query, query_labels, reference=None,
 
   num_queries = len(query)
   # The neighbours, exact and chunked over the references (metricjax.search).
-  _, indices = search.knn(query, reference, k, metric="cosine",
+  _, indices = knn(query, reference, k, metric="cosine",
                           exclude=np.arange(num_queries) if same_source else None)
   if chunk_size is None:
     chunk_size = max(1, _CHUNK_ELEMENTS // k)

@@ -1,6 +1,6 @@
 """Exact top-k of query-reference scores, chunked so memory stays bounded.
 
-The kernel of `metricjax.search.knn`. Scores are float32 dot products at
+The kernel of `metricjax.ops.knn.knn`. Scores are float32 dot products at
 Precision.HIGHEST; "larger is better" throughout (the l2 metric ranks by
 q.r - |r|^2 / 2, which orders references like -|q - r|^2). Ties go to the
 lower reference index: `lax.top_k` is stable, reference chunks are visited
