@@ -15,52 +15,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     "jax-test-compilation"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
-import gzip
-import struct
-
-import numpy as np
 import pytest
 
-
-def write_idx(path, array: np.ndarray) -> None:
-  """MNIST-format IDX file (gzip when the name ends in .gz)."""
-  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-  header += struct.pack(f">{array.ndim}I", *array.shape)
-  opener = gzip.open if str(path).endswith(".gz") else open
-  with opener(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-def make_separable_images(num: int, num_classes: int, seed: int):
-  """28x28 digits-like images whose class is a bright square's position."""
-  rng = np.random.default_rng(seed)
-  labels = np.arange(num) % num_classes
-  images = rng.integers(0, 40, size=(num, 28, 28), dtype=np.uint8)
-  for i, c in enumerate(labels):
-    r, q = divmod(int(c), 2)
-    images[i, 4 + 10 * r:12 + 10 * r, 4 + 12 * q:12 + 12 * q] = 220
-  return images, labels
-
-
-def make_grating_images(num: int, num_classes: int, seed: int,
-                        noise: float = 60.0):
-  """28x28 noisy gratings whose class is their orientation (random phase).
-
-  Unlike make_separable_images, an untrained net does not already rank
-  them by class (P@1 ~0.45 at 4 classes), so training has something to
-  learn and a broken loss shows.
-  """
-  rng = np.random.default_rng(seed)
-  labels = np.arange(num) % num_classes
-  yy, xx = np.mgrid[:28, :28]
-  images = np.empty((num, 28, 28), np.uint8)
-  for i, c in enumerate(labels):
-    theta = np.pi * c / num_classes + rng.normal(0, 0.05)
-    wave = np.sin(2 * np.pi / 7 * (np.cos(theta) * xx + np.sin(theta) * yy)
-                  + rng.uniform(0, 2 * np.pi))
-    images[i] = np.clip(128 + 50 * wave + rng.normal(0, noise, (28, 28)),
-                        0, 255)
-  return images, labels
+from helpers import make_grating_images
+from helpers import make_separable_images
+from helpers import tiny_config
+from helpers import write_idx
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +51,6 @@ def tiny_run(tiny_idx_dir, tmp_path_factory):
   6), its evaluation, and the config; shared, so copy the workdir before
   changing it."""
   from metricjax import evaluate, train  # after XLA_FLAGS
-  from test_train import tiny_config
   config = tiny_config(tiny_idx_dir, augment=True, log_every=1)
   workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
   train.train(config, workdir)
@@ -102,40 +61,3 @@ def tiny_run(tiny_idx_dir, tmp_path_factory):
 def tiny_workdir(tiny_run):
   """tiny_run's workdir, for tests that only read it (search, export)."""
   return tiny_run[0]
-
-
-def load_config(name: str, arg: str | None = None):
-  """configs/<name>.py's get_config(arg), loaded as the CLI loads it."""
-  from metricjax.config_utils import load_config as load  # after XLA_FLAGS
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
-                      f"{name}.py")
-  return load(path + (f":{arg}" if arg else ""))
-
-
-def hue_images(n: int, seed: int, name: str = "hues"):
-  """16x16 RGB ArrayDataset, 4 classes, each its own dominant channel
-  (the caption demo's captions then name a colour per class)."""
-  from metricjax.data.dataset import ArrayDataset
-  from metricjax.data.sources import CIFAR10_CLASSES
-  rng = np.random.default_rng(seed)
-  labels = (np.arange(n) % 4).astype(np.int32)
-  images = rng.integers(0, 80, (n, 16, 16, 3), np.uint8)
-  for i, c in enumerate(labels):
-    images[i, ..., c % 3] += 120
-  return ArrayDataset(images, labels, 10, CIFAR10_CLASSES, name, "x", "x")
-
-
-def write_random_vgg(path, arch: dict, image_size: int = 16) -> None:
-  """A backbone .npz of a VGG of `arch` with random weights (drawn in
-  numpy: no init compilation)."""
-  import jax
-  from metricjax.models import convert
-  from metricjax.models import vgg
-  shapes = jax.eval_shape(
-      vgg.VGG(**arch).init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(
-      np.float32), shapes["params"])
-  convert.save_params_npz(path, params, dict(
-      arch="vgg", model=arch, image_size=image_size, preprocess="torch"))

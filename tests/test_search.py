@@ -11,9 +11,9 @@ import pytest
 
 from metricjax import search
 from metricjax.errors import UserError
-from conftest import make_separable_images
+from helpers import make_separable_images
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_index(n=50, dim=8, metric="cosine"):

@@ -13,25 +13,8 @@ import pytest
 from metricjax import evaluate as evaluate_lib
 from metricjax import train as train_lib
 from metricjax.errors import UserError
-from conftest import load_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir, **overrides):
-  config = load_config("compact_involution", overrides.pop("arg", None))
-  config.dataset = f"idx:{data_dir}"
-  config.model.widths = (8, 16, 16, 16)
-  config.model.embedding_dim = 16
-  config.batch_size = 16
-  config.samples_per_class = 4
-  config.total_steps = 6
-  config.warmup_steps = 1
-  config.log_every = 2
-  config.checkpoint_every = 3
-  config.eval.batch_size = 16
-  config.update(overrides)
-  return config
+from helpers import load_config
+from helpers import REPO
 
 
 def test_devices_are_simulated():

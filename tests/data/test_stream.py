@@ -14,7 +14,7 @@ from metricjax.data import load_dataset
 from metricjax.data import packed
 from metricjax.data import stream
 from metricjax.errors import UserError
-from test_train import tiny_config
+from helpers import tiny_config
 
 
 def test_host_samplers_are_valid_and_deterministic():

@@ -33,10 +33,10 @@ from metricjax.data import captions as captions_lib
 from metricjax.data import sources
 from metricjax.data import tfds_source
 from metricjax.errors import UserError
-from conftest import make_separable_images, write_idx
-from test_train import tiny_config
+from helpers import make_separable_images, write_idx
+from helpers import tiny_config
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_one_paragraph(message: str):

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(script, *args, timeout=600):
@@ -52,7 +52,7 @@ def test_compact_involution_smoke(tiny_idx_dir, tmp_path):
 
 @pytest.mark.slow
 def test_fne_vs_fc7_smoke(tmp_path):
-  from conftest import hue_images  # pylint: disable=g-import-not-at-top
+  from helpers import hue_images  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   # A CIFAR-10-like image folder (RGB, CIFAR class names): the backbone
   # trains on it and the caption demo is composed from it.

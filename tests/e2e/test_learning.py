@@ -12,10 +12,10 @@ from metricjax import evaluate as evaluate_lib
 from metricjax import losses
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
-from conftest import hue_images
-from conftest import load_config
-from conftest import write_random_vgg
-from test_train import tiny_config
+from helpers import hue_images
+from helpers import load_config
+from helpers import write_random_vgg
+from helpers import tiny_config
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 
 from metricjax import evaluate as evaluate_lib
 from metricjax import train as train_lib
-from conftest import load_config
+from helpers import load_config
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
 OVERRIDES = {"model.widths": "(8,16,16,16)", "model.embedding_dim": "16",
              "batch_size": "16", "samples_per_class": "4",

@@ -32,9 +32,9 @@ from metricjax import step as step_lib
 from metricjax import train as train_lib
 from metricjax.errors import UserError
 from metricjax.tasks import retrieval
-from test_train import tiny_config
+from helpers import REPO
+from helpers import tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 
 
@@ -107,7 +107,7 @@ def test_same_config_and_seed_give_identical_results(tiny_idx_dir, tmp_path,
 CHILD_CONFIG = """
 import os, sys, time
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from helpers import tiny_config
 
 def _pause_after_logging(step, until):
   main = sys.modules["__main__"]  # metricjax.train, run with -m.

@@ -10,7 +10,7 @@ from metricjax import losses
 from metricjax import train as train_lib
 from metricjax.data.dataset import ArrayDataset
 from metricjax.errors import UserError
-from conftest import load_config
+from helpers import load_config
 
 
 def test_random_triplets_are_valid():

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import hue_images
-from conftest import load_config
-from conftest import write_random_vgg
+from helpers import hue_images
+from helpers import load_config
+from helpers import write_random_vgg
 from metricjax import evaluate as evaluate_lib
 from metricjax import fne
 from metricjax import train as train_lib
@@ -22,7 +22,6 @@ from metricjax.models import vgg
 
 TINY_VGG = dict(blocks=((4,), (8, 8)), fc_dims=(16, 12), num_classes=5,
                 pool_size=(2, 2))
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROSSMODAL_KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1",
                    "t2i_r5", "t2i_r10", "t2i_medr", "rsum"}
 
