@@ -13,7 +13,7 @@ import pytest
 from metricjax import evaluate as evaluate_lib
 from metricjax import train as train_lib
 from metricjax.errors import UserError
-from helpers import load_config
+from helpers import tiny_config
 from helpers import REPO
 
 
