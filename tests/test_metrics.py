@@ -1,4 +1,5 @@
-"""Retrieval metrics against pytorch-metric-learning's AccuracyCalculator."""
+"""Retrieval metrics against pytorch-metric-learning's AccuracyCalculator;
+cross-modal (image-caption) metrics against VSE++'s evaluation."""
 
 import math
 
@@ -152,3 +153,106 @@ def test_ties_rank_lower_index_first():
 def test_accuracy():
   logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
   assert metrics.accuracy(logits, np.array([1, 0, 0])) == pytest.approx(2 / 3)
+
+
+# --- Cross-modal metrics vs VSE++'s evaluation.py -----------------------------
+
+
+def vsepp_i2t(images, captions):
+  """evaluation.i2t, transcribed (images repeated 5 times per image)."""
+  npts = images.shape[0] // 5
+  ranks = np.zeros(npts)
+  for index in range(npts):
+    im = images[5 * index].reshape(1, images.shape[1])
+    d = np.dot(im, captions.T).flatten()
+    inds = np.argsort(d)[::-1]
+    rank = 1e20
+    for i in range(5 * index, 5 * index + 5, 1):
+      tmp = np.where(inds == i)[0][0]
+      if tmp < rank:
+        rank = tmp
+    ranks[index] = rank
+  r1 = 100.0 * len(np.where(ranks < 1)[0]) / len(ranks)
+  r5 = 100.0 * len(np.where(ranks < 5)[0]) / len(ranks)
+  r10 = 100.0 * len(np.where(ranks < 10)[0]) / len(ranks)
+  medr = np.floor(np.median(ranks)) + 1
+  return r1, r5, r10, medr
+
+
+def vsepp_t2i(images, captions):
+  """evaluation.t2i, transcribed."""
+  npts = images.shape[0] // 5
+  ims = np.array([images[i] for i in range(0, len(images), 5)])
+  ranks = np.zeros(5 * npts)
+  for index in range(npts):
+    queries = captions[5 * index:5 * index + 5]
+    d = np.dot(queries, ims.T)
+    inds = np.zeros(d.shape)
+    for i in range(len(inds)):
+      inds[i] = np.argsort(d[i])[::-1]
+      ranks[5 * index + i] = np.where(inds[i] == index)[0][0]
+  r1 = 100.0 * len(np.where(ranks < 1)[0]) / len(ranks)
+  r5 = 100.0 * len(np.where(ranks < 5)[0]) / len(ranks)
+  r10 = 100.0 * len(np.where(ranks < 10)[0]) / len(ranks)
+  medr = np.floor(np.median(ranks)) + 1
+  return r1, r5, r10, medr
+
+
+def correlated_embeddings(n_images, seed, noise):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(n_images, 16))
+  caps = np.repeat(images, 5, axis=0) + noise * rng.normal(size=(5 * n_images,
+                                                                 16))
+  images /= np.linalg.norm(images, axis=1, keepdims=True)
+  caps /= np.linalg.norm(caps, axis=1, keepdims=True)
+  return images.astype(np.float32), caps.astype(np.float32)
+
+
+@pytest.mark.parametrize("n_images, noise", [(40, 2.5), (40, 6.0), (37, 4.0)])
+def test_crossmodal_metrics_match_vsepp(n_images, noise):
+  images, caps = correlated_embeddings(n_images, n_images, noise)
+  # Float64 scores of the float32 embeddings, as the metrics compute them.
+  im64, cap64 = images.astype(np.float64), caps.astype(np.float64)
+  sims = im64 @ cap64.T
+  assert len(np.unique(sims)) == sims.size  # Ties-free: ranks are defined.
+  got = metrics.crossmodal_metrics(images, caps)
+  i2t = vsepp_i2t(np.repeat(im64, 5, axis=0), cap64)
+  t2i = vsepp_t2i(np.repeat(im64, 5, axis=0), cap64)
+  want = dict(zip(("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr"), i2t))
+  want.update(zip(("t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr"), t2i))
+  want["rsum"] = sum(i2t[:3]) + sum(t2i[:3])
+  assert set(got) == set(want)
+  for k in want:
+    assert got[k] == pytest.approx(want[k], abs=1e-9), k
+  assert all(isinstance(v, float) for v in got.values())
+  # The cases are informative: neither perfect nor chance.
+  assert 0 < got["t2i_r1"] < 100 and got["i2t_medr"] + got["t2i_medr"] > 2
+
+
+def test_crossmodal_metrics_known_ranks_and_ties():
+  # 2 images, 1 caption each, along the axes: caption 0 scores image 1 higher.
+  images = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+  caps = np.array([[0.1, 0.9], [0.0, 1.0]], np.float32)
+  got = metrics.crossmodal_metrics(images, caps, captions_per_image=1)
+  # i2t: image 0 ranks caption 0 first (0.1 > 0.0); image 1 ranks caption 1
+  # first (1.0 > 0.9). t2i: caption 0 ranks image 0 second.
+  assert got["i2t_r1"] == 100.0 and got["t2i_r1"] == 50.0
+  assert got["t2i_medr"] == 1.0  # floor(median(0, 1)) + 1
+  # All scores equal (a collapsed model): ties count against the query.
+  flat = metrics.crossmodal_metrics(np.ones((4, 3)), np.ones((20, 3)))
+  assert flat["i2t_r1"] == 0.0 and flat["t2i_r1"] == 0.0
+  assert flat["t2i_medr"] == 4.0
+  with pytest.raises(ValueError, match="per image"):
+    metrics.crossmodal_metrics(np.ones((4, 3)), np.ones((19, 3)))
+
+
+def test_coco_1k_5fold_averages_folds():
+  images, caps = correlated_embeddings(50, 7, 2.0)
+  got = metrics.coco_1k_5fold(images, caps, fold_size=10)
+  folds = [metrics.crossmodal_metrics(images[10 * f:10 * f + 10],
+                                      caps[50 * f:50 * f + 50])
+           for f in range(5)]
+  for k in got:
+    assert got[k] == pytest.approx(np.mean([m[k] for m in folds]))
+  with pytest.raises(ValueError, match="5 x 10"):
+    metrics.coco_1k_5fold(images[:40], caps[:200], fold_size=10)
