@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from metricjax import data as data_lib
-from metricjax import losses
 from metricjax import train as train_lib
 from metricjax.data.dataset import ArrayDataset
 from metricjax.errors import UserError
@@ -25,28 +24,6 @@ def test_random_triplets_are_valid():
   # Anchors are uniform over examples of classes with >= 2 members.
   share = np.bincount(labels[a], minlength=5) / len(a)
   np.testing.assert_allclose(share[[0, 2, 3]], np.array([5, 3, 7]) / 15, atol=0.04)
-
-
-def test_explicit_triplet_loss_matches_torch():
-  torch = pytest.importorskip("torch")
-  rng = np.random.default_rng(0)
-  a, p, n = (rng.normal(size=(16, 8)).astype(np.float32) for _ in range(3))
-  for normalize in (True, False):
-    ours = losses.triplet_loss(a, p, n, margin=0.3, normalize=normalize)
-    ta, tp, tn = (torch.tensor(v) for v in (a, p, n))
-    if normalize:
-      ta, tp, tn = (torch.nn.functional.normalize(v) for v in (ta, tp, tn))
-    # eps=0: torch otherwise adds eps inside the distance.
-    ref = torch.nn.TripletMarginLoss(margin=0.3, eps=0.0)(ta, tp, tn)
-    np.testing.assert_allclose(float(ours), float(ref), rtol=1e-5)
-
-
-def test_shadow_explicit_is_half_squared_triplet_on_unit_vectors():
-  rng = np.random.default_rng(1)
-  a, p, n = (rng.normal(size=(32, 8)).astype(np.float32) for _ in range(3))
-  shadow = losses.shadow_loss(a, p, n, margin=0.1)
-  triplet = losses.triplet_loss(a, p, n, margin=0.2, distance="squared_euclidean")
-  np.testing.assert_allclose(float(shadow), 0.5 * float(triplet), rtol=1e-5)
 
 
 def test_imbalanced_keeps_a_seeded_fraction():
