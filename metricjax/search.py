@@ -76,9 +76,9 @@ class Model:
   @classmethod
   def from_checkpoint(cls, workdir: str, step: int | None = None) -> "Model":
     # Imported here: knn users need neither checkpoints nor the data layer.
-    from metricjax import evaluate
+    from metricjax import restore as restore_lib  # pylint: disable=g-import-not-at-top
     from metricjax.inference import batched_apply
-    restored = evaluate.restore(workdir, step)
+    restored = restore_lib.restore(workdir, step)
     config, mesh = restored.config, restored.mesh
     if config.get("task", "retrieval") != "retrieval":
       raise UserError(

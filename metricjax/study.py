@@ -23,6 +23,7 @@ from metricjax import data as data_lib
 from metricjax import evaluate as evaluate_lib
 from metricjax import inference
 from metricjax import io
+from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 
 # Two-sided 95% Student t quantiles t(0.975, df), df = n - 1 seeds.
@@ -59,7 +60,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   start = time.perf_counter()
   train_lib.train(config, workdir)
   seconds = time.perf_counter() - start
-  step = evaluate_lib.best_step(workdir, select) if select else None
+  step = restore_lib.best_step(workdir, select) if select else None
   result = evaluate_lib.evaluate(workdir, step)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -114,7 +115,7 @@ def split_embeddings(workdir: str, step: int, limit: int = 2000,
   (default config.eval_split) at a checkpoint of a retrieval run: a seeded
   random subset in file order, since image folders are sorted by class and
   their first images would be one or two classes."""
-  restored = evaluate_lib.restore(workdir, step)
+  restored = restore_lib.restore(workdir, step)
   ds = data_lib.load_dataset(restored.config.dataset,
                              split or restored.config.eval_split)
   pick = np.sort(np.random.default_rng(0).permutation(len(ds))[:limit])

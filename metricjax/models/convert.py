@@ -251,8 +251,8 @@ def _shapes(params) -> dict[str, tuple[int, ...]]:
 def export_trained_vgg(workdir: str, out: str, step: int | None = None) -> dict:
   """A VGG trained here (config.model.name "vgg") -> an FNE backbone .npz,
   the format of save_params_npz; returns its meta."""
-  from metricjax import evaluate  # pylint: disable=g-import-not-at-top  # cycle
-  restored = evaluate.restore(workdir, step)
+  from metricjax import restore as restore_lib  # pylint: disable=g-import-not-at-top
+  restored = restore_lib.restore(workdir, step)
   model = restored.model
   if not isinstance(model, models.VGGNet):
     raise UserError(f"{workdir} holds a {type(model).__name__}, not a VGG "
