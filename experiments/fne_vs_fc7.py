@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt
 
 from metricjax import data as data_lib
 from metricjax import evaluate as evaluate_lib
+from metricjax import export as export_lib
 from metricjax import io
 from metricjax import study
 from metricjax import train as train_lib
@@ -45,7 +46,6 @@ from metricjax.config_utils import load_config
 from metricjax.data import caption_demo
 from metricjax.errors import exit_on_user_error
 from metricjax.errors import UserError
-from metricjax.models import convert
 
 matplotlib.use("Agg")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,7 +145,7 @@ def backbone(root: str, spec: dict, source: str) -> tuple[str, dict]:
     metrics = evaluate_lib.evaluate(workdir, step=spec["steps"])["metrics"]
     io.write_json(path, dict(metrics=metrics, seconds=seconds))
   if not os.path.exists(npz):
-    convert.export_trained_vgg(workdir, npz, spec["steps"])
+    export_lib.export_trained_vgg(workdir, npz, spec["steps"])
   with open(path) as f:
     return npz, json.load(f)
 

@@ -9,6 +9,9 @@ parameters and batch statistics baked in, so it runs without metricjax,
 Flax or the checkpoint: `jax.export.deserialize(payload).call(images)`;
 its header records the model reference, so an index built with the same
 model accepts it.
+
+`export_trained_vgg` writes the other export, a trained VGG's weights as an
+FNE backbone .npz (tools/export_vgg_backbone.py is its command line).
 """
 
 import os
@@ -20,8 +23,10 @@ import jax
 from metricjax import artifact
 from metricjax import cli
 from metricjax import models
+from metricjax import restore as restore_lib
 from metricjax.embedder import Model
 from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
+from metricjax.models import convert
 
 FLAGS = flags.FLAGS
 
@@ -68,6 +73,27 @@ def export(workdir: str, out: str, *, step: int | None = None,
       platforms=list(exported.platforms), jax_version=jax.__version__)
   header["file_bytes"] = artifact.write(out, exported, header)
   return header
+
+
+def export_trained_vgg(workdir: str, out: str, step: int | None = None) -> dict:
+  """A VGG trained here (config.model.name "vgg") -> an FNE backbone .npz,
+  the format of save_params_npz; returns its meta."""
+  restored = restore_lib.restore(workdir, step)
+  model = restored.model
+  if not isinstance(model, models.VGGNet):
+    raise UserError(f"{workdir} holds a {type(model).__name__}, not a VGG "
+                    "(config.model.name='vgg'); nothing to export.")
+  arch = dict(blocks=model.blocks, fc_dims=model.fc_dims,
+              num_classes=model.num_classes, pool_size=model.pool_size)
+  meta = dict(arch="vgg", framework="metricjax", model=arch,
+              preprocess=model.preprocess,
+              image_size=restored.meta.image_shape[0],
+              num_classes=model.num_classes, has_fc=bool(model.fc_dims),
+              source=f"{os.path.abspath(workdir)} step {restored.step}",
+              trained_on=restored.meta.name)
+  convert.save_params_npz(out, jax.device_get(restored.state.params["vgg"]),
+                          meta)
+  return meta
 
 
 def format_report(out: str, header: dict) -> str:

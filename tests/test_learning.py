@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from metricjax import evaluate as evaluate_lib
-from metricjax import restore as restore_lib
 from metricjax import losses
+from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
 from conftest import hue_images

@@ -13,8 +13,9 @@ from conftest import hue_images
 from conftest import load_config
 from conftest import write_random_vgg
 from metricjax import evaluate as evaluate_lib
-from metricjax import restore as restore_lib
+from metricjax import export
 from metricjax import fne
+from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
 from metricjax.errors import UserError
@@ -142,7 +143,7 @@ def test_cifar_vgg_config_trains_and_exports_a_backbone(tiny_idx_dir,
   assert 0 <= evaluate_lib.evaluate(workdir)["metrics"]["accuracy"] <= 1
 
   out = tmp_path / "vgg.npz"
-  meta = convert.export_trained_vgg(workdir, str(out))
+  meta = export.export_trained_vgg(workdir, str(out))
   assert meta["image_size"] == 28 and meta["num_classes"] == 4
   model, params, _ = convert.load_backbone("vgg", out)
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), np.uint8)
