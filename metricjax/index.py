@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from metricjax import data as data_lib
-from metricjax.data import image_folder
 from metricjax.embedder import describe_image_shape
 from metricjax.embedder import Model
 from metricjax.errors import UserError
@@ -27,27 +26,6 @@ from metricjax.ops.knn import knn
 from metricjax.ops.knn import METRICS
 from metricjax.ops.knn import References
 from metricjax.ops.similarity import l2_normalize
-
-
-def _example_ids(ds) -> np.ndarray:
-  """Paths inside the folder or zip when the split came from one, else
-  'split/row'."""
-  # load_image_folder decodes the members in this listing's order.
-  for kind in ("zip ", "image folder "):
-    if ds.source.startswith(kind):
-      path = ds.source[len(kind):]
-      try:
-        if kind == "zip ":
-          with zipfile.ZipFile(path) as zf:
-            members, _ = image_folder.list_zip(zf, path, ds.split)
-        else:
-          members, _ = image_folder.list_dir(path, ds.split)
-      except (OSError, UserError, zipfile.BadZipFile):
-        break
-      if len(members) == len(ds):
-        return np.asarray([m for _, m in members])
-      break
-  return np.asarray([f"{ds.split}/{i}" for i in range(len(ds))])
 
 
 INDEX_FORMAT = "metricjax-index"
@@ -111,7 +89,7 @@ class Index:
           f", but the model of {workdir} takes "
           f"{describe_image_shape(model.image_shape)}. Build the index from a "
           "dataset like the one the model was trained on.")
-    return cls(model(ds.images), ds.labels, _example_ids(ds), ds.class_names,
+    return cls(model(ds.images), ds.labels, ds.ids, ds.class_names,
                metric, model.reference,
                dict(name=ds.name, split=split, source=ds.source))
 
