@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metricjax.errors import UserError
-from metricjax.io import atomic_write
+from metricjax.files import atomic_write
 
 MAGIC = b"METRICJAX-EXPORT\n"
 FORMAT_VERSION = 1

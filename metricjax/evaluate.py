@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 
 from metricjax import cli
-from metricjax import io
+from metricjax import files
 from metricjax import models
 from metricjax import restore as restore_lib
 from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
@@ -62,7 +62,7 @@ def evaluate(workdir: str, step: int | None = None, split: str | None = None) ->
       param_bytes=models.param_bytes(state.params), dataset=dataset,
       config=config.to_dict())
   if jax.process_index() == 0:
-    io.write_json(os.path.join(workdir, "eval", f"step_{step}.json"), result,
+    files.write_json(os.path.join(workdir, "eval", f"step_{step}.json"), result,
                   indent=2)
   return result
 

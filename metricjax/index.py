@@ -21,7 +21,7 @@ from metricjax import data as data_lib
 from metricjax.embedder import describe_image_shape
 from metricjax.embedder import Model
 from metricjax.errors import UserError
-from metricjax.io import atomic_write
+from metricjax.files import atomic_write
 from metricjax.ops.knn import knn
 from metricjax.ops.knn import METRICS
 from metricjax.ops.knn import References

@@ -21,8 +21,8 @@ import numpy as np
 
 from metricjax import data as data_lib
 from metricjax import evaluate as evaluate_lib
+from metricjax import files
 from metricjax import inference
-from metricjax import io
 from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 
@@ -75,7 +75,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       step_temp_bytes=rows[-1].get("step_temp_bytes"),
       curves={k: [(r["step"], r[k]) for r in rows if k in r] for k in val_keys},
       loss_curve=[(r["step"], r["loss"]) for r in rows])
-  io.write_json(path, summary)
+  files.write_json(path, summary)
   return summary
 
 
@@ -155,7 +155,7 @@ def save_figure(fig, path: str, dpi: int = 110) -> None:
   """A matplotlib figure as PNG, written atomically, then closed."""
   import matplotlib.pyplot as plt  # Figures only.
   fig.tight_layout()
-  with io.atomic_write(path, "wb") as f:
+  with files.atomic_write(path, "wb") as f:
     fig.savefig(f, format="png", dpi=dpi)
   plt.close(fig)
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
 from metricjax.errors import UserError
-from metricjax.io import atomic_write
+from metricjax.files import atomic_write
 
 CACHE_DIR_ENV = "METRICJAX_CACHE_DIR"
 # Bump when the decoding or the cache layout changes: old entries then miss.

@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from metricjax import io
+from metricjax import files
 from metricjax.data.dataset import check_ids
 from metricjax.data.dataset import row_ids
 from metricjax.errors import one_line
@@ -63,11 +63,11 @@ def write_packed(path: str, batches: Iterable[tuple[np.ndarray, np.ndarray]],
     labels = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
     if not len(labels):
       raise UserError(f"Packing {name}/{split}: the dataset is empty.")
-    with io.atomic_write(path + ".labels.npy", "wb") as f:
+    with files.atomic_write(path + ".labels.npy", "wb") as f:
       np.save(f, labels)
     if ids is not None:
       ids = check_ids(ids, len(labels), f"Packing {name}/{split}")
-      with io.atomic_write(path + ".ids.npy", "wb") as f:
+      with files.atomic_write(path + ".ids.npy", "wb") as f:
         np.save(f, ids)
     os.replace(tmp, path)
   except BaseException:
@@ -78,7 +78,7 @@ def write_packed(path: str, batches: Iterable[tuple[np.ndarray, np.ndarray]],
               image_shape=list(shape), num_classes=len(class_names),
               class_names=list(class_names), name=name, split=split,
               source=source, ids=ids is not None)
-  io.write_json(path + ".json", meta, indent=1)
+  files.write_json(path + ".json", meta, indent=1)
   return meta
 
 

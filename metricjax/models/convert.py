@@ -23,7 +23,7 @@ import numpy as np
 
 from metricjax import models
 from metricjax.errors import UserError
-from metricjax.io import atomic_write
+from metricjax.files import atomic_write
 from metricjax.models.vgg import conv_names
 from metricjax.models.vgg import VGG16_BLOCKS
 
