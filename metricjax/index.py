@@ -27,7 +27,6 @@ from metricjax.ops.knn import METRICS
 from metricjax.ops.knn import References
 from metricjax.ops.similarity import l2_normalize
 
-
 INDEX_FORMAT = "metricjax-index"
 INDEX_VERSION = 1
 
@@ -85,10 +84,10 @@ class Index:
     ds = data_lib.load_dataset(dataset, split)
     if ds.image_shape != model.image_shape:
       raise UserError(
-          f"{ds.name}/{split} has images of {describe_image_shape(ds.image_shape)}"
-          f", but the model of {workdir} takes "
-          f"{describe_image_shape(model.image_shape)}. Build the index from a "
-          "dataset like the one the model was trained on.")
+          f"{ds.name}/{split} has images of "
+          f"{describe_image_shape(ds.image_shape)}, but the model of "
+          f"{workdir} takes {describe_image_shape(model.image_shape)}. Build "
+          "the index from a dataset like the one the model was trained on.")
     return cls(model(ds.images), ds.labels, ds.ids, ds.class_names,
                metric, model.reference,
                dict(name=ds.name, split=split, source=ds.source))
