@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from metricjax import cli
-from metricjax import io
+from metricjax import files
 from metricjax import study
 from metricjax.config_utils import load_config
 from metricjax.errors import exit_on_user_error
@@ -274,8 +274,8 @@ def write_report(results, out: str, command: str, scale_name: str,
               "where it stopped)."]
   lines += ["", "![validation MAP@R](curves.png)", "",
             "![t-SNE of hybrid1's test embeddings](tsne.png)", ""]
-  io.write_text(os.path.join(out, "README.md"), "\n".join(lines))
-  io.write_json(os.path.join(out, "results.json"),
+  files.write_text(os.path.join(out, "README.md"), "\n".join(lines))
+  files.write_json(os.path.join(out, "results.json"),
                 {_name(r): rs for r, rs in results.items()})
   _plot_curves(results, os.path.join(out, "curves.png"))
 
@@ -315,7 +315,7 @@ def write_tsne(results, scale: dict, root: str, out: str) -> None:
     if not os.path.exists(cache):
       emb, labels = study.split_embeddings(workdir, summary["step"],
                                           scale["tsne_points"])
-      with io.atomic_write(cache, "wb") as f:
+      with files.atomic_write(cache, "wb") as f:
         np.savez(f, points=study.tsne(emb), labels=labels)
     with np.load(cache) as panel:
       study.scatter_panel(

@@ -24,7 +24,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 from metricjax import cli
-from metricjax import io
+from metricjax import files
 from metricjax import study
 from metricjax.config_utils import load_config
 from metricjax.errors import exit_on_user_error
@@ -192,8 +192,8 @@ def write_report(results, out: str, command: str, scale_name: str,
     lines += ["", f"Not run yet: {', '.join(pending)} (the runner resumes "
               "where it stopped)."]
   lines += ["", "![validation MAP@R](curves.png)", ""]
-  io.write_text(os.path.join(out, "README.md"), "\n".join(lines))
-  io.write_json(os.path.join(out, "results.json"), results)
+  files.write_text(os.path.join(out, "README.md"), "\n".join(lines))
+  files.write_json(os.path.join(out, "results.json"), results)
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for loss, r in results.items():

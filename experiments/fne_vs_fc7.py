@@ -38,14 +38,14 @@ import matplotlib.pyplot as plt
 
 from metricjax import data as data_lib
 from metricjax import evaluate as evaluate_lib
-from metricjax import io
+from metricjax import export as export_lib
+from metricjax import files
 from metricjax import study
 from metricjax import train as train_lib
 from metricjax.config_utils import load_config
 from metricjax.data import caption_demo
 from metricjax.errors import exit_on_user_error
 from metricjax.errors import UserError
-from metricjax.models import convert
 
 matplotlib.use("Agg")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,9 +143,9 @@ def backbone(root: str, spec: dict, source: str) -> tuple[str, dict]:
     train_lib.train(config, workdir)
     seconds = time.perf_counter() - start
     metrics = evaluate_lib.evaluate(workdir, step=spec["steps"])["metrics"]
-    io.write_json(path, dict(metrics=metrics, seconds=seconds))
+    files.write_json(path, dict(metrics=metrics, seconds=seconds))
   if not os.path.exists(npz):
-    convert.export_trained_vgg(workdir, npz, spec["steps"])
+    export_lib.export_trained_vgg(workdir, npz, spec["steps"])
   with open(path) as f:
     return npz, json.load(f)
 
@@ -426,8 +426,8 @@ def write_report(out, results, backbone_result, scale_name, dataset, demo,
   if demo and demo_scale:
     lines += ["", f"Caption demo: `{demo}`."]
   lines += ["", "![validation rsum](curves.png)", ""]
-  io.write_text(os.path.join(out, "README.md"), "\n".join(lines))
-  io.write_json(os.path.join(out, "results.json"), dict(
+  files.write_text(os.path.join(out, "README.md"), "\n".join(lines))
+  files.write_json(os.path.join(out, "results.json"), dict(
       scale=scale_name, dataset=dataset, backbone=backbone_result,
       runs=results))
 

@@ -42,7 +42,7 @@ from absl import flags
 import matplotlib
 import matplotlib.pyplot as plt
 
-from metricjax import io
+from metricjax import files
 from metricjax import study
 from metricjax.config_utils import load_config
 from metricjax.errors import exit_on_user_error
@@ -170,7 +170,7 @@ def run_all(scale_name: str, dataset, seeds: int, root: str,
   # When the study first started, for its wall time across resumptions.
   os.makedirs(root, exist_ok=True)
   if not os.path.exists(os.path.join(root, "started")):
-    io.write_text(os.path.join(root, "started"), f"{time.time():.0f}\n")
+    files.write_text(os.path.join(root, "started"), f"{time.time():.0f}\n")
   todo = [(seed, key) for seed in range(seeds) for key in keys]
   results = {key: [] for key in keys}
   for i, (seed, key) in enumerate(todo):
@@ -200,7 +200,7 @@ def _silhouette(workdir: str, step: int, limit: int) -> float:
   if not os.path.exists(path):
     from sklearn.metrics import silhouette_score  # Slow to import.
     emb, labels = study.split_embeddings(workdir, step, limit)
-    io.write_json(path, dict(silhouette=float(
+    files.write_json(path, dict(silhouette=float(
         silhouette_score(emb, labels, metric="cosine"))))
   with open(path) as f:
     return json.load(f)["silhouette"]
@@ -377,7 +377,7 @@ def _tsne_figure(out: str, ds: str, groups, limit: int) -> str | None:
   fig.suptitle(f"{ds}: t-SNE of {min(limit, len(labels))} test embeddings "
                "(seed 0)", fontsize=10)
   study.save_figure(fig, os.path.join(out, name), dpi=100)
-  io.write_text(stamp_path, stamp)
+  files.write_text(stamp_path, stamp)
   return name
 
 
@@ -529,8 +529,8 @@ def write_report(results, pending, out: str, command: str, scale_name: str,
     lines += [f"Pending ({len(pending)} runs, the runner resumes where it "
               f"stopped): {', '.join(names)}.", ""]
   os.makedirs(out, exist_ok=True)
-  io.write_text(os.path.join(out, "README.md"), "\n".join(lines))
-  io.write_json(os.path.join(out, "results.json"), [
+  files.write_text(os.path.join(out, "README.md"), "\n".join(lines))
+  files.write_json(os.path.join(out, "results.json"), [
       dict(dataset=k[0], keep=k[1], mining=k[2], loss=k[3], runs=v)
       for k, v in results.items()])
   _plot_curves(results, os.path.join(out, "curves.png"), scale_name)

@@ -9,26 +9,16 @@ num_params, param_bytes, dataset and split sizes, step, config) plus a table
 on stdout.
 """
 
-import json
-import math
 import os
-from types import ModuleType
-from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
-from jax.sharding import Mesh
-import ml_collections
 from absl import app
 from absl import flags
 
-from metricjax import checkpoint
 from metricjax import cli
-from metricjax import io
+from metricjax import files
 from metricjax import models
-from metricjax import parallel
-from metricjax import state as state_lib
-from metricjax import tasks
+from metricjax import restore as restore_lib
 from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
 
 FLAGS = flags.FLAGS
@@ -61,62 +51,9 @@ def format_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-class Restored(NamedTuple):
-  step: int
-  config: ml_collections.ConfigDict
-  meta: Any  # The task's Meta.
-  task: ModuleType
-  model: nn.Module
-  state: state_lib.TrainState
-  mesh: Mesh
-
-
-def restore(workdir: str, step: int | None = None) -> Restored:
-  """A checkpoint (default: the latest) with its config, meta and model."""
-  mngr = checkpoint.manager(workdir, create=False)
-  step = checkpoint.resolve_step(mngr, step)
-  saved = checkpoint.restore_meta(mngr, step)
-  config = ml_collections.ConfigDict(saved["config"])
-  task = tasks.of(config)
-  meta = task.Meta.from_dict(saved)
-
-  mesh = parallel.create_mesh()
-  model, init = task.make_model_and_init(config, meta, state_lib.create_optimizer(config))
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  state = checkpoint.restore_state(
-      mngr, step, checkpoint.abstract_like(abstract, parallel.replicated(mesh)))
-  mngr.close()
-  return Restored(step, config, meta, task, model, state, mesh)
-
-
-def best_step(workdir: str, metric: str) -> int:
-  """The checkpointed step whose logged `metric` (e.g. val_rsum) is highest.
-
-  Model selection on validation: train with checkpoint_every = eval_every
-  so that every validated step has a checkpoint. Ties go to the earliest.
-  """
-  mngr = checkpoint.manager(workdir, create=False)
-  saved = set(mngr.all_steps())
-  mngr.close()
-  path = os.path.join(workdir, "metrics.jsonl")
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [json.loads(line) for line in f]
-  logged = [(r[metric], r["step"]) for r in rows
-            if r.get(metric) is not None and math.isfinite(r[metric])]
-  candidates = [(v, -s) for v, s in logged if s in saved]
-  if not candidates:
-    raise UserError(
-        f"No checkpoint of {workdir} has a logged {metric!r} (logged at steps "
-        f"{sorted(s for _, s in logged) or 'none'}; checkpoints at "
-        f"{sorted(saved) or 'none'}). Train with config.checkpoint_every = "
-        "config.eval_every and keep_checkpoints large enough to keep them.")
-  return -max(candidates)[1]
-
-
 def evaluate(workdir: str, step: int | None = None, split: str | None = None) -> dict:
-  step, config, meta, task, model, state, mesh = restore(workdir, step)
+  step, config, meta, task, model, state, mesh = restore_lib.restore(
+      workdir, step)
   split = split or config.eval_split
   metrics, dataset = task.evaluate(config, meta, model, state, split, mesh)
   result = dict(
@@ -125,7 +62,7 @@ def evaluate(workdir: str, step: int | None = None, split: str | None = None) ->
       param_bytes=models.param_bytes(state.params), dataset=dataset,
       config=config.to_dict())
   if jax.process_index() == 0:
-    io.write_json(os.path.join(workdir, "eval", f"step_{step}.json"), result,
+    files.write_json(os.path.join(workdir, "eval", f"step_{step}.json"), result,
                   indent=2)
   return result
 
@@ -135,7 +72,8 @@ def main(argv):
   cli.set_up(argv)
   if FLAGS.select and FLAGS.step is not None:
     raise UserError("Give --step or --select, not both.")
-  step = best_step(FLAGS.workdir, FLAGS.select) if FLAGS.select else FLAGS.step
+  step = (restore_lib.best_step(FLAGS.workdir, FLAGS.select) if FLAGS.select
+          else FLAGS.step)
   result = evaluate(FLAGS.workdir, step, FLAGS.split)
   if jax.process_index() == 0:
     print(format_table(result))

@@ -3,35 +3,30 @@ r"""Exports a trained embedding net as one self-contained file for devices.
   python -m metricjax.export --workdir=DIR [--step=N] --out=model.jaxexport \
       [--batch=N | --batch=polymorphic]
 
-The file holds the embedding function, uint8 NHWC images -> embeddings,
-serialised with `jax.export` (StableHLO) with the parameters and batch
-statistics baked in as constants, so it runs without metricjax, Flax or the
-checkpoint: `jax.export.deserialize(payload).call(images)`. A short JSON
-header in front records the model reference (workdir, step, SHA-256 of the
-variables; an index built with the same model accepts it), the input shape
-and the payload's length and SHA-256, so a truncated file is detected.
+The file (metricjax/artifact.py) holds the embedding function, uint8 NHWC
+images -> embeddings, serialised with `jax.export` (StableHLO) with the
+parameters and batch statistics baked in, so it runs without metricjax,
+Flax or the checkpoint: `jax.export.deserialize(payload).call(images)`;
+its header records the model reference, so an index built with the same
+model accepts it.
 
-Layout: the line "METRICJAX-EXPORT", one line of JSON, the payload.
+`export_trained_vgg` writes the other export, a trained VGG's weights as an
+FNE backbone .npz (tools/export_vgg_backbone.py is its command line).
 """
 
-import hashlib
-import json
 import os
-from typing import NamedTuple
 
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 
+from metricjax import artifact
 from metricjax import cli
 from metricjax import models
+from metricjax import restore as restore_lib
+from metricjax.embedder import Model
 from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
-from metricjax.io import atomic_write
-
-MAGIC = b"METRICJAX-EXPORT\n"
-FORMAT_VERSION = 1
+from metricjax.models import convert
 
 FLAGS = flags.FLAGS
 
@@ -59,83 +54,13 @@ def parse_batch(batch) -> int | None:
   return value
 
 
-def export_embedding(model, variables, image_shape, *, batch: int | None):
-  """jax.export of images -> model.apply(...)["embedding"], variables baked in.
-
-  Args:
-    model: a Flax module whose apply(variables, images, train=False) returns
-      a dict with "embedding".
-    variables: its variables ({"params", "batch_stats"}).
-    image_shape: (H, W, C) of one uint8 image.
-    batch: images per call, or None for a symbolic batch dimension.
-  """
-  # Host copies: constants must not stay tied to the training mesh.
-  variables = jax.tree.map(np.asarray, jax.device_get(variables))
-
-  def embed(images):
-    return model.apply(variables, images, train=False)["embedding"]
-
-  h, w, c = image_shape
-  shape = (jax.export.symbolic_shape(f"b, {h}, {w}, {c}") if batch is None
-           else (batch, h, w, c))
-  return jax.export.export(jax.jit(embed))(
-      jax.ShapeDtypeStruct(shape, jnp.uint8))
-
-
-def write(path: str, exported, header: dict) -> int:
-  """Writes header + serialised `exported` atomically; returns the bytes."""
-  payload = bytes(exported.serialize())
-  header = dict(header, format="metricjax-export", version=FORMAT_VERSION,
-                payload_bytes=len(payload),
-                payload_sha256=hashlib.sha256(payload).hexdigest())
-  line = json.dumps(header, sort_keys=True).encode() + b"\n"
-  with atomic_write(path, "wb") as f:
-    f.write(MAGIC + line + payload)
-  return len(MAGIC) + len(line) + len(payload)
-
-
-class Loaded(NamedTuple):
-  exported: jax.export.Exported
-  header: dict
-
-
-def load(path: str) -> Loaded:
-  """Reads a file written by `write`; a UserError when it is not whole."""
-  hint = ("Export it again with `python -m metricjax.export --workdir=DIR "
-          f"--out={path}`.")
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise UserError(f"Cannot read the exported model {path}: "
-                    f"{e.strerror or e}.") from None
-  if not data.startswith(MAGIC):
-    raise UserError(f"{path} is not a metricjax exported model (it does not "
-                    f"start with {MAGIC.strip().decode()}). {hint}")
-  end = data.find(b"\n", len(MAGIC))
-  try:
-    header = json.loads(data[len(MAGIC):end]) if end > 0 else None
-  except ValueError:
-    header = None
-  payload = data[end + 1:]
-  if (not isinstance(header, dict) or len(payload) != header.get("payload_bytes")
-      or hashlib.sha256(payload).hexdigest() != header.get("payload_sha256")):
-    raise UserError(f"The exported model {path} is truncated or corrupt "
-                    f"({len(data):,} bytes). {hint}")
-  if header.get("version") != FORMAT_VERSION:
-    raise UserError(f"{path} has export format version {header.get('version')}"
-                    f"; this metricjax reads version {FORMAT_VERSION}. {hint}")
-  return Loaded(jax.export.deserialize(bytearray(payload)), header)
-
-
 def export(workdir: str, out: str, *, step: int | None = None,
            batch: int | None = None) -> dict:
   """Checkpoint -> `out`; returns the header with the measured sizes."""
-  from metricjax import search  # The model reference lives with the index.
-  model = search.Model.from_checkpoint(workdir, step)
+  model = Model.from_checkpoint(workdir, step)
   variables = model.variables
-  exported = export_embedding(model.module, variables,
-                              model.reference["image_shape"], batch=batch)
+  exported = artifact.export_embedding(
+      model.module, variables, model.reference["image_shape"], batch=batch)
   params = variables["params"]
   header = dict(
       model=model.reference, batch="polymorphic" if batch is None else batch,
@@ -146,8 +71,29 @@ def export(workdir: str, out: str, *, step: int | None = None,
       output=dict(shape=str(exported.out_avals[0].shape),
                   dtype=str(exported.out_avals[0].dtype)),
       platforms=list(exported.platforms), jax_version=jax.__version__)
-  header["file_bytes"] = write(out, exported, header)
+  header["file_bytes"] = artifact.write(out, exported, header)
   return header
+
+
+def export_trained_vgg(workdir: str, out: str, step: int | None = None) -> dict:
+  """A VGG trained here (config.model.name "vgg") -> an FNE backbone .npz,
+  the format of save_params_npz; returns its meta."""
+  restored = restore_lib.restore(workdir, step)
+  model = restored.model
+  if not isinstance(model, models.VGGNet):
+    raise UserError(f"{workdir} holds a {type(model).__name__}, not a VGG "
+                    "(config.model.name='vgg'); nothing to export.")
+  arch = dict(blocks=model.blocks, fc_dims=model.fc_dims,
+              num_classes=model.num_classes, pool_size=model.pool_size)
+  meta = dict(arch="vgg", framework="metricjax", model=arch,
+              preprocess=model.preprocess,
+              image_size=restored.meta.image_shape[0],
+              num_classes=model.num_classes, has_fc=bool(model.fc_dims),
+              source=f"{os.path.abspath(workdir)} step {restored.step}",
+              trained_on=restored.meta.name)
+  convert.save_params_npz(out, jax.device_get(restored.state.params["vgg"]),
+                          meta)
+  return meta
 
 
 def format_report(out: str, header: dict) -> str:

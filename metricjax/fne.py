@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metricjax import files
 from metricjax import inference
-from metricjax import io
 from metricjax import parallel
 from metricjax.errors import UserError
 from metricjax.models import vgg
@@ -232,11 +232,11 @@ def _cached_pooled(model, params, images, taps, batch_size, cache_path,
   raw, dims = _run_backbone(model, params, images, taps, batch_size,
                             preprocess, mesh, desc)
   if cache_path is not None:
-    with io.atomic_write(cache_path, "wb") as f:
+    with files.atomic_write(cache_path, "wb") as f:
       np.save(f, raw)
     meta["dims"] = list(dims)
     # The .json goes last: it vouches for a complete .npy.
-    io.write_json(cache_path + ".json", meta)
+    files.write_json(cache_path + ".json", meta)
   return raw, dims
 
 

@@ -21,8 +21,9 @@ import numpy as np
 
 from metricjax import data as data_lib
 from metricjax import evaluate as evaluate_lib
+from metricjax import files
 from metricjax import inference
-from metricjax import io
+from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 
 # Two-sided 95% Student t quantiles t(0.975, df), df = n - 1 seeds.
@@ -59,7 +60,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   start = time.perf_counter()
   train_lib.train(config, workdir)
   seconds = time.perf_counter() - start
-  step = evaluate_lib.best_step(workdir, select) if select else None
+  step = restore_lib.best_step(workdir, select) if select else None
   result = evaluate_lib.evaluate(workdir, step)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -74,7 +75,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       step_temp_bytes=rows[-1].get("step_temp_bytes"),
       curves={k: [(r["step"], r[k]) for r in rows if k in r] for k in val_keys},
       loss_curve=[(r["step"], r["loss"]) for r in rows])
-  io.write_json(path, summary)
+  files.write_json(path, summary)
   return summary
 
 
@@ -114,7 +115,7 @@ def split_embeddings(workdir: str, step: int, limit: int = 2000,
   (default config.eval_split) at a checkpoint of a retrieval run: a seeded
   random subset in file order, since image folders are sorted by class and
   their first images would be one or two classes."""
-  restored = evaluate_lib.restore(workdir, step)
+  restored = restore_lib.restore(workdir, step)
   ds = data_lib.load_dataset(restored.config.dataset,
                              split or restored.config.eval_split)
   pick = np.sort(np.random.default_rng(0).permutation(len(ds))[:limit])
@@ -154,7 +155,7 @@ def save_figure(fig, path: str, dpi: int = 110) -> None:
   """A matplotlib figure as PNG, written atomically, then closed."""
   import matplotlib.pyplot as plt  # Figures only.
   fig.tight_layout()
-  with io.atomic_write(path, "wb") as f:
+  with files.atomic_write(path, "wb") as f:
     fig.savefig(f, format="png", dpi=dpi)
   plt.close(fig)
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from metricjax import checkpoint
 from metricjax import cli
-from metricjax import io
+from metricjax import files
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import step as step_lib
@@ -81,7 +81,7 @@ class MetricsLog:
     rows = []
     if resume_step and os.path.exists(self.path):
       rows = _rows_up_to(self.path, resume_step)
-    io.write_text(self.path, "".join(rows))
+    files.write_text(self.path, "".join(rows))
 
   def write(self, row: dict) -> None:
     if self.enabled:
@@ -164,7 +164,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   else:
     state = init(jax.random.key(config.seed))
   if jax.process_index() == 0:
-    io.write_text(os.path.join(workdir, "config.json"),
+    files.write_text(os.path.join(workdir, "config.json"),
                   config.to_json_best_effort(indent=2))
 
   guard = failures.FiniteGuard(config, skipped, start_step or None)

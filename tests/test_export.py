@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from metricjax import artifact
 from metricjax import export
 from metricjax import search
 from metricjax.errors import UserError
@@ -34,7 +35,7 @@ def test_export_reloads_and_matches_the_live_model(tiny_workdir, tmp_path, batch
   assert header["model"] == live.reference
 
   images = make_separable_images(6, 4, seed=5)[0][..., None]
-  exported, loaded_header = export.load(path)
+  exported, loaded_header = artifact.load(path)
   assert loaded_header["model"] == live.reference
   want = _live(live, images)
   if batch is None:
@@ -56,10 +57,10 @@ def test_truncated_or_foreign_file_is_a_user_error(tiny_workdir, tmp_path):
   for cut in (5, 60, len(data) - 1):
     path.write_bytes(data[:cut])
     with pytest.raises(UserError, match="truncated|not a metricjax"):
-      export.load(str(path))
+      artifact.load(str(path))
   path.write_bytes(b"hello")
   with pytest.raises(UserError, match="not a metricjax exported model"):
-    export.load(str(path))
+    artifact.load(str(path))
   with pytest.raises(UserError, match="positive"):
     export.parse_batch("0")
 

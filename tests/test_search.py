@@ -90,7 +90,7 @@ def test_ids_are_paths_for_image_folders(tmp_path, monkeypatch):
     for i in range(2):
       _png(root / "test" / name / f"{i}.png", np.full((8, 8), i, np.uint8))
   ds = data.load_dataset(f"folder:{root}", "test")
-  assert list(search._example_ids(ds)) == [
+  assert list(ds.ids) == [
       "test/a/0.png", "test/a/1.png", "test/b/0.png", "test/b/1.png"]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from metricjax import evaluate as evaluate_lib
+from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 from metricjax.errors import UserError
 from helpers import tiny_config
@@ -156,7 +157,7 @@ def test_loss_parameters_train_and_checkpoint(grating_idx_dir, tmp_path):
   config.loss.param_lr_multiplier = 100.0
   config.eval.batch_size = 64
   train_lib.train(config, str(tmp_path))
-  restored = evaluate_lib.restore(str(tmp_path))
+  restored = restore_lib.restore(str(tmp_path))
   proxies = np.asarray(restored.state.loss_params["proxies"])
   assert proxies.shape == (4, 16)  # PML's layout: (num_classes, dim).
   # An untrained net ranks the gratings at P@1 ~0.45.

@@ -11,8 +11,8 @@ preprocessing, so configs/fne_vse.py takes it with backbone=vgg.
 from absl import app
 from absl import flags
 
+from metricjax import export
 from metricjax.errors import exit_on_user_error
-from metricjax.models import convert
 
 flags.DEFINE_string("workdir", None, "A run of metricjax.train with a VGG.")
 flags.DEFINE_string("out", None, "Output .npz.")
@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 @exit_on_user_error
 def main(argv):
   del argv
-  meta = convert.export_trained_vgg(FLAGS.workdir, FLAGS.out, FLAGS.step)
+  meta = export.export_trained_vgg(FLAGS.workdir, FLAGS.out, FLAGS.step)
   print(f"wrote {FLAGS.out} (VGG from {meta['source']}, "
         f"{meta['image_size']}px, preprocess={meta['preprocess']!r})")
 

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
-from metricjax import io
+from metricjax import files
 from metricjax.errors import UserError
 from metricjax.text import tokenize
 
@@ -193,8 +193,8 @@ def write_caption_demo(out_dir: str | os.PathLike, train: ArrayDataset,
           "source_dataset": train.name, "seed": seed,
           "sizes": {"train": n_train, "val": n_val, "test": n_test},
           "images": entries}
-  io.write_text(os.path.join(out_dir, "README.txt"), DESCRIPTION + "\n")
+  files.write_text(os.path.join(out_dir, "README.txt"), DESCRIPTION + "\n")
   path = os.path.join(out_dir, f"dataset_{NAME}.json")
   # Written last and atomically: a complete JSON means complete images.
-  io.write_json(path, data)
+  files.write_json(path, data)
   return path

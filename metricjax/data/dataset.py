@@ -1,10 +1,81 @@
-"""An in-memory labelled image split, the one shape every source returns."""
+"""Labelled image splits: the Dataset protocol every source's split meets,
+the in-memory ArrayDataset, and the functions that take examples out of one
+(subset, hold_out, imbalanced), keeping each example's id."""
 
 import dataclasses
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from metricjax.errors import UserError
+
+
+class Images(Protocol):
+  """uint8 (N, H, W, C) images read by rows: a numpy array, or lazy rows of
+  a file; `images[i]`, `images[a:b]` and `images[index_array]` are numpy."""
+
+  @property
+  def shape(self) -> tuple[int, ...]: ...
+
+  @property
+  def dtype(self) -> np.dtype: ...
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Dataset(Protocol):
+  """One split of a labelled image dataset, held in memory (ArrayDataset) or
+  read from disk on demand (packed.PackedDataset); training, evaluation and
+  search take either. Attributes as documented on ArrayDataset."""
+
+  @property
+  def images(self) -> Images: ...
+
+  @property
+  def labels(self) -> np.ndarray: ...
+
+  @property
+  def num_classes(self) -> int: ...
+
+  @property
+  def class_names(self) -> tuple[str, ...]: ...
+
+  @property
+  def name(self) -> str: ...
+
+  @property
+  def split(self) -> str: ...
+
+  @property
+  def source(self) -> str: ...
+
+  @property
+  def ids(self) -> np.ndarray: ...
+
+  def __len__(self) -> int: ...
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]: ...
+
+  @property
+  def nbytes(self) -> int: ...
+
+
+def row_ids(split: str, n: int) -> np.ndarray:
+  """The ids of examples that have no file of their own: "split/row"."""
+  return np.asarray([f"{split}/{i}" for i in range(n)])
+
+
+def check_ids(ids, n: int, where: str) -> np.ndarray:
+  """`ids` as a str (n,) array; a UserError unless one string per example."""
+  ids = np.asarray(ids)
+  if ids.shape != (n,) or ids.dtype.kind not in "US":
+    raise UserError(f"{where} has {n} examples but ids "
+                    f"{_describe(ids)}; give one string id per example.")
+  return ids.astype(str)
 
 
 # eq=False: generated __eq__ would compare arrays elementwise and then fail.
@@ -20,6 +91,8 @@ class ArrayDataset:
     name: canonical dataset name ("mnist", "fashion_mnist", "cifar10", ...).
     split: split name ("train", "test", ...).
     source: where the arrays came from, for logs and eval reports.
+    ids: str (N,), one per example, kept by every subset: the file's path
+      inside the folder or zip it came from, else "split/row" (the default).
   """
   images: np.ndarray
   labels: np.ndarray
@@ -28,6 +101,7 @@ class ArrayDataset:
   name: str
   split: str
   source: str
+  ids: np.ndarray | None = None
 
   def __post_init__(self):
     where = f"dataset {self.name!r} split {self.split!r} (from {self.source})"
@@ -56,6 +130,10 @@ class ArrayDataset:
       raise UserError(f"{where} has labels in [{low}, {high}], outside "
                       f"[0, {self.num_classes}); the label file is corrupt or "
                       "belongs to another dataset.")
+    # Frozen: set once here, the default being the rows of the split.
+    object.__setattr__(self, "ids", row_ids(self.split, len(labels))
+                       if self.ids is None else
+                       check_ids(self.ids, len(labels), where))
 
   def __len__(self) -> int:
     return self.images.shape[0]
@@ -69,7 +147,7 @@ class ArrayDataset:
     return int(self.images.nbytes)
 
 
-def imbalanced(ds, *, classes, keep_fraction: float, seed: int = 0):
+def imbalanced(ds: Dataset, *, classes, keep_fraction: float, seed: int = 0):
   """Keeps a seeded `keep_fraction` of the examples of `classes` (at least
   2 each, so they still have positives); other classes stay whole."""
   if not 0.0 < keep_fraction <= 1.0:
@@ -104,12 +182,14 @@ class IndexedImages:
     return self._images[self._index[index]]
 
 
-def subset(ds, index: np.ndarray, note: str):
-  """Examples `index` (increasing) of ds; in memory a copy, on disk a view."""
+def subset(ds: Dataset, index: np.ndarray, note: str) -> Dataset:
+  """Examples `index` (increasing) of ds, with their ids; in memory a copy,
+  on disk a view. Every function that takes examples out of a dataset goes
+  through here."""
   images = (ds.images[index] if isinstance(ds.images, np.ndarray)
             else IndexedImages(ds.images, index))
   return dataclasses.replace(ds, images=images, labels=ds.labels[index],
-                             source=f"{ds.source}, {note}")
+                             ids=ds.ids[index], source=f"{ds.source}, {note}")
 
 
 def _describe(x) -> str:
@@ -118,7 +198,7 @@ def _describe(x) -> str:
   return type(x).__name__
 
 
-def hold_out(ds, size: int, *, seed: int = 0):
+def hold_out(ds: Dataset, size: int, *, seed: int = 0):
   """(rest, held_out): `size` examples split off `ds`, stratified by class.
 
   Each class gives its share of `size` (largest remainder, so the shares add

@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
 from metricjax.errors import UserError
-from metricjax.io import atomic_write
+from metricjax.files import atomic_write
 
 CACHE_DIR_ENV = "METRICJAX_CACHE_DIR"
 # Bump when the decoding or the cache layout changes: old entries then miss.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the cache holds the examples' ids.
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
      ".ppm", ".pgm", ".pbm"))
@@ -72,24 +72,28 @@ def load_image_folder(path: str | os.PathLike, split: str, *,
     # Opening the zip is skipped on a hit: its stat identifies the content.
     key = _cache_key(path, split, [("", st.st_size, st.st_mtime_ns)])
     cached = _load_cache(key, name, split)
-    if cached is not None:
-      return ArrayDataset(*cached, name=name, split=split, source=source)
-    with zipfile.ZipFile(path) as zf:
-      members, class_names = list_zip(zf, path, split)
-      arrays = _decode_all(members, class_names, lambda m: _read_member(zf, m),
-                           f"{name}/{split}", path)
+    if cached is None:
+      with zipfile.ZipFile(path) as zf:
+        members, class_names = list_zip(zf, path, split)
+        arrays = _decode_all(members, class_names,
+                             lambda m: _read_member(zf, m), f"{name}/{split}",
+                             path)
   else:
     members, class_names = list_dir(path, split)
     stats = [(m, *_stat(os.path.join(path, m))) for _, m in members]
     key = _cache_key(path, split, stats)
     cached = _load_cache(key, name, split)
-    if cached is not None:
-      return ArrayDataset(*cached, name=name, split=split, source=source)
-    arrays = _decode_all(members, class_names,
-                         lambda m: _read_file(os.path.join(path, m)),
-                         f"{name}/{split}", path)
-  _save_cache(key, name, split, *arrays)
-  return ArrayDataset(*arrays, name=name, split=split, source=source)
+    if cached is None:
+      arrays = _decode_all(members, class_names,
+                           lambda m: _read_file(os.path.join(path, m)),
+                           f"{name}/{split}", path)
+  if cached is None:
+    # An example's id is its path inside the folder or zip.
+    cached = (*arrays, np.asarray([m for _, m in members]))
+    _save_cache(key, name, split, *cached)
+  images, labels, num_classes, class_names, ids = cached
+  return ArrayDataset(images, labels, num_classes, class_names, name=name,
+                      split=split, source=source, ids=ids)
 
 
 def _stat(path):
@@ -266,10 +270,11 @@ def _load_cache(key, name, split):
     return None
   try:
     with np.load(path, allow_pickle=False) as z:
-      images, labels = z["images"], z["labels"]
+      images, labels, ids = z["images"], z["labels"], z["ids"]
       class_names = tuple(str(c) for c in z["class_names"])
       ok = (images.dtype == np.uint8 and images.ndim == 4
             and labels.dtype == np.int32 and labels.shape == images.shape[:1]
+            and ids.shape == labels.shape
             and labels.size > 0 and 0 <= labels.min()
             and labels.max() < len(class_names))
   except Exception as e:  # A killed writer cannot cause this; a bad disk can.
@@ -280,15 +285,16 @@ def _load_cache(key, name, split):
     logging.warning("Ignoring malformed cache %s; decoding again.", path)
     return None
   logging.info("Loaded %s/%s from cache %s", name, split, path)
-  return images, labels, len(class_names), class_names
+  return images, labels, len(class_names), class_names, ids
 
 
-def _save_cache(key, name, split, images, labels, num_classes, class_names):
+def _save_cache(key, name, split, images, labels, num_classes, class_names,
+                ids):
   del num_classes  # Implied by class_names.
   path = _cache_path(key, name, split)
   try:
     with atomic_write(path, "wb") as f:
-      np.savez(f, images=images, labels=labels,
+      np.savez(f, images=images, labels=labels, ids=ids,
                class_names=np.asarray(class_names, dtype=str))
   except (OSError, UserError) as e:
     # A read-only home must not stop training; it only costs a re-decode.

@@ -7,6 +7,9 @@ random access, for datasets larger than the devices (or host memory).
                                  class names, source
   NAME-SPLIT.array_record.labels.npy   int32 labels, all in memory (4 MB
                                  per million images): samplers need them
+  NAME-SPLIT.array_record.ids.npy      the examples' ids (paths inside the
+                                 source's folder or zip), when they have
+                                 ids other than "split/row"
 
 ArrayRecord is the random-access format of the JAX data stack (grain and
 TFDS read it). `tools/pack_arrayrecord.py` packs any dataset spec.
@@ -19,7 +22,9 @@ from typing import Iterable
 
 import numpy as np
 
-from metricjax import io
+from metricjax import files
+from metricjax.data.dataset import check_ids
+from metricjax.data.dataset import row_ids
 from metricjax.errors import one_line
 from metricjax.errors import UserError
 
@@ -32,10 +37,12 @@ def packed_path(directory: str, name: str, split: str) -> str:
 
 
 def write_packed(path: str, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-                 *, name: str, split: str, class_names, source: str) -> dict:
-  """Writes (images uint8 (B, H, W, C), labels (B,)) batches; returns the
-  meta. The three files appear together or not at all: each is written to
-  a temporary name, and the .json, which vouches for the others, last."""
+                 *, name: str, split: str, class_names, source: str,
+                 ids=None) -> dict:
+  """Writes (images uint8 (B, H, W, C), labels (B,)) batches, and the ids of
+  all examples when given (else they are "split/row"); returns the meta.
+  The files appear together or not at all: each is written to a temporary
+  name, and the .json, which vouches for the others, last."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
@@ -56,8 +63,12 @@ def write_packed(path: str, batches: Iterable[tuple[np.ndarray, np.ndarray]],
     labels = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
     if not len(labels):
       raise UserError(f"Packing {name}/{split}: the dataset is empty.")
-    with io.atomic_write(path + ".labels.npy", "wb") as f:
+    with files.atomic_write(path + ".labels.npy", "wb") as f:
       np.save(f, labels)
+    if ids is not None:
+      ids = check_ids(ids, len(labels), f"Packing {name}/{split}")
+      with files.atomic_write(path + ".ids.npy", "wb") as f:
+        np.save(f, ids)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -66,8 +77,8 @@ def write_packed(path: str, batches: Iterable[tuple[np.ndarray, np.ndarray]],
   meta = dict(format=FORMAT, version=1, count=int(len(labels)),
               image_shape=list(shape), num_classes=len(class_names),
               class_names=list(class_names), name=name, split=split,
-              source=source)
-  io.write_json(path + ".json", meta, indent=1)
+              source=source, ids=ids is not None)
+  files.write_json(path + ".json", meta, indent=1)
   return meta
 
 
@@ -113,8 +124,8 @@ def _corrupt(path, e) -> UserError:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PackedDataset:
-  """A split read from disk on demand; the attributes of ArrayDataset, with
-  `images` lazy."""
+  """A split read from disk on demand (a dataset.Dataset): the attributes of
+  ArrayDataset, with `images` lazy."""
   images: PackedImages
   labels: np.ndarray
   num_classes: int
@@ -122,6 +133,7 @@ class PackedDataset:
   name: str
   split: str
   source: str
+  ids: np.ndarray
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -163,9 +175,18 @@ def load_packed(path: str, split: str | None = None) -> PackedDataset:
   if labels.shape != (count,):
     raise UserError(f"{path}.labels.npy has {labels.shape} labels, not "
                     f"{count}: the files do not belong together.")
+  ids = row_ids(meta["split"], count)
+  if meta.get("ids"):
+    try:
+      ids = check_ids(np.load(path + ".ids.npy", allow_pickle=False), count,
+                      f"{path}.ids.npy")
+    except (OSError, ValueError) as e:
+      raise UserError(f"packed:{path}: its .ids.npy is missing or unreadable "
+                      f"({one_line(e)}). Pack it again with "
+                      "tools/pack_arrayrecord.py.") from None
   images = PackedImages(path, count, tuple(meta["image_shape"]))
   return PackedDataset(images=images, labels=labels.astype(np.int32),
                        num_classes=int(meta["num_classes"]),
                        class_names=tuple(meta["class_names"]),
                        name=meta["name"], split=meta["split"],
-                       source=f"packed {path}")
+                       source=f"packed {path}", ids=ids)

@@ -18,6 +18,9 @@ import numpy as np
 
 from metricjax.data import idx as idx_lib
 from metricjax.data.dataset import ArrayDataset
+from metricjax.data.dataset import Dataset
+from metricjax.data.dataset import row_ids
+from metricjax.data.dataset import subset
 from metricjax.data.image_folder import load_image_folder
 from metricjax.data.image_folder import SplitNotFoundError
 from metricjax.data.packed import load_packed
@@ -65,7 +68,7 @@ _IDX_SUBSET_NOTE = {
 
 
 def load_dataset(name: str, split: str, *,
-                 data_dir: str | None = None) -> ArrayDataset:
+                 data_dir: str | None = None) -> Dataset:
   """Loads one split of a known dataset or of an explicit spec.
 
   Args:
@@ -228,7 +231,7 @@ def _load_idx_dir(directory, split, name, class_names=None) -> ArrayDataset:
   return ArrayDataset(
       images=images, labels=labels.astype("int32"),
       num_classes=len(class_names), class_names=tuple(class_names), name=name,
-      split=split, source=source)
+      split=split, source=source, ids=row_ids(split, len(labels)))
 
 
 def _load_spec(kind, arg, split):
@@ -257,7 +260,7 @@ def _load_spec(kind, arg, split):
   return load_image_folder(path, split, name=stem if known else None)
 
 
-def _class_half(arg: str, split: str, data_dir) -> ArrayDataset:
+def _class_half(arg: str, split: str, data_dir) -> Dataset:
   inner, sep, source_split = arg.rpartition("@")
   if not sep or not inner:
     raise UserError(f"halves:{arg}: expected halves:SPEC@SPLIT, e.g. "
@@ -272,7 +275,8 @@ def _class_half(arg: str, split: str, data_dir) -> ArrayDataset:
   half = ds.num_classes // 2
   lo, hi = (0, half) if split == "train" else (half, ds.num_classes)
   keep = (ds.labels >= lo) & (ds.labels < hi)
+  part = subset(ds, np.flatnonzero(keep),
+                f"classes {lo}..{hi - 1} of {ds.num_classes}")
   return dataclasses.replace(
-      ds, images=ds.images[keep], labels=ds.labels[keep] - lo,
-      num_classes=hi - lo, class_names=ds.class_names[lo:hi], split=split,
-      source=f"{ds.source}, classes {lo}..{hi - 1} of {ds.num_classes}")
+      part, labels=part.labels - lo, num_classes=hi - lo,
+      class_names=ds.class_names[lo:hi], split=split)

@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
+from metricjax.data.dataset import row_ids
 from metricjax.errors import one_line
 from metricjax.errors import UserError
 
@@ -125,5 +126,6 @@ def load_tfds(name: str, split: str, *, data_dir: str | None = None,
   return ArrayDataset(
       images=images, labels=labels, num_classes=num_classes,
       class_names=class_names, name=info.name, split=split,
-      source=f"TFDS {info.full_name} in {info.data_dir}")
+      source=f"TFDS {info.full_name} in {info.data_dir}",
+      ids=row_ids(split, n))
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from metricjax import models
 from metricjax.errors import UserError
-from metricjax.io import atomic_write
+from metricjax.files import atomic_write
 from metricjax.models.vgg import conv_names
 from metricjax.models.vgg import VGG16_BLOCKS
 
@@ -246,24 +246,3 @@ def load_backbone(name: str,
 def _shapes(params) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-
-
-def export_trained_vgg(workdir: str, out: str, step: int | None = None) -> dict:
-  """A VGG trained here (config.model.name "vgg") -> an FNE backbone .npz,
-  the format of save_params_npz; returns its meta."""
-  from metricjax import evaluate  # pylint: disable=g-import-not-at-top  # cycle
-  restored = evaluate.restore(workdir, step)
-  model = restored.model
-  if not isinstance(model, models.VGGNet):
-    raise UserError(f"{workdir} holds a {type(model).__name__}, not a VGG "
-                    "(config.model.name='vgg'); nothing to export.")
-  arch = dict(blocks=model.blocks, fc_dims=model.fc_dims,
-              num_classes=model.num_classes, pool_size=model.pool_size)
-  meta = dict(arch="vgg", framework="metricjax", model=arch,
-              preprocess=model.preprocess,
-              image_size=restored.meta.image_shape[0],
-              num_classes=model.num_classes, has_fc=bool(model.fc_dims),
-              source=f"{os.path.abspath(workdir)} step {restored.step}",
-              trained_on=restored.meta.name)
-  save_params_npz(out, jax.device_get(restored.state.params["vgg"]), meta)
-  return meta

@@ -18,43 +18,20 @@ module (chosen by `config.task`, default "retrieval") provides
       metrics (a dict of floats) and a JSON-able description of the data.
 """
 
-import dataclasses
 from types import ModuleType
-from typing import Any, Callable
-
-import flax.linen as nn
 
 from metricjax.errors import UserError
+from metricjax.tasks import retrieval
+from metricjax.tasks import vse
+from metricjax.tasks.task import Task  # pylint: disable=unused-import
 
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """What the generic loop (metricjax/train.py) needs from a task."""
-  meta: Any  # The task's Meta; saved with every checkpoint.
-  model: nn.Module
-  init: Callable  # rng -> TrainState, jit-able.
-  # The two halves of a training step (metricjax/step.py joins them):
-  sample: Callable  # (rng, data) -> batch, jit-able; rng from (seed, step).
-  # (params, loss_params, batch_stats, batch) -> (loss, new batch_stats).
-  loss: Callable
-  # What `sample` reads: the device-resident dataset, or (streaming) the
-  # shapes of the batches `stream` yields.
-  data: Any
-  examples_per_step: int
-  epoch_size: int
-  validate: Callable | None = None  # state -> metrics, for learning curves.
-  # Streaming input: start_step -> iterator of the global batches of steps
-  # start_step + 1, ...; None when `data` lives on the devices.
-  stream: Callable | None = None
+TASKS = {"retrieval": retrieval, "vse": vse}
 
 
 def get(name: str) -> ModuleType:
-  # Imported lazily: a task's dependencies load only when it is used.
-  from metricjax.tasks import retrieval, vse  # pylint: disable=g-import-not-at-top
-  tasks = {"retrieval": retrieval, "vse": vse}
-  if name not in tasks:
-    raise UserError(f"Unknown config.task {name!r}; known: {', '.join(tasks)}.")
-  return tasks[name]
+  if name not in TASKS:
+    raise UserError(f"Unknown config.task {name!r}; known: {', '.join(TASKS)}.")
+  return TASKS[name]
 
 
 def of(config) -> ModuleType:

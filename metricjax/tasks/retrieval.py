@@ -25,7 +25,7 @@ from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax.data import stream as stream_lib
 from metricjax.errors import UserError
-from metricjax.tasks import Task
+from metricjax.tasks.task import Task
 
 
 @flax.struct.dataclass

@@ -34,7 +34,7 @@ from metricjax import state as state_lib
 from metricjax.data.image_folder import cache_dir
 from metricjax.errors import UserError
 from metricjax.models import convert
-from metricjax.tasks import Task
+from metricjax.tasks.task import Task
 from metricjax.text import Vocabulary
 
 FEATURES = ("fne", "fc7")

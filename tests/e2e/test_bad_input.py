@@ -27,7 +27,7 @@ import pytest
 
 from metricjax import checkpoint
 from metricjax import evaluate as evaluate_lib
-from metricjax import io
+from metricjax import files as files_lib
 from metricjax import train as train_lib
 from metricjax.data import captions as captions_lib
 from metricjax.data import sources
@@ -272,7 +272,7 @@ def test_evaluate_cannot_write_its_result(trained, tmp_path, monkeypatch):
 
   def disk_full(fd):
     raise OSError(errno.ENOSPC, "No space left on device")
-  monkeypatch.setattr(io.os, "fsync", disk_full)
+  monkeypatch.setattr(files_lib.os, "fsync", disk_full)
   with pytest.raises(UserError, match="Could not write .*step_6.json: No space "
                      "left on device") as e:
     evaluate_lib.evaluate(str(workdir))

@@ -10,6 +10,7 @@ import pytest
 
 from metricjax import evaluate as evaluate_lib
 from metricjax import losses
+from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
 from helpers import hue_images
@@ -54,7 +55,7 @@ def test_bfloat16_learns_like_float32(grating_idx_dir, tmp_path):
   p1 = _retrieval_p1(grating_idx_dir, workdir, "ms", "bfloat16")
   # float32 reaches >= 0.95 on the same run (test_retrieval_learns).
   assert p1 >= 0.92
-  state = evaluate_lib.restore(workdir).state
+  state = restore_lib.restore(workdir).state
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state,
                                               state.batch_stats))
             if hasattr(x, "dtype") and x.dtype.kind == "f"}

@@ -25,7 +25,7 @@ import pytest
 from metricjax import checkpoint
 from metricjax import evaluate as evaluate_lib
 from metricjax import failures
-from metricjax import io
+from metricjax import files
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import step as step_lib
@@ -253,9 +253,9 @@ def test_atomic_write_gives_the_old_file_or_the_new_one(tmp_path):
   # Every result, cache and table goes through it (eval JSON on a full
   # disk: test_bad_input.py).
   path = tmp_path / "eval" / "step_6.json"
-  io.write_json(path, {"old": True})
+  files.write_json(path, {"old": True})
   with pytest.raises(RuntimeError):
-    with io.atomic_write(path) as f:
+    with files.atomic_write(path) as f:
       f.write('{"new": tr')
       raise RuntimeError("killed half-way")
   assert json.loads(path.read_text()) == {"old": True}

@@ -13,7 +13,9 @@ from helpers import hue_images
 from helpers import load_config
 from helpers import write_random_vgg
 from metricjax import evaluate as evaluate_lib
+from metricjax import export
 from metricjax import fne
+from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
 from metricjax.errors import UserError
@@ -63,7 +65,7 @@ def test_train_select_evaluate(demo, tmp_path, monkeypatch, arg):
   assert [r["step"] for r in rows] == [2, 4]
   assert all(np.isfinite(r["loss"]) and 0 <= r["val_rsum"] <= 600 for r in rows)
   # Every validated step has a checkpoint: model selection can pick any.
-  best = evaluate_lib.best_step(workdir, "val_rsum")
+  best = restore_lib.best_step(workdir, "val_rsum")
   assert best == max(rows, key=lambda r: (r["val_rsum"], -r["step"]))["step"]
 
   result = evaluate_lib.evaluate(workdir, step=best)
@@ -91,7 +93,7 @@ def test_meta_and_resume(demo, tmp_path, monkeypatch):
   config = vse_config(demo, "image_features=fne")
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train_lib.train(config, straight)
-  meta = evaluate_lib.restore(straight).meta
+  meta = restore_lib.restore(straight).meta
   train = json.load(open(demo / "caption_demo" / "dataset_caption_demo.json"))
   train_words = {w for e in train["images"] if e["split"] == "train"
                  for s in e["sentences"] for w in s["tokens"]}
@@ -104,7 +106,7 @@ def test_meta_and_resume(demo, tmp_path, monkeypatch):
   shutil.copytree(straight, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
   train_lib.train(config, resumed)
-  a, b = evaluate_lib.restore(straight), evaluate_lib.restore(resumed)
+  a, b = restore_lib.restore(straight), restore_lib.restore(resumed)
   assert a.step == b.step == 4
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
                                                        atol=1e-6),
@@ -140,7 +142,7 @@ def test_cifar_vgg_config_trains_and_exports_a_backbone(tiny_idx_dir,
   assert 0 <= evaluate_lib.evaluate(workdir)["metrics"]["accuracy"] <= 1
 
   out = tmp_path / "vgg.npz"
-  meta = convert.export_trained_vgg(workdir, str(out))
+  meta = export.export_trained_vgg(workdir, str(out))
   assert meta["image_size"] == 28 and meta["num_classes"] == 4
   model, params, _ = convert.load_backbone("vgg", out)
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), np.uint8)

@@ -1,4 +1,4 @@
-"""Files that appear complete or not at all.
+"""Files that appear complete or not at all (atomic writes).
 
 Every result, cache, table and index file of metricjax is written through
 `atomic_write`: a reader (or a run killed half-way) never sees a partial
