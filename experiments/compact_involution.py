@@ -230,14 +230,12 @@ def write_report(page: dict, out: str) -> None:
       continue
     cells = [study.fmt_std([s["metrics"][k] for s in rs])
              if k in rs[0]["metrics"] else "—" for k in _METRICS]
-    flag = study.still_improving(rs, _SELECT)
-    flag = "—" if flag is None else (
-        f"{'yes' if flag[0] else 'no'} ({100 * flag[1]:+.1f}%)")
     lines.append(
         f"| {r['dataset']} | {r['variant']} | {r['activation']} | {r['loss']} "
         f"| {r['widths']} | {len(rs)} | {rs[0]['num_params']:,} | "
         f"{rs[0]['param_bytes'] / 1e6:.3f} | " + " | ".join(cells) +
-        f" | {flag} | {statistics.median(s['images_per_sec'] for s in rs):.0f}"
+        f" | {study.still_improving(rs, _SELECT)} | "
+        f"{statistics.median(s['images_per_sec'] for s in rs):.0f}"
         f" | {statistics.fmean(s['train_seconds'] for s in rs):.0f} |")
   lines += ["", "Still improving: the change of the seed-mean validation "
             "MAP@R from the last validation at or before 75% of training to "

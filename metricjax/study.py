@@ -224,6 +224,17 @@ def steps_to(curve, target: float):
   return next((s for s, v in curve if v >= target), None)
 
 
+def to_target(runs, key: str, target: float):
+  """(median steps, median epochs, how many runs) to the first validation
+  where `key` reached target, over the runs that reached it."""
+  reached = [(s, s * r["epochs"] / r["total_steps"]) for r in runs
+             if (s := steps_to(r["curves"][key], target)) is not None]
+  if not reached:
+    return None, None, 0
+  return (statistics.median(s for s, _ in reached),
+          statistics.median(e for _, e in reached), len(reached))
+
+
 def mean_curve(runs, key: str) -> list[tuple[float, float]]:
   """[(epoch, seed-mean value)] of a logged validation metric over the
   steps every run logged."""
@@ -234,17 +245,18 @@ def mean_curve(runs, key: str) -> list[tuple[float, float]]:
           for s in steps]
 
 
-def still_improving(runs, key: str) -> tuple[bool, float] | None:
-  """(whether the seed-mean curve rose by more than PLATEAU_GAIN relative
-  over the last PLATEAU_FRACTION of training, that relative gain); None
-  without a validation before the last quarter."""
+def still_improving(runs, key: str) -> str:
+  """A table cell: whether the seed-mean curve `key` rose by more than
+  PLATEAU_GAIN (relative) from the last validation at or before
+  1 - PLATEAU_FRACTION of training to the end ("yes (+2.3%)"), "—"
+  without a validation before the end."""
   curve = mean_curve(runs, key)
   end = curve[-1][0]
   before = [v for e, v in curve if e <= (1 - PLATEAU_FRACTION) * end + 1e-9]
   if not before or before[-1] <= 0:
-    return None
+    return "—"
   gain = curve[-1][1] / before[-1] - 1
-  return gain > PLATEAU_GAIN, gain
+  return f"{'yes' if gain > PLATEAU_GAIN else 'no'} ({100 * gain:+.1f}%)"
 
 
 def per_dataset(value, dataset: str):
