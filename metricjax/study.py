@@ -121,20 +121,22 @@ def run_dir(root: str, name: str, settings) -> str:
   return os.path.join(root, f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, select: str,
-        scale: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        select: str | None, scale: str) -> dict:
   """Trains (or resumes) and evaluates on the test split; the summary,
   with the seed, scale, epochs trained and workdir.
 
   select: a logged validation metric (e.g. "val_map_at_r"): the test split
-  is evaluated at the checkpoint with its best value (ties: earliest).
+  is evaluated at the checkpoint with its best value (ties: earliest);
+  None: at the last step.
   """
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
     start = time.perf_counter()
     train_lib.train(config, workdir)
     seconds = time.perf_counter() - start
-    result = evaluate_lib.evaluate(workdir, evaluate_lib.best_step(workdir, select))
+    result = evaluate_lib.evaluate(
+        workdir, evaluate_lib.best_step(workdir, select) if select else None)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       rows = [json.loads(line) for line in f]
     val_keys = sorted({k for r in rows for k in r if k.startswith("val_")})
@@ -147,6 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, select: str,
             [r["examples_per_sec"] for r in rows[1:]] or
             [rows[-1]["examples_per_sec"]]),
         step_temp_bytes=rows[-1].get("step_temp_bytes"),
+        dataset=result["dataset"],
         curves={k: [(r["step"], r[k]) for r in rows if k in r]
                 for k in val_keys},
         loss_curve=[(r["step"], r["loss"]) for r in rows],
@@ -339,7 +342,9 @@ def write_page(out: str, lines) -> None:
 
 def header(page: dict, title: str) -> list[str]:
   """The title, command, data, machine and training time of a page."""
-  runs = [r for row in page["rows"] for r in row["runs"]]
+  # Every run once: a row's runs and its other searched trials, if any.
+  runs = [r for row in page["rows"] for r in row["runs"] + [
+      s for i, s in enumerate(row.get("searched", [])) if i != row["chosen"]]]
   machines = [r["machine"] for r in runs if r.get("machine")]
   if machines:
     loads = [m["load"][0] for m in machines]
