@@ -133,9 +133,8 @@ def _name(dataset, keep, mining, loss) -> str:
 
 
 def _silhouette(workdir: str, step: int, limit: int) -> float:
-  """Silhouette score (cosine) of `limit` test embeddings by class at the
-  selected checkpoint: paper 2's measure of tight, separated clusters.
-  Stored in the run directory, computed once."""
+  """Silhouette score (cosine) of `limit` test embeddings by class: paper
+  2's measure of tight, separated clusters (cached in the run directory)."""
   path = os.path.join(workdir, f"silhouette-{step}-{limit}.json")
   if not os.path.exists(path):
     from sklearn.metrics import silhouette_score  # pylint: disable=g-import-not-at-top
@@ -171,7 +170,8 @@ def _sections(page):
   """[(dataset, keep, {(mining, loss): seeds})] in grid order."""
   out = {}
   for r in page["rows"]:
-    out.setdefault((r["dataset"], r["keep"]), {})[(r["mining"], r["loss"])] = r["runs"]
+    section = out.setdefault((r["dataset"], r["keep"]), {})
+    section[(r["mining"], r["loss"])] = r["runs"]
   return [(ds, keep, groups) for (ds, keep), groups in out.items()]
 
 
@@ -257,7 +257,7 @@ def write_report(page: dict, out: str) -> None:
       "allocation of one compiled training step.", ""]
   readings, verdicts, same_mem, n = [], collections.Counter(), 0, 0
   for ds, keep, groups in _sections(page):
-    targets = {m: _target(groups, m) for m in dict.fromkeys(m for m, _ in groups)}
+    targets = {m: _target(groups, m) for m, _ in groups}
     budget = {m: (seeds[0]["total_steps"], seeds[0]["epochs"])
               for (m, _), seeds in groups.items() if seeds}
     best = max((s["metrics"]["precision_at_1"] for seeds in groups.values()

@@ -118,7 +118,8 @@ def run_dir(root: str, name: str, settings) -> str:
   text = (settings.to_json_best_effort(sort_keys=True)
           if isinstance(settings, ml_collections.ConfigDict)
           else json.dumps(settings, sort_keys=True))
-  return os.path.join(root, f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}")
+  tag = hashlib.sha256(text.encode()).hexdigest()[:10]
+  return os.path.join(root, f"{name}-{tag}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
@@ -359,7 +360,8 @@ def header(page: dict, title: str) -> list[str]:
   minutes = sum(r["train_seconds"] for r in runs) / 60
   return [f"# {title} ({page['scale']} scale)", "",
           f"Command: `{page['command']}`, with `$METRICJAX_DATA_DIR` "
-          f"pointing at the offline datasets (here {', '.join(map(str, data))}).",
+          "pointing at the offline datasets (here "
+          f"{', '.join(map(str, data))}).",
           "", f"Machine: {where}. {len(runs)} runs, {minutes:.0f} min of "
           "training in all; images/s and train time are of a machine shared "
           "with other jobs: compare them within a page only.", "",
