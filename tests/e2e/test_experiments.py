@@ -1,6 +1,8 @@
 """The experiment runners at --scale=smoke: the pipeline, not the numbers."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,9 +12,12 @@ from helpers import REPO
 
 
 def _run(script, *args, timeout=600):
+  # PYTHONPATH: `python experiments/X.py` puts experiments/ first on the
+  # path, not the checkout, whose metricjax must be the one imported.
   return subprocess.run([sys.executable, os.path.join(REPO, "experiments", script),
                          *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout)
+                        timeout=timeout,
+                        env=dict(os.environ, PYTHONPATH=REPO))
 
 
 @pytest.mark.slow
@@ -48,6 +53,19 @@ def test_compact_involution_smoke(tiny_idx_dir, tmp_path):
   assert (out / "tsne.png").stat().st_size > 0
   again = _run("compact_involution.py", *args)
   assert again.returncode == 0 and "train:" not in again.stderr
+  # The page is a function of results.json alone: rewritten from it after
+  # the run directories are gone, it is the same page.
+  results = json.loads((out / "results.json").read_text())
+  assert {r["scale"] for row in results["rows"] for r in row["runs"]} == {"smoke"}
+  assert all(r["epochs"] > 0 for row in results["rows"] for r in row["runs"])
+  shutil.rmtree(tmp_path / "runs")
+  (out / "README.md").unlink()
+  (out / "curves.png").unlink()
+  rewritten = _run("compact_involution.py", "--scale=smoke", "--report_only",
+                   f"--out={out}")
+  assert rewritten.returncode == 0, rewritten.stderr[-3000:]
+  assert (out / "README.md").read_text() == table
+  assert (out / "curves.png").stat().st_size > 0
 
 
 @pytest.mark.slow
