@@ -45,7 +45,7 @@ LAYERS = (
         "embedder",  # Images -> embeddings, from a checkpoint or an artifact.
         "index", "export",
     )),
-    ("command lines and runners", ("search", "study", "__init__")),
+    ("command lines and runners", ("search", "study", "study_plots", "__init__")),
 )
 # Above every layer of the library; it never imports them.
 OUTSIDE = ("experiments", "tools", "tests", "configs")
