@@ -241,7 +241,8 @@ def read_inshop(root, split, boxes=False) -> PhotoDataset:
     roles = dict(is_query=status[keep] == "query",
                  is_gallery=status[keep] == "gallery")
   return PhotoDataset(
-      labels=labels, num_classes=len(items), class_names=tuple(items),
+      labels=labels, num_classes=len(items),
+      class_names=tuple(str(i) for i in items),
       name="inshop", split=split, source=f"In-Shop {path}", ids=ids,
       root=root, **roles)
 
@@ -284,7 +285,8 @@ def load_csv(path: str, split: str) -> PhotoDataset:
       extra[c] = _csv_numbers(path, rows, (c,), _flag, bool)[:, 0]
   return PhotoDataset(
       labels=labels, num_classes=len(classes),
-      class_names=tuple(classes), split=split, source=f"CSV {path}",
+      class_names=tuple(str(c) for c in classes), split=split,
+      source=f"CSV {path}",
       name=os.path.splitext(os.path.basename(path))[0], ids=ids, root=root,
       **extra)
 
