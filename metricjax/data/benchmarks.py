@@ -231,7 +231,7 @@ def read_inshop(root, split, boxes=False) -> PhotoDataset:
   bad = np.flatnonzero(~np.isin(status, ("train", "query", "gallery")))
   if len(bad):
     raise UserError(f"{path} line {bad[0] + 3}: evaluation_status "
-                    f"{status[bad[0]]!r} is not train, query or gallery.")
+                    f"{str(status[bad[0]])!r} is not train, query or gallery.")
   keep = status == "train" if split == "train" else status != "train"
   ids = np.array([r[0] for r in rows])[keep]
   check_files_exist(root, ids, path)

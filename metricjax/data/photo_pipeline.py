@@ -166,16 +166,21 @@ class CorruptImage(UserError):
 
 
 class SkipCounter:
-  """Corrupt images skipped so far (thread-safe), logged as they come."""
+  """The corrupt images found so far (thread-safe), each logged once; a
+  known one is skipped without decoding it again."""
 
   def __init__(self):
-    self._lock, self.paths = threading.Lock(), []
+    self._lock, self.paths = threading.Lock(), set()
 
   def add(self, where: str) -> None:
     with self._lock:
-      self.paths.append(where)
-      logging.warning("Skipped corrupt image %s (%d skipped so far).", where,
-                      len(self.paths))
+      if where not in self.paths:
+        self.paths.add(where)
+        logging.warning("Skipping corrupt image %s (%d corrupt images so "
+                        "far).", where, len(self.paths))
+
+  def __contains__(self, where: str) -> bool:
+    return where in self.paths
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -220,6 +225,8 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
     order = [position] + [p for p in range(local) if p != position
                           and ds.labels[rows[p]] == label]
     for p in order if skip_corrupt else order[:1]:
+      if skip_corrupt and ds.path(int(rows[p])) in skipped:
+        continue
       try:
         image = read_view(ds, int(rows[p]), view, draws[position])
         break
