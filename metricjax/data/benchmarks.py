@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from metricjax.data.image_folder import is_image_file
 from metricjax.data.photos import check_files_exist
 from metricjax.data.photos import PhotoDataset
 from metricjax.data.photos import relabel
@@ -309,3 +310,26 @@ def _csv_numbers(path, rows, columns, kind, dtype):
         raise UserError(f"{path}: column {c} of the row of {row['path']!r} is "
                         f"{row[c]!r}, not a number (0/1 for is_query, is_gallery).") from None
   return out
+
+
+def photo_folder(root: str, *, split: str = "all") -> PhotoDataset:
+  """Every image of root/CLASS/ (any depth below CLASS), lazily: the
+  folders of tools/bench_images.py, or a user's own photo tree."""
+  root = os.path.abspath(root)
+  ids, classes = [], []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    rel = os.path.relpath(dirpath, root)
+    for f in sorted(filenames):
+      member = os.path.join(rel, f)
+      if rel != "." and is_image_file(member):
+        ids.append(member)
+        classes.append(member.split(os.sep)[0])
+  if not ids:
+    raise UserError(f"{root} has no images under CLASS/ subfolders.")
+  labels, names = relabel(np.array(classes))
+  return PhotoDataset(labels=labels, num_classes=len(names),
+                      class_names=tuple(str(n) for n in names),
+                      name=os.path.basename(root), split=split,
+                      source=f"photo folder {root}", ids=np.array(ids),
+                      root=root)
