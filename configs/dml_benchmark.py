@@ -62,7 +62,8 @@ def get_config(arg=None):
       eval_resize=0,
       draft=True,  # Reduced-DCT JPEG decoding when the view loses nothing.
       skip_corrupt=False,  # True: skip (and count) undecodable images.
-      num_threads=8, prefetch=256)  # grain's decode threads and queue.
+      num_threads=8, prefetch=256,  # grain's decode threads and queue.
+      workers=0)  # > 0: decode in that many processes (grain mp_prefetch).
   config.augment = False  # The host pipeline augments.
 
   config.steps_per_call = 1

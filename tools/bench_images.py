@@ -93,7 +93,7 @@ def link_folder(source_ds, directory: str, n: int):
     os.link(src, dst)
 
 
-def metricjax_rate(ds, mesh, steps: int, start: int) -> float:
+def metricjax_rate(ds, mesh, steps: int, start: int, workers: int = 0) -> float:
   sampler = stream.make_index_sampler(
       "balanced", ds.labels, ds.num_classes, batch_size=FLAGS.batch_size,
       samples_per_class=4)
@@ -101,7 +101,8 @@ def metricjax_rate(ds, mesh, steps: int, start: int) -> float:
   batches = stream.device_batches(pp.train_batches(
       ds, sampler, view, seed=0, start_step=start,
       total_steps=start + steps + 2, batch_size=FLAGS.batch_size,
-      num_threads=FLAGS.threads, prefetch=2 * FLAGS.batch_size), mesh)
+      num_threads=FLAGS.threads, prefetch=2 * FLAGS.batch_size,
+      workers=workers), mesh)
   for _ in range(2):  # The pipeline's start-up is not its rate.
     jax.block_until_ready(next(batches))
   t = time.perf_counter()
@@ -206,10 +207,13 @@ def main(argv):
   transforms = import_torchvision_transforms()
   cores = len(os.sched_getaffinity(0))
   load_before = os.getloadavg()
-  runs = {"metricjax": [], "torchvision": [], "bare": [], "bare_draft": []}
+  runs = {"metricjax": [], "metricjax_2_workers": [], "torchvision": [],
+          "bare": [], "bare_draft": []}
   for r in range(FLAGS.repeats):
     runs["metricjax"].append(metricjax_rate(ds, mesh, FLAGS.batches,
                                             r * (FLAGS.batches + 2)))
+    runs["metricjax_2_workers"].append(metricjax_rate(
+        ds, mesh, FLAGS.batches, r * (FLAGS.batches + 2), workers=2))
     if transforms is not None:
       runs["torchvision"].append(torchvision_rate(ds, transforms,
                                                   FLAGS.batches))
@@ -229,6 +233,7 @@ def main(argv):
       "metricjax_images_per_sec": med["metricjax"],
       "torchvision_images_per_sec": med["torchvision"],
       "cores": cores,
+      "metricjax_2_workers_images_per_sec": med["metricjax_2_workers"],
       "bare_core_images_per_sec": med["bare"],
       "bare_core_draft_images_per_sec": med["bare_draft"],
       "machine_limit_images_per_sec": cores * med["bare"],
@@ -245,8 +250,8 @@ def main(argv):
     print(f"{machine()}; load average {load_before[0]:.2f} -> "
           f"{os.getloadavg()[0]:.2f}; {len(ds)} images, view "
           f"{FLAGS.image_size}, batch {FLAGS.batch_size}")
-    for k in ("metricjax", "torchvision", "bare", "bare_draft"):
-      print(f"  {k:<12} {med[k]:8.1f} images/s  (runs "
+    for k in runs:
+      print(f"  {k:<20} {med[k]:8.1f} images/s  (runs "
             f"{', '.join(f'{v:.0f}' for v in runs[k])})")
     print(f"  metricjax / torchvision   {result['vs_torchvision']:.2f}x")
     print(f"  metricjax / ({cores} x bare)  {result['of_machine_limit']:.0%}")

@@ -26,11 +26,11 @@ resumed run reads exactly the batches an uninterrupted one reads. At most
 """
 
 import dataclasses
-import functools
 import io
 import math
 import threading
 
+from absl import flags
 from absl import logging
 import jax
 import numpy as np
@@ -179,6 +179,12 @@ class SkipCounter:
         logging.warning("Skipping corrupt image %s (%d corrupt images so "
                         "far).", where, len(self.paths))
 
+  def __getstate__(self):  # Sent to grain's worker processes.
+    return {"paths": set(self.paths)}
+
+  def __setstate__(self, state):
+    self._lock, self.paths = threading.Lock(), state["paths"]
+
   def __contains__(self, where: str) -> bool:
     return where in self.paths
 
@@ -195,13 +201,17 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
                   start_step: int, total_steps: int, batch_size: int,
                   skip_corrupt: bool = False,
                   skipped: SkipCounter | None = None, num_threads: int = 8,
-                  prefetch: int = 256):
+                  prefetch: int = 256, workers: int = 0):
   """Iterator of this process's rows of the batches of steps start_step + 1
   .. total_steps, as numpy {"images": uint8 (b, S, S, 3), "labels"}.
 
   A corrupt image, with skip_corrupt, is replaced by the next row of its
   batch with the same label (another view of the same class: the batch
-  keeps its P x K shape) and counted in `skipped`.
+  keeps its P x K shape) and counted in `skipped` (with workers > 0, in
+  each worker's copy: only the log shows them).
+
+  workers > 0 decodes whole batches in that many processes (grain's
+  mp_prefetch) instead of images in num_threads threads of this one.
   """
   import grain  # pylint: disable=g-import-not-at-top
   num_processes, index = jax.process_count(), jax.process_index()
@@ -211,12 +221,17 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
   local = batch_size // num_processes
   skipped = skipped if skipped is not None else SkipCounter()
 
-  @functools.lru_cache(maxsize=64)
+  plans = {}  # step -> its rows and draws; a dict pickles (workers > 0).
+
   def plan(step):
-    rows = sample_indices(np.random.default_rng((seed, step)))
-    draws = crop_draws(np.random.default_rng((seed, step, 1)), len(rows))
-    part = slice(index * local, (index + 1) * local)
-    return rows[part], draws[part]
+    if step not in plans:
+      rows = sample_indices(np.random.default_rng((seed, step)))
+      draws = crop_draws(np.random.default_rng((seed, step, 1)), len(rows))
+      part = slice(index * local, (index + 1) * local)
+      if len(plans) > 64:
+        plans.clear()
+      plans[step] = rows[part], draws[part]
+    return plans[step]
 
   def read(element):
     step, position = divmod(int(element), local)
@@ -240,10 +255,28 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
                       "only replaces an image by another of its class).")
     return {"images": image, "labels": np.int32(label)}
 
-  return grain.MapDataset.range(start_step * local, total_steps * local).map(
-      read).to_iter_dataset(grain.ReadOptions(
-          num_threads=num_threads, prefetch_buffer_size=prefetch)).batch(
-              local, drop_remainder=True)
+  if workers:
+    # Whole batches per element: grain shards a pipeline's elements over
+    # its worker processes, and an image-level shard would mix steps.
+    # grain's workers read absl flags; outside a CLI, take their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    read_batch = lambda step: _stack([read(step * local + p)
+                                      for p in range(local)])
+    return grain.MapDataset.range(start_step, total_steps).map(
+        read_batch).to_iter_dataset(grain.ReadOptions(
+            num_threads=1, prefetch_buffer_size=1)).mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=workers))
+  batches = grain.MapDataset.range(
+      start_step * local, total_steps * local).map(read).to_iter_dataset(
+          grain.ReadOptions(num_threads=num_threads,
+                            prefetch_buffer_size=prefetch)).batch(
+                                local, drop_remainder=True)
+  return batches
+
+
+def _stack(examples):
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 class DecodedSplit:

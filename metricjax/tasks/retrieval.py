@@ -319,7 +319,8 @@ def _photo_task(config, ds, sample_indices, examples_per_step, mesh,
         total_steps=config.total_steps, batch_size=examples_per_step,
         skip_corrupt=bool(data.get("skip_corrupt", False)),
         num_threads=data.get("num_threads", 8),
-        prefetch=data.get("prefetch", 256)), mesh)
+        prefetch=data.get("prefetch", 256),
+        workers=data.get("workers", 0)), mesh)
   return Task(sample=make_stream_sample(config), stream=stream,
               data=stream_lib.abstract_batch(ds, examples_per_step, mesh,
                                              image_shape), **common)

@@ -188,3 +188,15 @@ def test_decoded_split_serves_batches_in_order(data_dir):
   direct = np.stack([pp.read_view(ds, i, pp.View(size=16))
                      for i in range(len(ds))])
   np.testing.assert_array_equal(np.concatenate(parts), direct)
+
+
+@pytest.mark.slow  # Starts grain worker processes (~15 s).
+def test_worker_processes_read_the_same_batches(data_dir):
+  ds = load_dataset("sop", "train", data_dir=data_dir)
+  run = lambda workers: list(pp.train_batches(
+      ds, _sampler(ds, 8, 2), pp.View(size=16, train=True), seed=1,
+      start_step=0, total_steps=3, batch_size=8, num_threads=2, prefetch=8,
+      workers=workers))
+  for a, b in zip(run(0), run(2), strict=True):
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])
