@@ -33,7 +33,7 @@ LAYERS = (
         "text",  # Caption tokens and vocabulary (data and the VSE task).
         "fne",  # Backbone features of a VGG (models.vgg).
     )),
-    ("metrics", ("metrics",)),
+    ("metrics", ("metrics", "clustering")),
     ("tasks", ("tasks",)),
     ("restore", ("restore",)),
     ("train / evaluate", (

@@ -6,6 +6,7 @@ from metricjax.data.captions import CaptionSplit
 from metricjax.data.captions import load_captions
 from metricjax.data.dataset import ArrayDataset
 from metricjax.data.dataset import Dataset
+from metricjax.data.dataset import LabelledSplit
 from metricjax.data.dataset import hold_out
 from metricjax.data.dataset import imbalanced
 from metricjax.data.idx import read_idx

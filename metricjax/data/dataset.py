@@ -1,4 +1,4 @@
-"""Labelled image splits: the Dataset protocol every source's split meets,
+"""Labelled image splits: the protocols every source's split meets,
 the in-memory ArrayDataset, and the functions that take examples out of one
 (subset, hold_out, imbalanced), keeping each example's id."""
 
@@ -26,13 +26,11 @@ class Images(Protocol):
 
 
 @runtime_checkable
-class Dataset(Protocol):
-  """One split of a labelled image dataset, held in memory (ArrayDataset) or
-  read from disk on demand (packed.PackedDataset); training, evaluation and
-  search take either. Attributes as documented on ArrayDataset."""
-
-  @property
-  def images(self) -> Images: ...
+class LabelledSplit(Protocol):
+  """What every source's split has, whatever holds its images: the labels,
+  the class names and one id per example. Photo benchmarks
+  (data/photos.PhotoDataset) are only this: their images are decoded by the
+  host pipeline, never held."""
 
   @property
   def labels(self) -> np.ndarray: ...
@@ -56,6 +54,16 @@ class Dataset(Protocol):
   def ids(self) -> np.ndarray: ...
 
   def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class Dataset(LabelledSplit, Protocol):
+  """A split of same-size images read by rows, held in memory (ArrayDataset)
+  or read from disk on demand (packed.PackedDataset); training, evaluation
+  and search take either. Attributes as documented on ArrayDataset."""
+
+  @property
+  def images(self) -> Images: ...
 
   @property
   def image_shape(self) -> tuple[int, int, int]: ...

@@ -1,0 +1,56 @@
+"""The retrieval task's photo-benchmark conventions: recall ks per
+benchmark, In-Shop query -> gallery, skipped rows out of the metrics."""
+
+import ml_collections
+import numpy as np
+
+import replicas
+from metricjax.data import load_dataset
+from metricjax.tasks import retrieval
+
+
+def _config(ks):
+  return ml_collections.ConfigDict(dict(
+      seed=0, eval=dict(ks=ks, clustering=True, kmeans_max_iter=50)))
+
+
+def test_conventions():
+  assert retrieval.recall_ks("cub") == (1, 2, 4, 8)
+  assert retrieval.recall_ks("cars196") == (1, 2, 4, 8)
+  assert retrieval.recall_ks("sop") == (1, 10, 100, 1000)
+  assert retrieval.recall_ks("inshop") == (1, 10, 20, 30, 40, 50)
+
+
+def test_inshop_queries_only_the_gallery(tmp_path):
+  replicas.make_inshop(str(tmp_path))
+  ds = load_dataset("inshop", "test", data_dir=str(tmp_path))
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(ds.num_classes, 8))
+  centres[:, 7] = 0
+  emb = centres[ds.labels] + 0.01 * rng.normal(size=(len(ds), 8))
+  emb[:, 7] = 0
+  # Queries share a large component no gallery image has: it leaves the
+  # cosine ranking of the gallery as it was but makes every query the
+  # nearest neighbour of the others. Only the gallery is ranked.
+  emb[ds.is_query, 7] = 100
+  keep = np.ones(len(ds), bool)
+  metrics = retrieval._photo_metrics(_config((1, 10)), ds, emb, keep)
+  assert metrics["recall_at_1"] == 1.0 and metrics["num_skipped_corrupt"] == 0
+  assert set(metrics) >= {"recall_at_10", "map_at_r", "nmi", "ami"}
+  # Self-retrieval over the same rows would find the other queries first.
+  same = retrieval._photo_metrics(
+      _config((1,)), ds.__class__(**{**ds.__dict__, "is_query": None,
+                                     "is_gallery": None}), emb, keep)
+  assert same["recall_at_1"] < 1.0
+
+
+def test_skipped_rows_are_left_out(tmp_path):
+  replicas.make_sop(str(tmp_path))
+  ds = load_dataset("sop", "test", data_dir=str(tmp_path))
+  emb = np.eye(ds.num_classes)[ds.labels].astype(np.float32)
+  keep = np.ones(len(ds), bool)
+  keep[0] = False
+  emb[0] = -1.0  # A black view's embedding: would be a wrong neighbour.
+  metrics = retrieval._photo_metrics(_config((1, 2)), ds, emb, keep)
+  assert metrics["num_skipped_corrupt"] == 1
+  assert metrics["precision_at_1"] == 1.0
