@@ -63,6 +63,9 @@ def get_config(arg=None):
   # the same results up to float32 rounding; logs, validation and
   # checkpoints still fall on their steps.
   config.steps_per_call = 1
+  # XLA:CPU kernels (metricjax/xla_routing.py): "conv_eigen" takes the
+  # convolutions off YNNPACK, whose weight gradient is slow; or "jaxlib_default".
+  config.xla_cpu_routing = "conv_eigen"
   # Activations in float32 or bfloat16; parameters, optimiser state,
   # normalisation statistics and loss reductions stay float32.
   config.compute_dtype = "float32"

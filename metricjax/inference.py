@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from metricjax import parallel
+from metricjax import xla_routing
 
 
 def iterate_batches(apply: Callable, variables, inputs: Sequence, *,
@@ -57,8 +58,10 @@ def batched_apply(apply: Callable, variables, inputs: Sequence, *,
 
 
 def embed(model, variables, images: np.ndarray, *, batch_size: int, mesh,
-          desc: str = "embed") -> dict[str, np.ndarray]:
+          desc: str = "embed", routing: str = xla_routing.DEFAULT
+          ) -> dict[str, np.ndarray]:
   """The model's outputs ({"embedding": ..., ["logits": ...]}) per image."""
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  apply = xla_routing.jit(lambda v, x: model.apply(v, x, train=False),
+                          routing=routing)
   return batched_apply(apply, variables, (images,), batch_size=batch_size,
                        mesh=mesh, desc=desc)

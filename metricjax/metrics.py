@@ -12,10 +12,11 @@ ECCV 2020) and agree with pytorch-metric-learning's AccuracyCalculator:
 - recall_at_{k}: the query has at least one correct reference in its top k
   (the "Recall@K" of metric-learning papers, not the IR recall).
 
-"Lone" queries, whose label has no reference (R = 0), are left out of every
-average, as AccuracyCalculator does: they cannot be answered correctly and
-R-precision and MAP@R are undefined for them. If every query is lone the
-metrics are NaN.
+"Lone" queries, whose label has no reference (R = 0: a class with one test
+image, in self-query), are left out of every average, as AccuracyCalculator
+does: they cannot be answered correctly and R-precision and MAP@R are
+undefined for them; their count is `num_queries_without_positive`. If every
+query is lone the metrics are NaN.
 
 Ranking is by cosine similarity (both sides normalised), found by the
 exact `metricjax.ops.knn.knn`; among equal similarities the lower reference
@@ -34,6 +35,7 @@ import numpy as np
 import tqdm
 
 from metricjax.ops.knn import knn
+from metricjax.ops.knn import References
 
 # Similarity rows kept in memory at once by the cross-modal metrics: 2**24
 # float32 is 64 MiB.
@@ -79,7 +81,8 @@ def retrieval_metrics(query, query_labels, reference=None,
 
   Returns:
     {"precision_at_1", "r_precision", "map_at_r", "recall_at_{k}"...} as
-    floats, averaged over the queries that are not lone (module docstring).
+    floats, averaged over the queries that are not lone (module docstring),
+    and "num_queries_without_positive", the number of lone queries (int).
   """
   query = np.asarray(query, np.float32)
   same_source = reference is None
@@ -111,37 +114,44 @@ def retrieval_metrics(query, query_labels, reference=None,
   k = min(max(int(r.max(initial=0)), max(ks)), num_refs)
   names = ["precision_at_1", "r_precision", "map_at_r"]
   names += [f"recall_at_{kk}" for kk in ks]
+  lone = int(np.sum(~not_lone))
   if not not_lone.any():
     logging.warning("retrieval_metrics: no query label is in the reference "
                     "set; every metric is NaN.")
-    return {name: math.nan for name in names}
+    return {**{name: math.nan for name in names},
+            "num_queries_without_positive": lone}
 
   num_queries = len(query)
-  # The neighbours, exact and chunked over the references (metricjax.search).
-  _, indices = knn(query, reference, k, metric="cosine",
-                          exclude=np.arange(num_queries) if same_source else None)
   if chunk_size is None:
     chunk_size = max(1, _CHUNK_ELEMENTS // k)
   chunk_size = min(int(chunk_size), num_queries)
   num_chunks = -(-num_queries // chunk_size)
   pad = num_chunks * chunk_size - num_queries
-  indices = np.pad(indices, ((0, pad), (0, 0)))
   query_ids = np.pad(query_ids, (0, pad))
   r_padded = np.pad(r, (0, pad)).astype(np.int32)
+  # The references are placed once; each chunk of queries is searched
+  # (exactly, metricjax.ops.knn) and scored on its own, so only a chunk's
+  # neighbours (chunk_size x k) are ever held, however many queries.
+  placed = References.place(reference, k_hint=k)
   reference_ids = jnp.asarray(reference_ids)
-
   parts = {name: [] for name in names}
   for c in range(num_chunks):
     s = slice(c * chunk_size, (c + 1) * chunk_size)
-    out = _chunk_metrics(indices[s], query_ids[s], r_padded[s], reference_ids,
+    rows = np.arange(num_queries)[s]
+    _, indices = knn(query[s], placed, k, metric="cosine",
+                     exclude=rows if same_source else None)
+    indices = np.pad(indices, ((0, chunk_size - len(rows)), (0, 0)))
+    out = _chunk_metrics(indices, query_ids[s], r_padded[s], reference_ids,
                          ks=ks)
     for name in names:
       parts[name].append(np.asarray(out[name]))
-  return {
+  result = {
       name: float(np.mean(np.concatenate(parts[name])[:num_queries][not_lone],
                           dtype=np.float64))
       for name in names
   }
+  result["num_queries_without_positive"] = lone
+  return result
 
 
 def accuracy(logits, labels) -> float:

@@ -36,6 +36,7 @@ from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import step as step_lib
 from metricjax import tasks
+from metricjax import xla_routing
 from metricjax import errors
 from metricjax import failures
 from metricjax.errors import UserError, exit_on_user_error
@@ -50,6 +51,19 @@ def _define_flags():
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
   cli.define_common_flags()
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def compile_steps(train_step, state, data, num_steps: int, *, streamed: bool,
+                  mesh, routing: str = xla_routing.DEFAULT):
+  """num_steps training steps as one compiled call, ahead of time (so its
+  memory can be logged): state donated, outputs replicated, XLA:CPU
+  routed by `routing` (metricjax/xla_routing.py). data: the on-device
+  dataset, or, when streamed, a tuple of num_steps batches."""
+  replicated = parallel.replicated(mesh)
+  return xla_routing.jit(
+      step_lib.repeat_steps(train_step, num_steps, streamed=streamed),
+      routing=routing, donate_argnums=(0,),
+      out_shardings=(replicated, replicated)).lower(state, data).compile()
 
 
 def step_memory(compiled) -> dict:
@@ -174,16 +188,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   steps_per_call = config.get("steps_per_call", 1)
   if steps_per_call < 1:
     raise UserError(f"config.steps_per_call={steps_per_call} must be >= 1.")
+  routing = xla_routing.check(
+      config.get("xla_cpu_routing", xla_routing.DEFAULT))
   compiled = {}
 
   def steps_fn(k):
-    """k steps as one compiled call (ahead of time: its memory is logged)."""
     if k not in compiled:
       example = (task.data,) * k if task.stream else task.data
-      compiled[k] = jax.jit(
-          step_lib.repeat_steps(train_step, k, streamed=bool(task.stream)),
-          donate_argnums=(0,), out_shardings=(replicated, replicated)
-      ).lower(state, example).compile()
+      compiled[k] = compile_steps(train_step, state, example, k,
+                                  streamed=bool(task.stream), mesh=mesh,
+                                  routing=routing)
     return compiled[k]
 
   schedule = state_lib.learning_rate_schedule(config)

@@ -26,6 +26,7 @@ LAYERS = (
         "inference",  # Batched, sharded apply over host arrays.
         "state", "checkpoint",  # The train state and its Orbax files.
         "artifact",  # The exported-model file format.
+        "xla_routing",  # XLA:CPU compiler options per jitted function.
     )),
     ("ops", ("ops",)),
     ("losses / data / models", (

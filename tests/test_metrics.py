@@ -59,6 +59,8 @@ def random_set(rng, n, num_classes, dim=8):
 
 
 def check(got, want, ks):
+  got = dict(got)
+  assert type(got.pop("num_queries_without_positive", 0)) is int
   for key in PML_KEYS:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=key)
   assert set(got) == set(PML_KEYS) | {f"recall_at_{k}" for k in ks}
@@ -107,6 +109,7 @@ def test_lone_queries_are_left_out():
   labels = labels.copy()
   labels[17] = 9
   got = metrics.retrieval_metrics(x, labels)
+  assert got.pop("num_queries_without_positive") == 1
   check(got, pml_metrics(x, labels), (1, 5, 10))
   for key, value in numpy_recall(x, labels, None, None, (1, 5, 10)).items():
     assert got[key] == pytest.approx(value, abs=1e-12), key
@@ -119,12 +122,16 @@ def test_lone_queries_are_left_out():
   got = metrics.retrieval_metrics(query, query_labels, ref, ref_labels)
   check(got, pml_metrics(query, query_labels, ref, ref_labels), (1, 5, 10))
   want = metrics.retrieval_metrics(query[5:], query_labels[5:], ref, ref_labels)
+  # The 5 relabelled queries and query 17, whose label 9 is unique.
+  assert got.pop("num_queries_without_positive") == 6
+  assert want.pop("num_queries_without_positive") == 1
   assert got == want
 
 
 def test_all_lone_is_nan():
   x = np.eye(4, dtype=np.float32)
   got = metrics.retrieval_metrics(x, np.arange(4), ks=(1, 2))
+  assert got.pop("num_queries_without_positive") == 4
   assert len(got) == 5 and all(math.isnan(v) for v in got.values())
 
 

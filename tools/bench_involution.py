@@ -3,7 +3,7 @@ r"""Involution on CPU: metricjax vs the official PyTorch code vs a 3x3 conv.
   python tools/bench_involution.py                  # the op table
   python tools/bench_involution.py --shapes=0,2 --repeats=11
   python tools/bench_involution.py --shapes=8x16x16x32x2x5 --quick
-  python tools/bench_involution.py --train-step     # compact net, before/after
+  PYTHONPATH=$PWD python tools/bench_involution.py --train_step     # compact net, before/after
 
 Times are medians over --repeats calls in one process, after compiling and
 two warm-up calls; the implementations take turns within each repeat so
@@ -34,13 +34,13 @@ from torch.profiler's memory events (profile_memory=True), inputs excluded.
 Results for this repository's machine are in tools/README.md.
 """
 
-import argparse
 import contextlib
 import functools
 import os
-import platform
 from unittest import mock
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +49,9 @@ from metricjax import losses
 from metricjax import ops
 from metricjax.models import CompactNet
 from metricjax.ops.involution import involution_autodiff
-from bench_train import median_times  # tools/, run as a script
+from benchmark import load  # tools/, run as a script
+from benchmark import machine  # tools/, run as a script
+from benchmark import median_times  # tools/, run as a script
 from torch_reference import involution_naive  # tools/, run as a script
 
 # (B, H, W, C, G, K): MNIST-sized single group, a wide 7x7 kernel, and a
@@ -92,7 +94,7 @@ def _in_situ(fn):
 
 
 def _load():
-  return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+  return f"load average {load()}"
 
 
 def _conv(x, w, *, stride):
@@ -287,32 +289,26 @@ def bench_train_step(repeats, batch_size, variant):
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--shapes", default="",
-                      help="comma-separated indices into SHAPES (0-2) or "
-                      "BxHxWxCxGxK; default: all of SHAPES")
-  parser.add_argument("--quick", action="store_true",
-                      help="smoke run: 3 repeats, batch / 8")
-  parser.add_argument("--threads", type=int,
-                      default=len(os.sched_getaffinity(0)),
-                      help="torch.set_num_threads; default: the CPUs this "
-                      "process may use, which XLA's thread pool also uses "
-                      "(so `taskset -c 0` gives a one-thread match)")
-  parser.add_argument("--train-step", action="store_true",
-                      help="time the compact net's training step instead")
-  parser.add_argument("--variant", default="hybrid1",
-                      help="CompactNet variant for --train-step")
-  args = parser.parse_args()
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("repeats", 7, "Interleaved repetitions (medians).")
+flags.DEFINE_string("shapes", "", "Comma-separated indices into SHAPES (0-2) "
+                    "or BxHxWxCxGxK; default: all of SHAPES.")
+flags.DEFINE_bool("quick", False, "Smoke run: 3 repeats, batch / 8.")
+flags.DEFINE_integer("threads", len(os.sched_getaffinity(0)),
+                     "torch.set_num_threads; default: the CPUs this process "
+                     "may use, which XLA's thread pool also uses (so "
+                     "`taskset -c 0` gives a one-thread match).")
+flags.DEFINE_bool("train_step", False, "Time the compact net's training step "
+                  "instead.")
+flags.DEFINE_string("variant", "hybrid1", "CompactNet variant for "
+                    "--train_step.")
+
+
+def main(_):
+  args = FLAGS
   repeats = 3 if args.quick else args.repeats
 
-  import torch  # pylint: disable=g-import-not-at-top
-  print(f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, jax {jax.__version__} "
-        f"({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({args.threads} threads); {_load()}\n", flush=True)
+  print(machine(args.threads), "\n", flush=True)
   if args.train_step:
     batch = 64 if args.quick else 256
     print(bench_train_step(repeats, batch, args.variant))
@@ -331,4 +327,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

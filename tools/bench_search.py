@@ -1,8 +1,11 @@
 r"""Queries/s of metricjax.search.knn against faiss-cpu's exact flat indexes.
 
-  python tools/bench_search.py [--cases=200000x128,1000000x128,200000x64]
+  PYTHONPATH=$PWD python tools/bench_search.py \
+      [--cases=200000x128,1000000x128,200000x64]
       [--metrics=ip,l2] [--queries=2000] [--k=10] [--repeats=5]
       [--faiss_threads=2,1] [--xla_cpu=default|per_core|single_thread]
+  PYTHONPATH=$PWD python tools/bench_search.py --retrieval=100000x64 \
+      [--classes=100] [--repeats=1]
 
 Per case: random Gaussian references and queries (L2-normalised for ip, so
 ip is cosine), the references placed once (knn: `search.References.place`;
@@ -27,30 +30,45 @@ then searches half of the references on each, meeting only for the merge;
 against FAISS on one thread).
 """
 
-import argparse
+import json
 import os
-import platform
 import subprocess
+import sys
 import time
 
+from absl import app
+from absl import flags
 import numpy as np
+
+import benchmark  # tools/, run as a script
+from benchmark import load
+from benchmark import machine
+from benchmark import median_times
 
 # jax and metricjax are imported in main(), after --xla_cpu set XLA_FLAGS.
 jax = search = None
 
-
-def machine() -> str:
-  try:
-    model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(l.split(":", 1)[1].strip() for l in model.splitlines()
-                 if l.startswith("Model name"))
-  except (OSError, StopIteration):
-    model = platform.processor()
-  return f"{model}, {os.cpu_count()} CPUs"
-
-
-def load() -> str:
-  return " ".join(open("/proc/loadavg").read().split()[:3])
+FLAGS = flags.FLAGS
+flags.DEFINE_list("cases", ["200000x128", "1000000x128", "200000x64"],
+                  "References NxD.")
+flags.DEFINE_list("metrics", ["ip", "l2"], "knn metrics.")
+flags.DEFINE_integer("queries", 2000, "Queries per search.")
+flags.DEFINE_integer("k", 10, "Neighbours.")
+flags.DEFINE_integer("repeats", 5, "Interleaved repetitions (medians).")
+flags.DEFINE_list("faiss_threads", ["2", "1"], "FAISS thread counts.")
+flags.DEFINE_enum("xla_cpu", "default", ["default", "per_core",
+                                         "single_thread"],
+                  "per_core: one XLA CPU device per core, each "
+                  "single-threaded; single_thread: one single-threaded "
+                  "device.")
+flags.DEFINE_float("pause", 0.5, "Seconds of sleep before each timed call.")
+flags.DEFINE_string("retrieval", "", "NxD, e.g. 100000x64: time "
+                    "metrics.retrieval_metrics (self-query, --classes "
+                    "classes) against faiss IndexFlatIP + numpy MAP@R "
+                    "instead, each in its own process (peak RSS).")
+flags.DEFINE_integer("classes", 100, "Classes of --retrieval.")
+flags.DEFINE_enum("only", "", ["", "metricjax", "faiss"],
+                  "Internal: run one --retrieval contender, print JSON.")
 
 
 def exact_scores(queries, refs, indices, metric):
@@ -83,17 +101,9 @@ def run_case(faiss, n, dim, metric, args, rng):
   contenders = {"knn": run_knn}
   contenders.update({f"faiss{t}": faiss_with(t) for t in args.faiss_threads})
   results = {name: fn() for name, fn in contenders.items()}  # Compile, warm.
-  times = {name: [] for name in contenders}
-  names = list(contenders)
-  for rep in range(args.repeats):
-    for name in names[rep % len(names):] + names[:rep % len(names)]:
-      # Idle threads of the previous contender (OpenMP's and XLA's pools
-      # spin before they sleep) would otherwise compete with this one.
-      time.sleep(args.pause)
-      start = time.perf_counter()
-      contenders[name]()
-      times[name].append(time.perf_counter() - start)
-  median = {name: float(np.median(t)) for name, t in times.items()}
+  # Idle threads of the previous contender (OpenMP's and XLA's pools spin
+  # before they sleep) would otherwise compete with this one: a pause.
+  median = median_times(contenders, args.repeats, warmup=0, pause=args.pause)
 
   got = results["knn"][1]
   want = results[f"faiss{args.faiss_threads[0]}"][1]
@@ -107,25 +117,90 @@ def run_case(faiss, n, dim, metric, args, rng):
               ratio=best_faiss / median["knn"])
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cases", default="200000x128,1000000x128,200000x64")
-  parser.add_argument("--metrics", default="ip,l2")
-  parser.add_argument("--queries", type=int, default=2000)
-  parser.add_argument("--k", type=int, default=10)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--faiss_threads", default="2,1")
-  parser.add_argument(
-      "--xla_cpu", choices=("default", "per_core", "single_thread"),
-      default="default",
-      help="per_core: one XLA CPU device per core, each single-threaded "
-      "(XLA_FLAGS), knn then shards the references over them; "
-      "single_thread: one single-threaded device, to compare with FAISS on "
-      "one thread")
-  parser.add_argument("--pause", type=float, default=0.5,
-                      help="seconds of sleep before each timed call")
-  args = parser.parse_args()
-  args.faiss_threads = [int(t) for t in args.faiss_threads.split(",")]
+def _retrieval_data(n, dim, classes):
+  """Class-clustered unit embeddings, labels 0..classes-1 (R ~ n/classes)."""
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, classes, n).astype(np.int32)
+  centres = rng.standard_normal((classes, dim), dtype=np.float32)
+  x = centres[labels] * 0.6 + rng.standard_normal((n, dim), dtype=np.float32)
+  return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def faiss_retrieval(faiss, x, labels, chunk=2000):
+  """P@1 and MAP@R (self-query) from IndexFlatIP's k = max R + 1 search."""
+  r = np.bincount(labels)[labels] - 1
+  k = int(r.max()) + 1
+  flat = faiss.IndexFlatIP(x.shape[1])
+  flat.add(x)
+  p1, map_r = [], []
+  for s in range(0, len(x), chunk):
+    _, idx = flat.search(x[s:s + chunk], k)
+    rows = np.arange(s, s + len(idx))
+    # Drop the query itself (it need not be first on ties), keep k - 1.
+    keep = idx != rows[:, None]
+    idx = np.stack([row[m][:k - 1] for row, m in zip(idx, keep)])
+    correct = labels[idx] == labels[rows, None]
+    rr = r[rows]
+    hits = correct & (np.arange(1, k) <= rr[:, None])
+    prec = np.cumsum(hits, axis=1) / np.arange(1, k)
+    p1.append(correct[:, 0])
+    map_r.append(np.sum(prec * hits, axis=1) / np.maximum(rr, 1))
+  return {"precision_at_1": float(np.mean(np.concatenate(p1))),
+          "map_at_r": float(np.mean(np.concatenate(map_r)))}
+
+
+def run_retrieval_contender(name, n, dim, classes):
+  """One contender in this process: {seconds, peak_rss_mb, metrics}."""
+  x, labels = _retrieval_data(n, dim, classes)
+  start = time.perf_counter()
+  if name == "faiss":
+    import faiss  # pylint: disable=g-import-not-at-top
+    got = faiss_retrieval(faiss, x, labels)
+  else:
+    from metricjax import metrics  # pylint: disable=g-import-not-at-top
+    got = metrics.retrieval_metrics(x, labels, ks=(1,))
+  return dict(contender=name, seconds=time.perf_counter() - start,
+              peak_rss_mb=benchmark.peak_rss_mb(), load=load(),
+              precision_at_1=got["precision_at_1"], map_at_r=got["map_at_r"])
+
+
+def bench_retrieval(n, dim, classes, repeats):
+  """Each contender in a fresh process (its own peak RSS), taking turns."""
+  rows = {"faiss": [], "metricjax": []}
+  for rep in range(repeats):
+    for name in (["faiss", "metricjax"] if rep % 2 == 0
+                 else ["metricjax", "faiss"]):
+      out = subprocess.run(
+          [sys.executable, __file__, f"--retrieval={n}x{dim}",
+           f"--classes={classes}", f"--only={name}"],
+          capture_output=True, text=True, check=True,
+          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+      rows[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+      print(rows[name][-1], flush=True)
+  med = {name: float(np.median([r["seconds"] for r in rs]))
+         for name, rs in rows.items()}
+  print(f"\n| {n:,} x {dim}, {classes} classes | seconds | peak RSS MB | "
+        "P@1 | MAP@R | loads |\n|---|--:|--:|--:|--:|---|")
+  for name, rs in rows.items():
+    print(f"| {name} | {med[name]:.1f} | "
+          f"{max(r['peak_rss_mb'] for r in rs):.0f} | "
+          f"{rs[0]['precision_at_1']:.5f} | {rs[0]['map_at_r']:.5f} | "
+          f"{'; '.join(r['load'] for r in rs)} |")
+  print(f"\nmetricjax / faiss speed: {med['faiss'] / med['metricjax']:.2f}x")
+
+
+def main(_):
+  args = FLAGS
+  if args.retrieval:
+    n, dim = (int(v) for v in args.retrieval.split("x"))
+    if args.only:
+      benchmark.print_json(run_retrieval_contender(args.only, n, dim,
+                                                   args.classes))
+    else:
+      print(machine(), flush=True)
+      bench_retrieval(n, dim, args.classes, args.repeats)
+    return
+  faiss_threads = [int(t) for t in args.faiss_threads]
   if args.xla_cpu != "default":
     devices = os.cpu_count() if args.xla_cpu == "per_core" else 1
     os.environ["XLA_FLAGS"] = " ".join([
@@ -135,25 +210,27 @@ def main():
   global jax, search
   import faiss  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  from metricjax import search  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  from metricjax.ops import knn as search  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  run_args = type("Args", (), dict(queries=args.queries, k=args.k,
+                                   repeats=args.repeats, pause=args.pause,
+                                   faiss_threads=faiss_threads))
 
-  print(f"{machine()}; jax {jax.__version__} ({jax.default_backend()}, "
-        f"{jax.device_count()} device(s)), faiss {faiss.__version__}; "
-        f"{args.queries} queries, k={args.k}, median of {args.repeats}")
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"load average at start: {load()}\n")
-  faiss_cols = " | ".join(f"faiss {t} thr q/s" for t in args.faiss_threads)
+  print(f"{machine()}; {jax.device_count()} XLA device(s), faiss "
+        f"{faiss.__version__}; {args.queries} queries, k={args.k}, median "
+        f"of {args.repeats}")
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+  faiss_cols = " | ".join(f"faiss {t} thr q/s" for t in faiss_threads)
   print(f"| references | metric | knn s | knn q/s | {faiss_cols} | "
         "knn / best faiss | identical lists | identical up to ties | load |")
-  print("|---" * (8 + len(args.faiss_threads)) + "|")
+  print("|---" * (8 + len(faiss_threads)) + "|")
   rng = np.random.default_rng(0)
-  for case in args.cases.split(","):
+  for case in args.cases:
     n, dim = (int(v) for v in case.split("x"))
-    for metric in args.metrics.split(","):
-      r = run_case(faiss, n, dim, metric, args, rng)
+    for metric in args.metrics:
+      r = run_case(faiss, n, dim, metric, run_args, rng)
       qps = {name: args.queries / t for name, t in r["median"].items()}
       faiss_qps = " | ".join(f"{qps[f'faiss{t}']:,.0f}"
-                             for t in args.faiss_threads)
+                             for t in faiss_threads)
       print(f"| {n:,} x {dim} | {metric} | {r['median']['knn']:.3f} | "
             f"{qps['knn']:,.0f} | {faiss_qps} | {r['ratio']:.2f}x | "
             f"{r['identical']:.4f} | {r['up_to_ties']:.4f} | {load()} |",
@@ -162,4 +239,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,17 +1,19 @@
 r"""Training-step throughput: metricjax against PyTorch, same machine, same run.
 
-  python tools/bench_train.py                         # every case
-  python tools/bench_train.py --cases=hybrid1 --repeats=9
-  python tools/bench_train.py --cases=hybrid1 --steps-per-call=1,4,16
-  python tools/bench_train.py --quick                 # smoke run
-  python tools/bench_train.py --layers                # per-layer fwd+bwd
+  PYTHONPATH=$PWD python tools/bench_train.py        # every case
+  PYTHONPATH=$PWD python tools/bench_train.py --cases=hybrid1 --repeats=9
+  PYTHONPATH=$PWD python tools/bench_train.py --cases=hybrid1 \
+      --steps_per_call=1,8 [--xla_cpu_routing=both]
+  PYTHONPATH=$PWD python tools/bench_train.py --quick  # smoke run
+  (per-layer forward + backward: tools/bench_layers.py)
 
 Cases (the batch is in memory on both sides):
   hybrid1, conv_only, involution_only
       configs/compact_involution.py (MS loss, batch 256 = 8 classes x 32,
       28x28x1 uint8), built with the library's own pieces: retrieval.make_loss,
       retrieval.make_sample, state.create_optimizer, step.make_train_step,
-      jitted as metricjax.train jits it (repeat_steps, donated state).
+      compiled by metricjax.train.compile_steps (the CLI's own path: donated
+      state, config.xla_cpu_routing).
       PyTorch: tools/torch_reference.CompactNet, PML's MultiSimilarityLoss
       (alpha 2, beta 50, base 0.5) on MultiSimilarityMiner (epsilon 0.1)
       pairs, torch.optim.AdamW (lr 3e-3, weight decay 1e-4) with the same
@@ -23,39 +25,42 @@ Cases (the batch is in memory on both sides):
       ContrastiveLoss (torch_reference.VSEModel), packed sequences, the same
       clipping and optimiser.
 
-metricjax is timed twice: the real step, which samples (and gathers) its
-batch from the dataset on the device, and the step on a ready batch (the
-streamed-input path). PyTorch eager is timed with --threads threads and with
-one (OpenMP barriers on a loaded machine can make more threads slower), and
-under torch.compile (inductor, default mode) on the model. The
-implementations take turns within each repeat; tables give medians and the
-load average (os.getloadavg) before and after. The split of a metricjax step
-(input, forward, backward, optimiser) times separately compiled parts on
-the ready batch: sampling alone, the loss alone, its value_and_grad, and the
-optimiser update on given gradients; backward = value_and_grad - forward.
+metricjax is timed on the real step (sampling its batch from the on-device
+dataset) and on a ready batch (the streamed path); PyTorch eager with
+--threads threads and with one, and under torch.compile (inductor). They take
+turns within each repeat (tools/benchmark.py); tables give medians and the
+load average before and after. The split (input, forward, backward,
+optimiser) times separately compiled parts; backward = fwd+bwd - forward.
 """
 
-import argparse
+import functools
 import os
-import platform
-import statistics
 import time
 import types
 
+from absl import app
+from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
+
+import benchmark  # tools/, run as a script
+from benchmark import load
+from benchmark import machine
+from benchmark import median_times
 
 from metricjax import losses
 from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import step as step_lib
+from metricjax import train as train_lib
+from metricjax import xla_routing
 from metricjax.config_utils import load_config
 from metricjax.data import ClassIndex
 from metricjax.tasks import retrieval
 from metricjax.tasks import vse
+from metricjax.text import Vocabulary
 
 IMAGE_CASES = ("hybrid1", "conv_only", "involution_only")
 CASES = IMAGE_CASES + ("vse",)
@@ -66,32 +71,6 @@ FNE_DIM = 4224 + 4096 + 4096
 VOCAB_SIZE = 2600
 CAPTION_WIDTH = 40
 CAPTION_LENGTHS = (6, 18)
-
-
-def load():
-  return f"{os.getloadavg()[0]:.2f}"
-
-
-def median_times(fns, repeats):
-  """Median seconds per call of each zero-argument, blocking callable."""
-  for fn in fns.values():
-    fn(), fn()
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
-# --- metricjax ---------------------------------------------------------------
-
-
-def _image_data(num_classes, per_class, rng):
-  labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-  images = rng.integers(0, 256, (labels.size, 28, 28, 1), dtype=np.uint8)
-  return images, labels
 
 
 def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
@@ -110,7 +89,8 @@ def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
       config.batch_size = batch_size
     # 32 classes: enough for batches of up to 1024 at 32 per class.
     num_classes = 32
-    images, labels = _image_data(num_classes, 300, rng)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int32), 300)
+    images = rng.integers(0, 256, (labels.size, 28, 28, 1), dtype=np.uint8)
     meta = retrieval.Meta(name="synthetic", source="memory", split="train",
                           size=labels.size, num_classes=num_classes,
                           class_names=tuple(map(str, range(num_classes))),
@@ -135,9 +115,12 @@ def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
     ids = rng.integers(1, VOCAB_SIZE, (n, per_image, CAPTION_WIDTH),
                        dtype=np.int32)
     ids = np.where(np.arange(CAPTION_WIDTH) < lengths[..., None], ids, 0)
-    # What make_model_and_init reads of the meta.
-    meta = types.SimpleNamespace(vocabulary=range(VOCAB_SIZE),
-                                 features_kind="fne", features_dim=FNE_DIM)
+    meta = vse.Meta(
+        dataset=dict(name="synthetic", source="memory", split="train",
+                     size=n, captions_per_image=per_image),
+        backbone={}, features_kind="fne", features_dim=FNE_DIM,
+        vocabulary=Vocabulary(("<pad>", "<unk>") + tuple(
+            f"w{i}" for i in range(VOCAB_SIZE - 2))), fne_stats=None)
     tx = state_lib.create_optimizer(config)
     model, init = vse.make_model_and_init(config, meta, tx)
     loss = vse.make_loss(config, model)
@@ -154,17 +137,16 @@ def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
 
 
 def compile_step(case, steps=1, ready=False):
-  """(compiled, example args) of `steps` training steps per call, as
-  metricjax.train compiles them; ready: on a given batch (streamed path)."""
-  replicated = parallel.replicated(case.mesh)
+  """(compiled, example args) of `steps` training steps per call, compiled
+  by metricjax.train's own compile_steps; ready: on a given batch (the
+  streamed path)."""
   sample = (lambda rng, batch: batch) if ready else case.sample
   train_step = step_lib.make_train_step(sample, case.loss, case.tx,
                                         seed=case.config.seed)
   data = (case.batch,) * steps if ready else case.data
-  compiled = jax.jit(
-      step_lib.repeat_steps(train_step, steps, streamed=ready),
-      donate_argnums=(0,), out_shardings=(replicated, replicated)
-  ).lower(case.state, data).compile()
+  compiled = train_lib.compile_steps(
+      train_step, case.state, data, steps, streamed=ready, mesh=case.mesh,
+      routing=case.config.xla_cpu_routing)
   return compiled, data
 
 
@@ -186,14 +168,16 @@ def jax_split(case):
   """{part: zero-argument blocking callable} of the step's parts."""
   state, batch = case.state, case.batch
   params = state_lib.trainable(state)
-  sample = jax.jit(case.sample)
+  jit = functools.partial(xla_routing.jit,
+                          routing=case.config.xla_cpu_routing)
+  sample = jit(case.sample)
   objective = lambda p, b: case.loss(p["model"], p["loss"], state.batch_stats,
                                      b)[0]
-  forward = jax.jit(objective)
-  fwd_bwd = jax.jit(jax.value_and_grad(objective))
+  forward = jit(objective)
+  fwd_bwd = jit(jax.value_and_grad(objective))
   grads = fwd_bwd(params, batch)[1]
 
-  @jax.jit
+  @jit
   def optimiser(grads, opt_state, params):
     updates, opt_state = case.tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -206,9 +190,6 @@ def jax_split(case):
       "fwd+bwd": lambda: block(fwd_bwd(params, batch)),
       "optimiser": lambda: block(optimiser(grads, state.opt_state, params)),
   }
-
-
-# --- PyTorch -----------------------------------------------------------------
 
 
 def _schedule(config):
@@ -276,19 +257,21 @@ def build_torch_case(name, jax_case, threads, compiled=False):
   return step, tr.count_params(model)
 
 
-# --- tables ------------------------------------------------------------------
-
-
 def bench_case(name, args):
   batch_size = args.batch_size or None
   case = build_jax_case(name, batch_size)
   b = case.config.batch_size
   fns = {}
   t0 = time.perf_counter()
-  compiled, data = compile_step(case)
-  fns["metricjax (sampler)"] = jax_runner(compiled, case.state, data)
-  compiled, data = compile_step(case, ready=True)
-  fns["metricjax (ready batch)"] = jax_runner(compiled, case.state, data)
+  for routing in args.routings:
+    case.config.xla_cpu_routing = routing
+    tag = f", {routing}" if len(args.routings) > 1 else ""
+    compiled, data = compile_step(case)
+    fns[f"metricjax (sampler{tag})"] = jax_runner(compiled, case.state, data)
+    compiled, data = compile_step(case, ready=True)
+    fns[f"metricjax (ready batch{tag})"] = jax_runner(compiled, case.state,
+                                                      data)
+  case.config.xla_cpu_routing = args.routings[0]
   jax_compile_s = time.perf_counter() - t0
   jax_params = models.count_params(case.state.params)
   threads = args.threads
@@ -354,6 +337,7 @@ def bench_case(name, args):
 def bench_steps_per_call(name, counts, args):
   """images/s of the real step for N steps per jitted call."""
   case = build_jax_case(name, args.batch_size or None)
+  case.config.xla_cpu_routing = args.routings[0]
   b = case.config.batch_size
   fns, compile_s = {}, {}
   for n in counts:
@@ -376,128 +360,40 @@ def bench_steps_per_call(name, counts, args):
   return "\n".join(lines)
 
 
-def _im2col_conv(variables, x):
-  """nn.Conv(3x3, "SAME", no bias) as 9 shifted slices + one matmul: tried
-  for XLA:CPU's slow small-channel convs; kept here as the measurement."""
-  kernel = variables["params"]["kernel"]
-  _, h, w, c = x.shape
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  columns = jnp.concatenate([padded[:, i:i + h, j:j + w, :]
-                             for i in range(3) for j in range(3)], axis=-1)
-  return jnp.dot(columns, kernel.reshape(9 * c, -1))
+FLAGS = flags.FLAGS
+flags.DEFINE_list("cases", list(CASES), "Cases to time.")
+flags.DEFINE_integer("repeats", 5, "Interleaved repetitions (medians).")
+flags.DEFINE_integer("batch_size", 0, "0: the config's.")
+flags.DEFINE_bool("quick", False, "Smoke run: 2 repeats, batch 64, no "
+                  "torch.compile.")
+flags.DEFINE_integer("threads", len(os.sched_getaffinity(0)),
+                     "torch.set_num_threads.")
+flags.DEFINE_bool("compile", True, "Also time torch.compile.")
+flags.DEFINE_bool("split", True, "Time the parts of the metricjax step.")
+flags.DEFINE_list("steps_per_call", [], "e.g. 1,4,16: time the first case's "
+                  "real step at these steps per jitted call instead.")
+flags.DEFINE_enum("xla_cpu_routing", "conv_eigen",
+                  ["conv_eigen", "jaxlib_default", "both"],
+                  "config.xla_cpu_routing of the metricjax step; both: "
+                  "time each (--steps_per_call and the cases' tables).")
 
 
-# hybrid1's 3x3 convs at batch 256: (B, H, W, C_in, C_out).
-LAYERS = [(256, 28, 28, 1, 32), (256, 14, 14, 32, 64), (256, 7, 7, 64, 64),
-          (256, 4, 4, 64, 96)]
-
-
-def bench_layers(args):
-  """Forward + both gradients of each conv (and one BN + GELU), XLA conv vs
-  im2col vs PyTorch: where the step's time goes, layer by layer."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  rows = []
-  for shape in LAYERS + [("bn+gelu", 256, 28, 28, 32)]:
-    bn = shape[0] == "bn+gelu"
-    b, h, w, cin = shape[1:5] if bn else shape[:4]
-    cout = cin if bn else shape[4]
-    x = rng.normal(size=(b, h, w, cin)).astype(np.float32)
-    ct = rng.normal(size=(b, h, w, cout)).astype(np.float32)
-    if bn:
-      module = nn.BatchNorm(use_running_average=False, momentum=0.9,
-                            epsilon=1e-5)
-      jax_impls = {"XLA": lambda v, x: nn.gelu(
-          module.apply(v, x, mutable=["batch_stats"])[0], approximate=False)}
-      variables = module.init(jax.random.key(0), x)
-      t_layer = torch.nn.Sequential(torch.nn.BatchNorm2d(cin), torch.nn.GELU())
-    else:
-      conv = nn.Conv(cout, (3, 3), use_bias=False)
-      variables = conv.init(jax.random.key(0), x)
-      jax_impls = {"XLA": conv.apply, "im2col": _im2col_conv}
-      t_layer = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-    fns = {}
-    for name, apply in jax_impls.items():
-      def fb(v, x, ct, apply=apply):
-        y, vjp = jax.vjp(apply, v, x)
-        return y, vjp(ct)
-      compiled = jax.jit(fb).lower(variables, x, ct).compile()
-      fns[name] = (lambda c=compiled: jax.block_until_ready(
-          c(variables, x, ct)))
-    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
-    ct_t = torch.from_numpy(ct.transpose(0, 3, 1, 2).copy())
-    for n in sorted({1, args.threads}):
-      def torch_fb(n=n):
-        torch.set_num_threads(n)
-        y = t_layer(x_t)
-        return torch.autograd.grad(y, [x_t, *t_layer.parameters()], ct_t)
-      fns[f"PyTorch, {n} thread{'s' if n > 1 else ''}"] = torch_fb
-    times = median_times(fns, args.repeats)
-    label = (f"BN (train) + GELU {(b, h, w, cin)}" if bn
-             else f"conv 3x3 {(b, h, w, cin)} -> {cout}")
-    rows.append((label, times))
-  names = sorted({n for _, t in rows for n in t}, key=lambda n: (
-      not n.startswith(("XLA", "im2col")), n))
-  lines = [f"Forward + gradients (input and weights), ms, median of "
-           f"{args.repeats}, load {load()}:", "",
-           "| layer | " + " | ".join(names) + " |",
-           "|---|" + "--:|" * len(names)]
-  for label, times in rows:
-    lines.append(f"| {label} | " + " | ".join(
-        f"{times[n] * 1e3:.1f}" if n in times else "" for n in names) + " |")
-  return "\n".join(lines)
-
-
-def machine(threads):
-  import torch  # pylint: disable=g-import-not-at-top
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(l.split(":", 1)[1].strip() for l in f
-                   if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return (f"{model}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-          f"({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({threads} threads), {time.strftime('%Y-%m-%d')}")
-
-
-def main():
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--cases", default=",".join(CASES))
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--batch-size", type=int, default=0,
-                      help="0: the config's")
-  parser.add_argument("--quick", action="store_true",
-                      help="smoke run: 2 repeats, batch 64, no torch.compile")
-  parser.add_argument("--threads", type=int,
-                      default=len(os.sched_getaffinity(0)))
-  parser.add_argument("--no-compile", dest="compile", action="store_false",
-                      help="skip torch.compile")
-  parser.add_argument("--no-split", dest="split", action="store_false")
-  parser.add_argument("--layers", action="store_true",
-                      help="time hybrid1's convs and a BN + GELU alone "
-                      "(XLA conv, im2col, PyTorch) instead")
-  parser.add_argument("--steps-per-call", default="",
-                      help="e.g. 1,4,16: time the first case's real step "
-                      "at these steps per jitted call instead")
-  args = parser.parse_args()
-  if args.quick:
+def main(_):
+  args = types.SimpleNamespace(**{k: FLAGS[k].value for k in (
+      "repeats", "batch_size", "threads", "compile", "split")}, routings=(
+          xla_routing.ROUTINGS if FLAGS.xla_cpu_routing == "both"
+          else (FLAGS.xla_cpu_routing,)))
+  if FLAGS.quick:
     args.repeats, args.batch_size, args.compile = 2, 64, False
   print(machine(args.threads), "\n", flush=True)
-  cases = args.cases.split(",")
-  if args.layers:
-    print(bench_layers(args), flush=True)
+  if FLAGS.steps_per_call:
+    counts = [int(v) for v in FLAGS.steps_per_call]
+    print(bench_steps_per_call(FLAGS.cases[0], counts, args), flush=True)
     return
-  if args.steps_per_call:
-    counts = [int(v) for v in args.steps_per_call.split(",")]
-    print(bench_steps_per_call(cases[0], counts, args), flush=True)
-    return
-  for name in cases:
+  for name in FLAGS.cases:
     print(bench_case(name, args), "\n", flush=True)
+  print(f"peak RSS {benchmark.peak_rss_mb():.0f} MB", flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

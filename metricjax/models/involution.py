@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from metricjax import ops
+from metricjax.ops import activations
 
 
 class Involution(nn.Module):
@@ -23,7 +24,7 @@ class Involution(nn.Module):
   # no hidden units. Four keep a few nonlinear features of the pixel's colour
   # for a few dozen parameters.
   min_reduced_channels: int = 4
-  activation: Callable[[jax.Array], jax.Array] = nn.gelu
+  activation: Callable[[jax.Array], jax.Array] = activations.gelu
   dtype: Any = jnp.float32
 
   @nn.compact

@@ -29,6 +29,7 @@ from metricjax import metrics as metrics_lib
 from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
+from metricjax import xla_routing
 from metricjax.data import photo_pipeline
 from metricjax.data import stream as stream_lib
 from metricjax.data.photos import PhotoDataset
@@ -229,13 +230,18 @@ def make_loss(config, model, loss: losses.Loss):
   return loss_fn
 
 
+def _routing(config) -> str:
+  return xla_routing.check(config.get("xla_cpu_routing", xla_routing.DEFAULT))
+
+
 def _variables(state):
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def make_validation(config, model, held_out: data_lib.ArrayDataset, mesh):
   """Retrieval metrics of the held-out examples (querying each other)."""
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  apply = xla_routing.jit(lambda v, x: model.apply(v, x, train=False),
+                          routing=_routing(config))
 
   def validate(state):
     outputs = inference.batched_apply(
@@ -338,7 +344,8 @@ def _embed_photos(config, model, state, ds, mesh):
       prefetch=data.get("prefetch", 256))
   outputs = inference.embed(model, _variables(state), images,
                             batch_size=config.eval.batch_size, mesh=mesh,
-                            desc=f"embed {ds.name}/{ds.split}")
+                            desc=f"embed {ds.name}/{ds.split}",
+                            routing=_routing(config))
   keep = np.ones(len(ds), bool)
   keep[images.skipped_rows] = False
   return outputs, keep
@@ -371,7 +378,8 @@ def evaluate(config, meta: Meta, model, state, split: str, mesh):
   else:
     outputs = inference.embed(model, _variables(state), ds.images,
                               batch_size=config.eval.batch_size, mesh=mesh,
-                              desc=f"embed {ds.name}/{split}")
+                              desc=f"embed {ds.name}/{split}",
+                              routing=_routing(config))
     metrics = metrics_lib.retrieval_metrics(
         outputs["embedding"], ds.labels, ks=tuple(config.eval.ks))
     if config.eval.get("clustering", False):
