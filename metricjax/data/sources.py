@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from metricjax.data import benchmarks
 from metricjax.data import idx as idx_lib
 from metricjax.data.dataset import ArrayDataset
 from metricjax.data.image_folder import load_image_folder
@@ -30,7 +31,7 @@ DATA_DIR_ENV = "METRICJAX_DATA_DIR"
 # Module-level so tests can point it at a temporary directory.
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
 SPEC_FORMS = ("idx:DIR", "folder:PATH", "tfds:NAME", "packed:PATH",
-              "halves:SPEC@SPLIT")
+              "halves:SPEC@SPLIT", "csv:FILE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,8 @@ _IDX_SUBSET_NOTE = {
     "train10k": "10k-digit subset of the training set, not the full 60k"}
 
 
-def load_dataset(name: str, split: str, *,
-                 data_dir: str | None = None) -> ArrayDataset:
+def load_dataset(name: str, split: str, *, data_dir: str | None = None,
+                 boxes: bool = False):
   """Loads one split of a known dataset or of an explicit spec.
 
   Args:
@@ -74,6 +75,11 @@ def load_dataset(name: str, split: str, *,
       "halves:SPEC@SPLIT" (below).
     split: "train" or "test" (any TFDS split string for "tfds:").
     data_dir: offline data directory; overrides $METRICJAX_DATA_DIR.
+    boxes: the photo benchmarks (cub, cars196) crop to their bounding boxes.
+
+  The photo benchmarks "cub", "cars196", "sop", "inshop" and "csv:FILE"
+  return a lazy PhotoDataset (data/benchmarks.py), the others an
+  ArrayDataset (or PackedDataset).
 
   "halves:SPEC@SPLIT" is the class split of the metric-learning benchmarks
   (CUB-200-2011, Cars196, Stanford Online Products): SPEC's split SPLIT
@@ -87,12 +93,18 @@ def load_dataset(name: str, split: str, *,
     return _class_half(arg, split, data_dir)
   if arg and kind == "packed":
     return load_packed(arg, split)
+  if arg and kind == "csv":
+    return benchmarks.load_csv(arg, split)
   if arg and kind in ("idx", "folder", "tfds"):
     return _load_spec(kind, arg, split)
   canonical = name.strip().lower().replace("-", "_")
+  if canonical in benchmarks.LAYOUTS:
+    roots = _data_roots(data_dir)
+    return benchmarks.load_benchmark(canonical, split, roots, boxes=boxes)
   if canonical not in KNOWN:
+    known = sorted([*KNOWN, *benchmarks.LAYOUTS])
     raise UserError(
-        f"Unknown dataset {name!r}. Known names: {', '.join(sorted(KNOWN))}; "
+        f"Unknown dataset {name!r}. Known names: {', '.join(known)}; "
         f"or give a spec: {', '.join(SPEC_FORMS)} (e.g. folder:/data/cub.zip, "
         "tfds:cars196).")
   known = KNOWN[canonical]

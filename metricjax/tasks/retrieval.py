@@ -7,6 +7,11 @@ validation on (config.eval_every > 0), config.val_size examples of the
 training split are held out of it (stratified, the same for every seed) and
 the validation metrics are theirs; the test split is read only by
 `metricjax.evaluate`.
+
+The photo benchmarks (cub, cars196, sop, inshop, csv:FILE) are lazy
+PhotoDatasets: always streamed, their views decoded and augmented on the
+host (data/photo_pipeline.py), evaluated with the field's conventions
+(RECALL_KS; In-Shop query -> gallery) and k-means NMI / AMI.
 """
 
 import dataclasses
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metricjax import clustering
 from metricjax import data as data_lib
 from metricjax import inference
 from metricjax import losses
@@ -23,9 +29,23 @@ from metricjax import metrics as metrics_lib
 from metricjax import models
 from metricjax import parallel
 from metricjax import state as state_lib
+from metricjax.data import photo_pipeline
 from metricjax.data import stream as stream_lib
+from metricjax.data.photos import PhotoDataset
 from metricjax.errors import UserError
 from metricjax.tasks import Task
+
+
+# The Recall@K each benchmark's papers report (Musgrave et al. 2020, Table
+# 1 and the works it compares): CUB and Cars196 at 1/2/4/8, SOP at
+# 1/10/100/1000, In-Shop query -> gallery at 1/10/20/30/40/50.
+RECALL_KS = {"cub": (1, 2, 4, 8), "cars196": (1, 2, 4, 8),
+             "sop": (1, 10, 100, 1000), "inshop": (1, 10, 20, 30, 40, 50)}
+
+
+def recall_ks(dataset: str) -> tuple[int, ...]:
+  """The convention of a dataset name (csv: and others: CUB's)."""
+  return RECALL_KS.get(dataset.strip().lower(), (1, 2, 4, 8))
 
 
 @flax.struct.dataclass
@@ -170,6 +190,12 @@ def placement(config, ds) -> str:
   if chosen not in ("device", "stream", "auto"):
     raise UserError(f"config.data.placement={chosen!r}: use device, stream "
                     "or auto.")
+  if isinstance(ds, PhotoDataset):
+    if chosen == "device":
+      raise UserError(f"{ds.name} is a photo collection decoded on the host "
+                      "(variable sizes): config.data.placement must be "
+                      "stream or auto.")
+    return "stream"
   if chosen == "auto":
     budget = data.get("device_budget_mb", 1024) * 2**20
     chosen = "device" if ds.nbytes <= budget else "stream"
@@ -223,7 +249,12 @@ def make_validation(config, model, held_out: data_lib.ArrayDataset, mesh):
 def build(config, mesh, tx) -> Task:
   parallel.check_divisible(config.batch_size, mesh, "config.batch_size")
   loss = losses.get_loss(config.loss.name)
-  ds = data_lib.load_dataset(config.dataset, config.train_split)
+  ds = _load(config, config.train_split)
+  photos = isinstance(ds, PhotoDataset)
+  if photos and (_val_size(config) or config.get("imbalance")):
+    raise UserError(f"{ds.name} is a photo benchmark: validation hold-out "
+                    "(eval_every) and imbalance are not available for it "
+                    "yet; set config.eval_every=0 and drop config.imbalance.")
   if config.get("imbalance") and config.imbalance.classes:
     ds = data_lib.imbalanced(ds, **config.imbalance.to_dict())
   validate = None
@@ -231,7 +262,8 @@ def build(config, mesh, tx) -> Task:
     ds, held_out = data_lib.hold_out(ds, config.val_size)
   meta = Meta(name=ds.name, source=ds.source, split=ds.split, size=len(ds),
               num_classes=ds.num_classes, class_names=ds.class_names,
-              image_shape=ds.image_shape, val_size=_val_size(config))
+              image_shape=((config.image_size,) * 2 + (3,) if photos
+                           else ds.image_shape), val_size=_val_size(config))
   model, init = make_model_and_init(config, meta, tx)
   if _val_size(config):
     validate = make_validation(config, model, held_out, mesh)
@@ -246,6 +278,9 @@ def build(config, mesh, tx) -> Task:
         config.sampler, ds.labels, ds.num_classes,
         batch_size=config.batch_size,
         samples_per_class=config.get("samples_per_class", 0))
+    if photos:
+      return _photo_task(config, ds, sample_indices, examples_per_step, mesh,
+                         meta.image_shape, common)
     return Task(sample=make_stream_sample(config),
                 data=stream_lib.abstract_batch(ds, examples_per_step, mesh),
                 stream=lambda start: stream_lib.device_batches(
@@ -261,18 +296,94 @@ def build(config, mesh, tx) -> Task:
               data=data, **common)
 
 
-def evaluate(config, meta: Meta, model, state, split: str, mesh):
-  ds = data_lib.load_dataset(config.dataset, split)
-  outputs = inference.embed(model, _variables(state), ds.images,
+def _load(config, split):
+  data = config.get("data") or {}
+  return data_lib.load_dataset(config.dataset, split,
+                               boxes=bool(data.get("boxes", False)))
+
+
+def _photo_task(config, ds, sample_indices, examples_per_step, mesh,
+                image_shape, common) -> Task:
+  """Streams the host pipeline's training views (augmented there)."""
+  if config.augment:
+    raise UserError("config.augment (pad-crop-flip on the device) is for "
+                    f"fixed-size images; {ds.name}'s views are augmented on "
+                    "the host (RandomResizedCrop + flip): set "
+                    "config.augment=False.")
+  view = photo_pipeline.view_from_config(config, train=True)
+  data = config.data
+
+  def stream(start):
+    return stream_lib.device_batches(photo_pipeline.train_batches(
+        ds, sample_indices, view, seed=config.seed, start_step=start,
+        total_steps=config.total_steps, batch_size=examples_per_step,
+        skip_corrupt=bool(data.get("skip_corrupt", False)),
+        num_threads=data.get("num_threads", 8),
+        prefetch=data.get("prefetch", 256)), mesh)
+  return Task(sample=make_stream_sample(config), stream=stream,
+              data=stream_lib.abstract_batch(ds, examples_per_step, mesh,
+                                             image_shape), **common)
+
+
+def _embed_photos(config, model, state, ds, mesh):
+  """Embeddings of the evaluation views (decoded batch by batch), and the
+  rows kept (all but skipped corrupt images)."""
+  data = config.data
+  images = photo_pipeline.DecodedSplit(
+      ds, photo_pipeline.view_from_config(config, train=False),
+      batch_size=config.eval.batch_size,
+      skip_corrupt=bool(data.get("skip_corrupt", False)),
+      num_threads=data.get("num_threads", 8),
+      prefetch=data.get("prefetch", 256))
+  outputs = inference.embed(model, _variables(state), images,
                             batch_size=config.eval.batch_size, mesh=mesh,
-                            desc=f"embed {ds.name}/{split}")
-  metrics = metrics_lib.retrieval_metrics(
-      outputs["embedding"], ds.labels, ks=tuple(config.eval.ks))
-  if "logits" in outputs:
+                            desc=f"embed {ds.name}/{ds.split}")
+  keep = np.ones(len(ds), bool)
+  keep[images.skipped_rows] = False
+  return outputs, keep
+
+
+def _photo_metrics(config, ds, embedding, keep) -> dict:
+  ks = tuple(config.eval.ks)
+  labels = ds.labels
+  if ds.is_query is not None:
+    query, gallery = ds.is_query & keep, ds.is_gallery & keep
+    metrics = metrics_lib.retrieval_metrics(
+        embedding[query], labels[query], embedding[gallery], labels[gallery],
+        ks=ks)
+  else:
+    metrics = metrics_lib.retrieval_metrics(embedding[keep], labels[keep],
+                                            ks=ks)
+  if config.eval.get("clustering", True):
+    metrics.update(clustering.clustering_metrics(
+        embedding[keep], labels[keep], seed=config.seed,
+        max_iter=config.eval.get("kmeans_max_iter", 100)))
+  metrics["num_skipped_corrupt"] = int(np.sum(~keep))
+  return metrics
+
+
+def evaluate(config, meta: Meta, model, state, split: str, mesh):
+  ds = _load(config, split)
+  if isinstance(ds, PhotoDataset):
+    outputs, keep = _embed_photos(config, model, state, ds, mesh)
+    metrics = _photo_metrics(config, ds, outputs["embedding"], keep)
+  else:
+    outputs = inference.embed(model, _variables(state), ds.images,
+                              batch_size=config.eval.batch_size, mesh=mesh,
+                              desc=f"embed {ds.name}/{split}")
+    metrics = metrics_lib.retrieval_metrics(
+        outputs["embedding"], ds.labels, ks=tuple(config.eval.ks))
+    if config.eval.get("clustering", False):
+      metrics.update(clustering.clustering_metrics(
+          outputs["embedding"], ds.labels, seed=config.seed))
+  if "logits" in outputs and not isinstance(ds, PhotoDataset):
     metrics["accuracy"] = metrics_lib.accuracy(outputs["logits"], ds.labels)
   sizes = {meta.split: meta.size, split: len(ds)}
   if meta.val_size:
     sizes[f"{meta.split} (held out for validation)"] = meta.val_size
   dataset = dict(name=ds.name, source=ds.source, eval_split=split,
                  split_sizes=sizes)
+  if isinstance(ds, PhotoDataset) and ds.is_query is not None:
+    dataset.update(num_queries=int(ds.is_query.sum()),
+                   num_gallery=int(ds.is_gallery.sum()))
   return metrics, dataset

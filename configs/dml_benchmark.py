@@ -1,0 +1,86 @@
+r"""The field's deep metric learning benchmarks: CUB-200-2011, Cars196,
+Stanford Online Products, In-Shop, or a CSV catalogue of photos.
+
+Each dataset is read in its official layout under $METRICJAX_DATA_DIR
+(CUB_200_2011/, cars196/, Stanford_Online_Products/, inshop/; see
+metricjax/data/benchmarks.py) with the class-disjoint split of the field,
+decoded on the host by the photo pipeline (RandomResizedCrop + flip for
+training, resize + centre crop for evaluation), and evaluated with the
+benchmark's Recall@K convention, P@1, R-Precision, MAP@R and k-means NMI /
+AMI.
+
+  python -m metricjax.train \
+      --config=configs/dml_benchmark.py:dataset=cub,backbone=compact,image_size=64 \
+      --workdir=/tmp/cub
+  python -m metricjax.evaluate --workdir=/tmp/cub
+
+The backbone is picked by name (BACKBONES below, each a model config of
+the metricjax.models registry); image_size and embedding_dim apply to all.
+"""
+
+import ml_collections
+
+from metricjax.config_utils import parse_arg
+from metricjax.tasks.retrieval import recall_ks
+
+# backbone name -> config.model (its `name` is the models registry entry).
+BACKBONES = {
+    "compact": dict(name="compact", variant="hybrid1", activation="gelu",
+                    widths=(32, 64, 128, 256)),
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, dataset="cub", loss="ms", backbone="compact",
+                  image_size=224, embedding_dim=512)
+  if arg.backbone not in BACKBONES:
+    raise ValueError(f"backbone={arg.backbone!r}; known: "
+                     f"{', '.join(sorted(BACKBONES))}.")
+  config = ml_collections.ConfigDict()
+  config.dataset = arg.dataset  # cub | cars196 | sop | inshop | csv:FILE
+  config.train_split = "train"
+  config.eval_split = "test"
+  config.image_size = arg.image_size
+
+  config.model = dict(BACKBONES[arg.backbone], embedding_dim=arg.embedding_dim)
+  config.classification_head = arg.loss == "ce"
+  config.loss = dict(name=arg.loss, kwargs={}, param_lr_multiplier=1.0)
+  if arg.loss == "ms":
+    # pytorch-metric-learning defaults.
+    config.loss.kwargs = dict(alpha=2.0, beta=50.0, base=0.5, epsilon=0.1)
+
+  # P x K class-balanced batches (K = 4, as most of the field): 32 classes.
+  config.sampler = "balanced" if arg.loss != "ce" else "uniform"
+  config.batch_size = 128
+  config.samples_per_class = 4
+  config.data = dict(
+      placement="stream",  # Photo benchmarks always stream from the host.
+      boxes=False,  # Crop CUB / Cars196 to their bounding boxes first.
+      crop_scale=(0.16, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True,
+      # Evaluation: shorter side to eval_resize (0: image_size * 256 / 224),
+      # then the centre image_size crop.
+      eval_resize=0,
+      draft=True,  # Reduced-DCT JPEG decoding when the view loses nothing.
+      skip_corrupt=False,  # True: skip (and count) undecodable images.
+      num_threads=8, prefetch=256)  # grain's decode threads and queue.
+  config.augment = False  # The host pipeline augments.
+
+  config.steps_per_call = 1
+  config.compute_dtype = "float32"
+  config.total_steps = 3000
+  config.learning_rate = 1e-3
+  config.warmup_steps = 100
+  config.weight_decay = 1e-4
+  config.grad_clip_norm = 0.0
+  config.skip_nonfinite_steps = False
+  config.seed = 0
+
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 3
+
+  config.eval = dict(batch_size=256, ks=recall_ks(arg.dataset),
+                     clustering=True, kmeans_max_iter=100)
+  config.eval_every = 0
+  config.val_size = 0
+  return config
