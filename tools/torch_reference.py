@@ -12,6 +12,14 @@
                      features; embedding -> GRU over packed sequences, the
                      last real state), both L2-normalised.
   vse_ranking_loss   VSE++'s ContrastiveLoss (sum or max violation).
+  torchvision_resnet torchvision's own resnet18 / resnet50, and
+  timm_vit_s16       timm's own vit_small_patch16_224, for the backbone
+                     references (tests/models) and benchmarks: their model
+                     code is pure Python, but `import torchvision` also loads
+                     its C++ ops, which fail against a CPU torch of the same
+                     version from PyPI ("operator torchvision::nms does not
+                     exist"); import_model_code imports the model modules
+                     without torchvision's __init__ (nor its ops).
 
 Initialisation follows flax's defaults, which metricjax uses: conv and dense
 kernels lecun_normal (truncated normal, variance 1/fan_in), biases zero, BN
@@ -21,7 +29,11 @@ flax GRUCell's differs, but not the cost of a step). Imported by the
 benchmarks when run as scripts from the repository root.
 """
 
+import importlib
+import importlib.util
 import math
+import sys
+import types
 
 import torch
 from torch import nn
@@ -155,3 +167,38 @@ def vse_ranking_loss(image, text, margin=0.2, max_violation=False):
 
 def count_params(module) -> int:
   return sum(p.numel() for p in module.parameters())
+
+
+def import_model_code(module: str):
+  """Imports torchvision.models.<x> / timm.models.<x> without running
+  torchvision/__init__.py, whose C++ extension need not load: torchvision
+  becomes a bare package over its own files. A torchvision that imports
+  normally is used as it is. ImportError when torchvision (or timm) is
+  not installed."""
+  if "torchvision" not in sys.modules:
+    try:
+      importlib.import_module("torchvision")
+    except RuntimeError:  # Its C++ ops did not load; the model code will.
+      for name in [m for m in sys.modules if m.startswith("torchvision")]:
+        del sys.modules[name]
+      spec = importlib.util.find_spec("torchvision")
+      package = types.ModuleType("torchvision")
+      package.__path__ = list(spec.submodule_search_locations)
+      package.__spec__ = spec
+      sys.modules["torchvision"] = package
+  return importlib.import_module(module)
+
+
+def torchvision_resnet(arch: str) -> nn.Module:
+  """torchvision's resnet18 / resnet50, random init, fc = identity."""
+  resnet = import_model_code("torchvision.models.resnet")
+  model = getattr(resnet, arch)()
+  model.fc = nn.Identity()
+  return model
+
+
+def timm_vit_s16(img_size: int = 224) -> nn.Module:
+  """timm's vit_small_patch16_224 without head (num_classes=0), random
+  init, for img_size x img_size images."""
+  vit = import_model_code("timm.models.vision_transformer")
+  return vit.vit_small_patch16_224(num_classes=0, img_size=img_size)

@@ -1,4 +1,26 @@
-"""Flax Linen models and the registry that builds them from a config."""
+"""Flax Linen models and the registry that builds them from a config.
+
+MODELS: what `config.model.name` picks; `__call__(images, *, train)` on
+uint8 NHWC images returns {"embedding": L2-normalised (B, D)[, "logits"]}.
+"embedding_net" (models/embedding.py) puts the DML head on a pretrained
+trunk picked by `config.model.backbone`.
+
+TRUNKS: pretrained feature extractors by name (resnet18, resnet50,
+vit_s16). Bringing your own is one file and one line in TRUNKS
+(models/weights.py). A trunk is a Linen module, built by `TRUNKS[name](
+**kwargs)` (kwargs from its weights file's meta), with
+  - fields `dtype` (the compute dtype; parameters stay float32) and, if it
+    has batch norm, `frozen_bn` (statistics and affine fixed);
+  - `features` (int) and `default_pooling` (str) attributes;
+  - `__call__(x, *, train: bool, pooling: str = default_pooling)` taking
+    NHWC float32 images normalised as torchvision expects and returning
+    float32 (B, features) pooled features;
+  - variables in "params" (trained) and "batch_stats" (not trained), named
+    so that `weights.flat_from_torch` maps its torch state_dict onto them
+    (or write the .npz of models/weights.py another way).
+`load_backbone(npz) -> (module, variables)` loads any converted trunk (and
+the VGG backbones of BACKBONES).
+"""
 
 import dataclasses
 from typing import Any, Mapping
@@ -9,6 +31,7 @@ import jax.numpy as jnp
 
 from metricjax.errors import UserError
 from metricjax.models.compact import CompactNet
+from metricjax.models.embedding import EmbeddingNet
 from metricjax.models.involution import Involution
 from metricjax.models.text_encoder import GRUTextEncoder
 from metricjax.models.vgg import preprocess_imagenet
@@ -16,9 +39,14 @@ from metricjax.models.vgg import VGG
 from metricjax.models.vgg import vgg16
 from metricjax.models.vgg import VGGNet
 from metricjax.models.vse import VSEModel
+from metricjax.models.weights import load_backbone
+from metricjax.models.weights import load_pretrained
+from metricjax.models.weights import TRUNKS
 
 MODELS: dict[str, type[nn.Module]] = {
     "compact": CompactNet,
+    # A pretrained trunk (TRUNKS) with the DML head (configs/dml_benchmark.py).
+    "embedding_net": EmbeddingNet,
     # A VGG trained here (configs/cifar_vgg.py), exported as an FNE backbone.
     "vgg": VGGNet,
     # The joint image-caption model of the "vse" task (configs/fne_vse.py).
@@ -109,7 +137,7 @@ def param_bytes(params: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
 
-__all__ = ["BACKBONES", "MODELS", "CompactNet", "GRUTextEncoder",
-           "Involution", "VGG", "VGGNet", "VSEModel", "as_tuples",
-           "count_params", "create_model", "param_bytes", "preprocess_imagenet",
-           "vgg16"]
+__all__ = ["BACKBONES", "MODELS", "TRUNKS", "CompactNet", "EmbeddingNet",
+           "GRUTextEncoder", "Involution", "VGG", "VGGNet", "VSEModel",
+           "as_tuples", "count_params", "create_model", "load_backbone",
+           "load_pretrained", "param_bytes", "preprocess_imagenet", "vgg16"]

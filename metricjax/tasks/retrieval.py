@@ -104,8 +104,10 @@ def make_model_and_init(config, meta: Meta, tx):
 
   def init(rng):
     # The model keeps `rng` itself, so adding a loss changes no model init.
-    return state_lib.init_state(model, tx, rng, image, train=False,
-                                loss_params=init_loss(jax.random.fold_in(rng, 1)))
+    return state_lib.init_state(
+        model, tx, rng, image, train=False,
+        loss_params=init_loss(jax.random.fold_in(rng, 1)),
+        pretrained=lambda v: models.load_pretrained(model, v))
   return model, init
 
 

@@ -1,0 +1,89 @@
+"""A pretrained trunk with the DML head of the field's comparisons.
+
+uint8 (or [0, 1] float) NHWC images -> torchvision's ImageNet normalisation
+-> trunk (models.TRUNKS[backbone]) -> pooled features -> Linear to
+embedding_dim -> L2 normalisation, as Proxy Anchor (Kim et al. 2020) and the
+Reality Check (Musgrave et al. 2020) fine-tune their backbones: ResNets with
+batch norm frozen (statistics and affine parameters) and global average +
+max pooling; ViTs by their CLS token. `weights` (a tools/convert_backbone.py
+.npz) fills the trunk at initialisation (models.load_pretrained).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metricjax import ops
+from metricjax.errors import UserError
+from metricjax.models import weights as weights_lib
+from metricjax.models.vgg import preprocess_imagenet
+
+
+class EmbeddingNet(nn.Module):
+  """Trunk + linear embedding head; see the module docstring.
+
+  Attributes:
+    backbone: a models.TRUNKS name (resnet18, resnet50, vit_s16, ...).
+    embedding_dim: width of the embedding (512 in both protocols).
+    pooling: the trunk's pooling; None: "avg+max" for ResNets, the trunk's
+      own default otherwise ("cls" for ViTs).
+    frozen_bn: None: frozen for trunks with batch norm; True on a trunk
+      without batch norm is an error.
+    weights: a converted .npz for the trunk; None: random initialisation.
+    num_classes: a classification head on the embedding; None for none.
+    dtype: compute dtype; parameters and the head stay float32.
+  """
+  backbone: str = "resnet50"
+  embedding_dim: int = 512
+  pooling: str | None = None
+  frozen_bn: bool | None = None
+  weights: str | None = None
+  num_classes: int | None = None
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    # Fail when the model is built from a config, not at the first step.
+    if self.backbone not in weights_lib.TRUNKS:
+      raise UserError(f"Unknown backbone {self.backbone!r} (config.model."
+                      f"backbone); known: {', '.join(weights_lib.TRUNKS)}.")
+    if (isinstance(self.embedding_dim, bool)
+        or not isinstance(self.embedding_dim, int) or self.embedding_dim < 1):
+      raise UserError(f"config.model.embedding_dim={self.embedding_dim!r}; it "
+                      "must be a positive integer (512 in the protocols).")
+    self.trunk_module(parent=None)
+
+  def trunk_module(self, **kwargs) -> nn.Module:
+    cls = weights_lib.TRUNKS[self.backbone]
+    has_bn = "frozen_bn" in cls(parent=None).__dataclass_fields__
+    if self.frozen_bn and not has_bn:
+      raise UserError(
+          f"config.model.frozen_bn=True, but backbone {self.backbone!r} has no "
+          "batch norm to freeze (ViTs use layer norm). Drop frozen_bn or set "
+          "it to False.")
+    kwargs.update(dtype=self.dtype, name="trunk")
+    if has_bn:
+      kwargs["frozen_bn"] = self.frozen_bn is not False
+    return cls(**kwargs)
+
+  @property
+  def trunk_pooling(self) -> str:
+    if self.pooling is not None:
+      return self.pooling
+    return "avg+max" if self.backbone.startswith("resnet") else "cls"
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    if jnp.issubdtype(images.dtype, jnp.integer):
+      x = preprocess_imagenet(images)
+    else:  # [0, 1] floats.
+      x = preprocess_imagenet(images.astype(jnp.float32) * 255.0)
+    features = self.trunk_module()(x, train=train, pooling=self.trunk_pooling)
+    embedding = nn.Dense(self.embedding_dim, name="embedding")(
+        features.astype(jnp.float32))
+    outputs = {"embedding": ops.l2_normalize(embedding)}
+    if self.num_classes is not None:
+      outputs["logits"] = nn.Dense(self.num_classes, name="head")(embedding)
+    return outputs

@@ -1,0 +1,226 @@
+"""Pretrained trunk weights: torchvision / timm state_dicts -> .npz ->
+Flax variables.
+
+A weights .npz holds one array per variable, keyed by its module path and
+leaf ("layer1_0/conv1/kernel", "bn1/mean", "cls_token"), whatever
+collection the module keeps it in, and a JSON "__meta__" (arch, the
+trunk's kwargs under "model", image_size, source). The flat keys let the same
+file fill a trunk with trainable batch norm (scale/bias in "params") or
+frozen batch norm (all four in "batch_stats"). VGG files of
+metricjax/models/convert.py have the same form.
+
+torchvision / timm key -> flat key: "." before an index becomes "_", the
+other "." become "/" (`layer1.0.downsample.1.running_var` ->
+`layer1_0/downsample_1/var`); conv weights (O, I, kh, kw) -> HWIO kernels,
+Linear (out, in) -> (in, out), norm weight -> scale, running_mean/var ->
+mean/var; the classifier (`fc.*`, `head.*`) and `num_batches_tracked` are
+dropped.
+"""
+
+import json
+import os
+import re
+import zipfile
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from metricjax.errors import UserError
+from metricjax.io import atomic_write
+from metricjax.models import resnet
+from metricjax.models import vgg
+from metricjax.models import vit
+
+META_KEY = "__meta__"
+
+# Trunks: pretrained pooled-feature extractors (the contract is in
+# metricjax/models/__init__.py). name -> constructor taking the meta's
+# "model" kwargs.
+TRUNKS = {
+    "resnet18": resnet.resnet18,
+    "resnet50": resnet.resnet50,
+    "vit_s16": vit.vit_s16,
+}
+# Frozen feature extractors with named taps, for metricjax.fne.
+TAPPED = {"vgg16": vgg.vgg16, "vgg": vgg.VGG}
+
+HOW_TO_CONVERT = (
+    "Convert a torchvision ResNet or a DINO / timm ViT-S/16 state_dict with "
+    "`python tools/convert_backbone.py --arch=resnet50|resnet18|vit_s16 "
+    "--torch=FILE.pth --out=FILE.npz` (VGG16: tools/convert_vgg16.py).")
+
+_LEAVES = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
+_DROPPED = re.compile(r"^(fc|head)\.|num_batches_tracked$")
+
+
+def flat_from_torch(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Flat Flax keys -> float32 arrays from a torchvision / timm / DINO
+  state_dict (tensors or arrays; "module." and "backbone." prefixes of
+  DataParallel and DINO's full checkpoints dropped)."""
+  flat = {}
+  for key, value in state_dict.items():
+    key = re.sub(r"^(module\.)?(backbone\.)?", "", key)
+    if _DROPPED.search(key):
+      continue
+    if hasattr(value, "detach"):  # A torch tensor; torch is not needed here.
+      value = value.detach().cpu().numpy()
+    value = np.asarray(value, np.float32)
+    module, _, leaf = key.rpartition(".")
+    path = re.sub(r"\.(\d+)", r"_\1", module).replace(".", "/")
+    if leaf == "weight":
+      if value.ndim == 4:
+        leaf, value = "kernel", value.transpose(2, 3, 1, 0)
+      elif value.ndim == 2:
+        leaf, value = "kernel", value.T
+      else:
+        leaf = "scale"
+    else:
+      leaf = _LEAVES.get(leaf, leaf)
+    flat[f"{path}/{leaf}" if path else leaf] = np.ascontiguousarray(value)
+  return flat
+
+
+def convert_torch(state_dict: Mapping[str, Any], arch: str,
+                  source: str = "") -> tuple[dict[str, np.ndarray], dict]:
+  """(flat arrays, meta) of TRUNKS[arch] from a torchvision / timm
+  state_dict, checked to fit the trunk exactly."""
+  if arch not in TRUNKS:
+    raise UserError(f"Unknown --arch={arch!r}; known: {', '.join(TRUNKS)}.")
+  flat = flat_from_torch(state_dict)
+  meta = {"arch": arch, "model": {}, "source": source,
+          "framework": "timm" if arch.startswith("vit") else "torchvision",
+          "preprocess": "torch"}
+  if arch in vit.VIT_ARCHS:
+    # The image size the position embedding was learned for.
+    tokens = flat.get("pos_embed", np.zeros((1, 1, 0))).shape[1] - 1
+    grid = int(round(max(tokens, 0) ** 0.5))
+    meta["image_size"] = grid * vit.VIT_ARCHS[arch][0]
+    if grid < 1 or grid * grid != tokens:
+      raise UserError(
+          f"{source or 'The state_dict'}: pos_embed holds {tokens} patch "
+          f"positions (shape {flat.get('pos_embed', np.zeros(0)).shape}), "
+          f"not a square grid plus a CLS token; it is not a {arch} of timm's "
+          f"layout. {HOW_TO_CONVERT}")
+  place(flat, target_shapes(TRUNKS[arch](), meta), source or "the state_dict")
+  return flat, meta
+
+
+def save_npz(path: str | os.PathLike, flat: Mapping[str, np.ndarray],
+             meta: Mapping[str, Any]) -> None:
+  """Writes flat arrays and JSON-able meta, atomically."""
+  arrays = {k: np.asarray(v) for k, v in flat.items()}
+  arrays[META_KEY] = np.asarray(json.dumps(dict(meta)))
+  with atomic_write(os.fspath(path), "wb") as f:
+    np.savez(f, **arrays)
+
+
+def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+  """(flat arrays, meta) of a weights .npz."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UserError(f"Weights file {path} does not exist. {HOW_TO_CONVERT}")
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      flat = {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{path} is not a readable weights .npz ({e}); it may be "
+                    f"truncated. {HOW_TO_CONVERT}") from None
+  meta = json.loads(str(flat.pop(META_KEY))) if META_KEY in flat else {}
+  return flat, meta
+
+
+def example_input(meta: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
+  size = meta.get("image_size", 224)
+  return jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+
+
+def build(meta: Mapping[str, Any], where: str, **overrides) -> nn.Module:
+  """The module a weights file's meta describes."""
+  arch = meta.get("arch")
+  kwargs = {k: _tuples(v) for k, v in meta.get("model", {}).items()}
+  kwargs.update(overrides)
+  if arch in TRUNKS:
+    return TRUNKS[arch](**kwargs)
+  if arch in TAPPED:
+    return TAPPED[arch](**kwargs)
+  raise UserError(f"{where} holds weights of architecture {arch!r}; known: "
+                  f"{', '.join(sorted(TRUNKS) + sorted(TAPPED))}. "
+                  f"{HOW_TO_CONVERT}")
+
+
+def _tuples(v):
+  return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def place(flat: Mapping[str, np.ndarray], target: Mapping[str, Any],
+          where: str) -> dict:
+  """target's variables ({collection: tree} of arrays or shapes) with every
+  leaf taken from flat by its module path; the first missing or misshapen
+  tensor, or a tensor the target lacks, is a UserError naming both shapes."""
+  out, seen = {}, set()
+  for collection, tree in target.items():
+    for keys, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      names = [k.key for k in keys]
+      key = "/".join(names)
+      got = flat.get(key)
+      if got is None or got.shape != tuple(leaf.shape):
+        found = "is absent" if got is None else f"has shape {got.shape}"
+        raise UserError(
+            f"The weights in {where} do not fit the model: tensor {key!r} "
+            f"{found} where the model expects shape {tuple(leaf.shape)}. "
+            "The file holds another architecture, or it is truncated; "
+            f"convert the right one. {HOW_TO_CONVERT}")
+      seen.add(key)
+      node = out.setdefault(collection, {})
+      for name in names[:-1]:
+        node = node.setdefault(name, {})
+      node[names[-1]] = np.asarray(got, np.float32)
+  extra = sorted(set(flat) - seen)
+  if extra:
+    raise UserError(
+        f"The weights in {where} do not fit the model: tensor {extra[0]!r} "
+        f"(shape {flat[extra[0]].shape}) has no counterpart in it (shape "
+        f"None), and {len(extra) - 1} more. The file holds another "
+        f"architecture; convert the right one. {HOW_TO_CONVERT}")
+  return out
+
+
+def target_shapes(module: nn.Module, meta: Mapping[str, Any]) -> dict:
+  kwargs = {} if meta.get("arch") in TAPPED else {"train": False}
+  init = lambda rng, x: module.init(rng, x, **kwargs)  # train stays static.
+  return jax.eval_shape(init, jax.random.key(0), example_input(meta))
+
+
+def load_backbone(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+  """(module, variables) of a converted weights .npz, checked to fit.
+
+  For a trunk (resnet18, resnet50, vit_s16), `module.apply(variables, x,
+  train=False)` on NHWC float32 images normalised as torchvision expects
+  returns the pooled features (torchvision's output with fc = identity;
+  timm's num_classes=0 output). A VGG file gives models.VGG, called as
+  `module.apply(variables, x, capture=True)` for its taps.
+  """
+  path = os.fspath(path)
+  flat, meta = read_npz(path)
+  module = build(meta, path)
+  return module, place(flat, target_shapes(module, meta), path)
+
+
+def load_pretrained(model: nn.Module, variables: Mapping[str, Any]) -> dict:
+  """variables with the subtree "trunk" replaced by the model's `weights`
+  file (a no-op for models without one)."""
+  weights = getattr(model, "weights", None)
+  if not weights:
+    return dict(variables)
+  flat, meta = read_npz(weights)
+  if meta.get("arch") != model.backbone:
+    raise UserError(
+        f"{weights} holds {meta.get('arch')!r} weights, but the model's "
+        f"backbone is {model.backbone!r}; convert {model.backbone} weights "
+        f"or set backbone={meta.get('arch')}. {HOW_TO_CONVERT}")
+  target = {c: tree["trunk"] for c, tree in variables.items() if "trunk" in tree}
+  loaded = place(flat, target, weights)
+  return {c: (dict(tree, trunk=loaded[c]) if c in loaded else tree)
+          for c, tree in variables.items()}

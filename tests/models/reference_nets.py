@@ -1,0 +1,57 @@
+"""torchvision's / timm's own models as references for the backbone tests:
+random initialisation, non-trivial batch-norm statistics, the outputs on
+the same images, and the state_dict to convert. Skips (with the reason) when
+torch, torchvision or timm cannot load."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is an optional reference")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                "tools"))
+import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def reference(arch: str, img_size: int):
+  """The torch model of arch, in eval mode, with random BN statistics."""
+  try:
+    if arch == "vit_s16":
+      model = torch_reference.timm_vit_s16(img_size)
+    else:
+      model = torch_reference.torchvision_resnet(arch)
+  except ImportError as e:
+    pytest.skip(f"{arch}'s reference model code cannot load: {e}")
+  gen = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        # Non-trivial statistics and affine parameters, so a swapped or
+        # missing one shows.
+        c = module.num_features
+        module.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+        module.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+        module.weight.copy_(1 + 0.2 * torch.randn(c, generator=gen))
+        module.bias.copy_(0.2 * torch.randn(c, generator=gen))
+      if isinstance(module, torch.nn.LayerNorm):
+        c = module.normalized_shape[0]
+        module.weight.copy_(1 + 0.2 * torch.randn(c, generator=gen))
+        module.bias.copy_(0.2 * torch.randn(c, generator=gen))
+    if arch == "vit_s16":  # timm initialises these near zero.
+      model.cls_token.copy_(torch.randn(model.cls_token.shape, generator=gen))
+      model.pos_embed.copy_(0.1 * torch.randn(model.pos_embed.shape,
+                                              generator=gen))
+  return model.eval()
+
+
+def forward(model, images_nhwc: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    x = torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())
+    return model(x).numpy()
+
+
+def images(n: int, size: int) -> np.ndarray:
+  return np.random.default_rng(1).normal(
+      size=(n, size, size, 3)).astype(np.float32)

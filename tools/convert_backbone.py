@@ -1,0 +1,79 @@
+r"""Converts a torchvision ResNet or a DINO / timm ViT-S/16 state_dict to
+metricjax's weights .npz (metricjax/models/weights.py).
+
+  python tools/convert_backbone.py --arch=resnet50 \
+      --torch=resnet50-11ad3fa6.pth --out=resnet50.npz
+  python tools/convert_backbone.py --arch=vit_s16 \
+      --torch=dino_deitsmall16_pretrain.pth --out=vit_s16.npz
+
+Every tensor is checked against the architecture before anything is
+written; the classifier (fc / head) is dropped. Then
+`metricjax.models.load_backbone(out)` -> (module, variables), and configs
+take `weights=out` (configs/dml_benchmark.py).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from metricjax.errors import exit_on_user_error
+from metricjax.errors import UserError
+from metricjax.models import weights
+
+flags.DEFINE_enum("arch", None, sorted(weights.TRUNKS), "The architecture.")
+flags.DEFINE_string("torch", None, "state_dict saved by torch.save (.pth).")
+flags.DEFINE_string("out", None, "Output .npz.")
+flags.DEFINE_bool("check", True, "Run the converted trunk once on random "
+                  "input.")
+for _name in ("arch", "torch", "out"):
+  flags.mark_flag_as_required(_name)
+FLAGS = flags.FLAGS
+
+
+def load_state_dict(path: str) -> dict:
+  """A state_dict from a .pth (also DINO's and timm's wrapped checkpoints)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  # optional
+  except ImportError:
+    raise UserError("Reading a .pth file needs PyTorch (`pip install "
+                    "torch`).") from None
+  if not os.path.isfile(path):
+    raise UserError(f"--torch={path}: no such file.")
+  try:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # torch's many kinds
+    raise UserError(f"--torch={path} is not a readable torch file ({e}); it "
+                    "may be truncated.") from None
+  for key in ("state_dict", "model", "teacher"):
+    if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+      sd = sd[key]
+  if not isinstance(sd, dict):
+    raise UserError(f"--torch={path} holds a {type(sd).__name__}, not a "
+                    "state_dict; save model.state_dict() instead.")
+  return sd
+
+
+@exit_on_user_error
+def main(argv):
+  del argv
+  flat, meta = weights.convert_torch(load_state_dict(FLAGS.torch), FLAGS.arch,
+                                     source=os.path.basename(FLAGS.torch))
+  if FLAGS.check:
+    module = weights.build(meta, FLAGS.torch)
+    variables = weights.place(flat, weights.target_shapes(module, meta),
+                              FLAGS.torch)
+    size = meta.get("image_size", 224)
+    x = np.random.default_rng(0).normal(size=(1, size, size, 3))
+    out = jax.jit(lambda v, x: module.apply(v, x, train=False))(
+        variables, x.astype(np.float32))
+    print(f"check: features {tuple(out.shape)}, finite: "
+          f"{bool(np.isfinite(np.asarray(out)).all())}")
+  weights.save_npz(FLAGS.out, flat, meta)
+  print(f"wrote {FLAGS.out} ({FLAGS.arch}, {len(flat)} tensors)")
+
+
+if __name__ == "__main__":
+  app.run(main)
