@@ -11,7 +11,7 @@ from metricjax import tasks
 from metricjax import train as train_lib
 from metricjax import xla_routing
 from metricjax.errors import UserError
-from conftest import load_config
+from helpers import load_config
 
 needs_option = pytest.mark.skipif(
     jax.default_backend() != "cpu" or not xla_routing.option_supported(),

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from metricjax.errors import UserError
-from metricjax.io import atomic_write
+from metricjax.files import atomic_write
 from metricjax.models import resnet
 from metricjax.models import vgg
 from metricjax.models import vit

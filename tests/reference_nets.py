@@ -3,16 +3,11 @@ random initialisation, non-trivial batch-norm statistics, the outputs on
 the same images, and the state_dict to convert. Skips (with the reason) when
 torch, torchvision or timm cannot load."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is an optional reference")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
-                                "tools"))
-import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_reference  # tools/, on the path by setup.cfg  # pylint: disable=g-import-not-at-top
 
 
 def reference(arch: str, img_size: int):
