@@ -41,6 +41,7 @@ benchmarks yet (metricjax/tasks/retrieval.py refuses eval_every there).
 
 import ml_collections
 
+from metricjax.config_utils import add_shared_fields
 from metricjax.config_utils import parse_arg
 from metricjax.errors import UserError
 from metricjax.tasks.retrieval import recall_ks
@@ -71,6 +72,7 @@ def get_config(arg=None):
   if not arg.image_size:
     arg.image_size = 227 if arg.protocol == "reality_check" else 224
   config = ml_collections.ConfigDict()
+  add_shared_fields(config)
   config.dataset = arg.dataset  # cub | cars196 | sop | inshop | csv:FILE
   config.train_split = "train"
   config.eval_split = "test"
@@ -102,15 +104,10 @@ def get_config(arg=None):
       workers=0)  # > 0: decode in that many processes (grain mp_prefetch).
   config.augment = False  # The host pipeline augments.
 
-  config.steps_per_call = 1
-  config.compute_dtype = "float32"
   config.total_steps = 3000
   config.learning_rate = 1e-3
   config.warmup_steps = 100
   config.weight_decay = 1e-4
-  config.grad_clip_norm = 0.0
-  config.skip_nonfinite_steps = False
-  config.seed = 0
 
   config.log_every = 50
   config.checkpoint_every = 500
@@ -120,8 +117,6 @@ def get_config(arg=None):
                      clustering=True, kmeans_max_iter=100)
   config.eval_every = 0
   config.val_size = 0
-  config.optimizer = "adamw"
-  config.backbone_lr_multiplier = 1.0
   if arg.protocol == "reality_check":
     config.batch_size, config.samples_per_class = 32, 4
     config.data.crop_scale = (0.08, 1.0)  # torchvision's RandomResizedCrop.

@@ -25,6 +25,7 @@ Arguments:
 
 import ml_collections
 
+from metricjax.config_utils import add_shared_fields
 from metricjax.config_utils import parse_arg
 from metricjax.errors import UserError
 
@@ -37,6 +38,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, dataset="flickr8k", image_features="fne", loss="sum",
                   weights="vgg16.npz", backbone="vgg16", embed_dim=2048)
   config = ml_collections.ConfigDict()
+  add_shared_fields(config)
   config.task = "vse"
   config.dataset = arg.dataset
   coco = arg.dataset in ("coco", "tfds:coco_captions")
@@ -62,26 +64,12 @@ def get_config(arg=None):
   config.loss = dict(name="vse", kwargs=dict(
       margin=0.2, max_violation=arg.loss == "max"))
   config.batch_size = 128
-  # Training steps per jitted call (an unrolled lax.scan): fewer dispatches,
-  # the same results up to float32 rounding; logs, validation and
-  # checkpoints still fall on their steps.
-  config.steps_per_call = 1
-  # XLA:CPU kernels (metricjax/xla_routing.py): "conv_eigen" takes the
-  # convolutions off YNNPACK, whose weight gradient is slow; or "jaxlib_default".
-  config.xla_cpu_routing = "conv_eigen"
-  # Activations in float32 or bfloat16; parameters, optimiser state,
-  # normalisation statistics and loss reductions stay float32.
-  config.compute_dtype = "float32"
   config.total_steps = _STEPS.get("coco" if coco else arg.dataset, 1400)
   # Adam 2e-4 (VSE++ drops it 10x halfway; here cosine decay), clip 2.
   config.learning_rate = 2e-4
   config.warmup_steps = 0
   config.weight_decay = 0.0
   config.grad_clip_norm = 2.0
-  # True: a step with a NaN/inf loss or gradient is skipped (counted as
-  # nonfinite_steps in metrics.jsonl) instead of stopping the run.
-  config.skip_nonfinite_steps = False
-  config.seed = 0
 
   # Model selection by validation rsum: a checkpoint at every validation,
   # all kept (references: overriding eval_every or total_steps follows);

@@ -21,6 +21,7 @@ Arguments:
 
 import ml_collections
 
+from metricjax.config_utils import add_shared_fields
 from metricjax.config_utils import parse_arg
 
 
@@ -29,6 +30,7 @@ def get_config(arg=None):
                   normalize=True, margin=0.2, distance="euclidean", keep=1.0,
                   variant="hybrid1")
   config = ml_collections.ConfigDict()
+  add_shared_fields(config)
   config.dataset = arg.dataset
   config.train_split = "train"
   config.eval_split = "test"
@@ -59,25 +61,10 @@ def get_config(arg=None):
   config.samples_per_class = 32
   config.augment = arg.dataset == "cifar10"
 
-  # Training steps per jitted call (an unrolled lax.scan): fewer dispatches,
-  # the same results up to float32 rounding; logs, validation and
-  # checkpoints still fall on their steps.
-  config.steps_per_call = 1
-  # XLA:CPU kernels (metricjax/xla_routing.py): "conv_eigen" takes the
-  # convolutions off YNNPACK, whose weight gradient is slow; or "jaxlib_default".
-  config.xla_cpu_routing = "conv_eigen"
-  # Activations in float32 or bfloat16; parameters, optimiser state,
-  # normalisation statistics and loss reductions stay float32.
-  config.compute_dtype = "float32"
   config.total_steps = 1500
   config.learning_rate = 1e-3
   config.warmup_steps = 100
   config.weight_decay = 1e-4
-  config.grad_clip_norm = 0.0
-  # True: a step with a NaN/inf loss or gradient is skipped (counted as
-  # nonfinite_steps in metrics.jsonl) instead of stopping the run.
-  config.skip_nonfinite_steps = False
-  config.seed = 0
 
   config.log_every = 50
   config.checkpoint_every = 500

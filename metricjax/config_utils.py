@@ -42,3 +42,32 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   parser = config_flags.ConfigFileFlagParser(name="config", lock_config=False)
   return parser.parse(spec)
 
+
+
+def add_shared_fields(config: ml_collections.ConfigDict) -> None:
+  """Sets the fields every experiment config shares, once (configs/*.py call
+  this first and override what their experiment needs). It lives here, not
+  in configs/, because ml_collections loads a config file by its path, so a
+  sibling module of it is not importable from every working directory."""
+  config.task = "retrieval"  # Or "vse" (metricjax/tasks).
+  config.seed = 0
+  # Training steps per jitted call (an unrolled lax.scan): fewer dispatches,
+  # the same results up to float32 rounding; logs, validation and
+  # checkpoints still fall on their steps.
+  config.steps_per_call = 1
+  # XLA:CPU kernels (metricjax/xla_routing.py): "conv_eigen" takes the
+  # convolutions off YNNPACK, whose weight gradient is slow; or
+  # "jaxlib_default". Ignored off CPU.
+  config.xla_cpu_routing = "conv_eigen"
+  # Activations in float32 or bfloat16; parameters, optimiser state,
+  # normalisation statistics and loss reductions stay float32.
+  config.compute_dtype = "float32"
+  # "adamw" or "rmsprop" (momentum used by rmsprop); the pretrained trunk of
+  # an EmbeddingNet learns at backbone_lr_multiplier x the learning rate.
+  config.optimizer = "adamw"
+  config.momentum = 0.0
+  config.backbone_lr_multiplier = 1.0
+  config.grad_clip_norm = 0.0  # 0 = off.
+  # True: a step with a NaN/inf loss or gradient is skipped (counted as
+  # nonfinite_steps in metrics.jsonl) instead of stopping the run.
+  config.skip_nonfinite_steps = False

@@ -54,7 +54,7 @@ class Model:
   def from_checkpoint(cls, workdir: str, step: int | None = None) -> "Model":
     restored = restore_lib.restore(workdir, step)
     config, mesh = restored.config, restored.mesh
-    if config.get("task", "retrieval") != "retrieval":
+    if config.task != "retrieval":
       raise UserError(
           f"{workdir} holds a {config.task!r} model; search indexes embed "
           "images with a retrieval model (config.task = 'retrieval').")

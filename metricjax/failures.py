@@ -56,7 +56,7 @@ class FiniteGuard:
 
   def __init__(self, config, skipped: int, last_checkpoint: int | None):
     self.config = config
-    self.skip = bool(config.get("skip_nonfinite_steps", False))
+    self.skip = bool(config.skip_nonfinite_steps)
     self.skipped = skipped
     self.last_checkpoint = last_checkpoint
 

@@ -40,7 +40,7 @@ OPTIMIZERS = ("adamw", "rmsprop")
 
 
 def _optimizer(config, lr) -> optax.GradientTransformation:
-  name = config.get("optimizer", "adamw")
+  name = config.optimizer
   if name == "adamw":
     return optax.adamw(lr, weight_decay=config.weight_decay)
   if name == "rmsprop":
@@ -49,7 +49,7 @@ def _optimizer(config, lr) -> optax.GradientTransformation:
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
         optax.rmsprop(lr, decay=0.99, eps=1e-8,
-                      momentum=config.get("momentum", 0.0) or None))
+                      momentum=config.momentum or None))
   raise UserError(f"config.optimizer={name!r}; use one of "
                   f"{', '.join(OPTIMIZERS)}.")
 
@@ -63,7 +63,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   separate trunk and embedder optimisers)."""
   schedule = learning_rate_schedule(config)
   multipliers = {"model": 1.0,
-                 "trunk": config.get("backbone_lr_multiplier", 1.0),
+                 "trunk": config.backbone_lr_multiplier,
                  "loss": config.loss.get("param_lr_multiplier", 1.0)}
   if set(multipliers.values()) == {1.0}:
     update = _optimizer(config, schedule)
@@ -71,7 +71,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     update = optax.multi_transform(
         {k: _optimizer(config, lambda step, m=m: m * schedule(step))
          for k, m in multipliers.items()}, _labels)
-  if config.get("grad_clip_norm"):
+  if config.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), update)
   return optax.chain(update)
 

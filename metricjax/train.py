@@ -128,8 +128,8 @@ def _check_same_run(saved_config: dict, config: ml_collections.ConfigDict,
   """Refuses to resume a checkpoint with another task identity."""
   normalise = lambda x: json.loads(json.dumps(x))
   saved = ml_collections.ConfigDict(saved_config)
-  if saved.get("task", "retrieval") != config.get("task", "retrieval"):
-    then, now = saved.get("task", "retrieval"), config.get("task", "retrieval")
+  if saved.get("task", "retrieval") != config.task:
+    then, now = saved.get("task", "retrieval"), config.task
     raise UserError(f"{workdir} holds a run of task {then!r}, but this config "
                     f"is for task {now!r}. Use a new --workdir.")
   then = normalise(task_module.identity(saved))
@@ -185,11 +185,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   train_step = step_lib.make_train_step(task.sample, task.loss, tx,
                                         seed=config.seed,
                                         skip_nonfinite=guard.skip)
-  steps_per_call = config.get("steps_per_call", 1)
+  steps_per_call = config.steps_per_call
   if steps_per_call < 1:
     raise UserError(f"config.steps_per_call={steps_per_call} must be >= 1.")
-  routing = xla_routing.check(
-      config.get("xla_cpu_routing", xla_routing.DEFAULT))
+  routing = xla_routing.check(config.xla_cpu_routing)
   compiled = {}
 
   def steps_fn(k):

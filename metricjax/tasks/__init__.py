@@ -36,4 +36,4 @@ def get(name: str) -> ModuleType:
 
 def of(config) -> ModuleType:
   """The task module of a config."""
-  return get(config.get("task", "retrieval"))
+  return get(config.task)

@@ -98,7 +98,7 @@ def make_model_and_init(config, meta: Meta, tx):
   model = models.create_model(
       config.model,
       num_classes=meta.num_classes if config.classification_head else None,
-      compute_dtype=config.get("compute_dtype"))
+      compute_dtype=config.compute_dtype)
   image = jnp.zeros((1, *meta.image_shape), jnp.uint8)
   init_loss = _make_loss_init(config, meta)
 
@@ -233,7 +233,7 @@ def make_loss(config, model, loss: losses.Loss):
 
 
 def _routing(config) -> str:
-  return xla_routing.check(config.get("xla_cpu_routing", xla_routing.DEFAULT))
+  return xla_routing.check(config.xla_cpu_routing)
 
 
 def _variables(state):

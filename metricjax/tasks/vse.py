@@ -157,7 +157,7 @@ def _encode_captions(config, vocab: Vocabulary, split: data_lib.CaptionSplit):
 def make_model_and_init(config, meta: Meta, tx):
   model = models.create_model(
       dict(config.model.to_dict(), vocab_size=len(meta.vocabulary)),
-      compute_dtype=config.get("compute_dtype"))
+      compute_dtype=config.compute_dtype)
   dtype = jnp.int8 if meta.features_kind == "fne" else jnp.float32
   inputs = (jnp.zeros((1, meta.features_dim), dtype),
             jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32))
