@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import replicas
+from metricjax import restore as restore_lib
 from metricjax.models import resnet
 from metricjax.models import weights
 
@@ -59,8 +60,7 @@ def test_resnet18_trains_resumes_and_evaluates(tmp_path):
   result = json.load(open(workdir / "eval" / "step_3.json"))
   assert 0.0 <= result["metrics"]["recall_at_1"] <= 1.0
   # The trunk started from the file: frozen BN statistics are the file's.
-  from metricjax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  state = evaluate_lib.restore(str(workdir)).state
+  state = restore_lib.restore(str(workdir)).state
   np.testing.assert_array_equal(
       np.asarray(state.batch_stats["trunk"]["bn1"]["var"]), flat["bn1/var"])
   np.testing.assert_array_equal(
