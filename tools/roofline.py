@@ -32,12 +32,12 @@ remove most of it). The per-chip batch at which this overhead falls under
 global batch is that times the number of chips.
 """
 
-import argparse
 import os
 import re
 import statistics
 import time
 
+from absl import app
 import jax
 import jax.numpy as jnp
 
@@ -158,11 +158,8 @@ def project(case, dispatch):
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--cases", default=",".join(bench_train.CASES))
-  args = parser.parse_args()
+def main(argv):
+  del argv  # --cases is bench_train's flag (the same cases).
   dispatch = dispatch_seconds()
   print(f"PROJECTION (no accelerator used). {bench_train.machine(1)}; "
         f"load {os.getloadavg()[0]:.2f}\n")
@@ -173,9 +170,9 @@ def main():
   for chip, (*_, source) in PEAKS.items():
     print(f"- {chip}: {source}")
   print(flush=True)
-  for case in args.cases.split(","):
+  for case in bench_train.FLAGS.cases:
     print(project(case, dispatch), flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)
