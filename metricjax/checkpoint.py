@@ -2,7 +2,7 @@
 "meta" item (config, dataset description) so a checkpoint is self-contained
 for evaluation. Orbax writes each step to a temporary directory and renames
 it when complete, so a killed run never leaves a half-written checkpoint
-under a step's name (tests/test_reliability.py). A failed write (disk full)
+under a step's name (tests/e2e/test_reliability.py). A failed write (disk full)
 is a UserError naming the step; the checkpoints before it stay usable."""
 
 import contextlib

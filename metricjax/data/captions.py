@@ -304,7 +304,7 @@ def _let_coco_builder_run_without_tensorflow():
   # tf.int64, so coco_captions cannot even be constructed (to read prepared
   # array_record files, or under tfds.testing.mock_data) without
   # TensorFlow. np.int64 is what TFDS turns tf.int64 into; nothing else of
-  # TF is used on the reading path. tests/test_vse.py
+  # TF is used on the reading path. tests/data/test_captions.py
   # test_coco_builder_still_needs_the_int64_patch fails once a TFDS release
   # no longer needs this; then delete it.
   if importlib.util.find_spec("tensorflow") is not None:
