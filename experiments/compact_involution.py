@@ -296,7 +296,8 @@ def main(argv):
     print(f"== {_name(row)} seed {seed}", flush=True)
     config = _config(s.scale, row, seed)
     return study.run(config, study.run_dir(s.root, _name(row), config),
-                     select=_SELECT, scale=s.scale_name)
+                     select=_SELECT, scale=s.scale_name,
+                     record_dir=os.path.join(s.out, "runs"))
 
   def report(results, pending):
     page = dict(study=s.name, scale=s.scale_name, command=s.command,

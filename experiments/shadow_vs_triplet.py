@@ -30,6 +30,7 @@ every run, with what is still pending.
 """
 
 import collections
+import functools
 import json
 import os
 import re
@@ -373,13 +374,14 @@ def main(argv):
   def run_one(key, seed):
     print(f"== {_name(*key)} seed {seed}", flush=True)
     config = _config(s.scale, *key, seed)
-    summary = study.run(config, study.run_dir(s.root, _name(*key), config),
-                        select=_SELECT, scale=s.scale_name)
-    silhouette = _silhouette(summary["workdir"], summary["step"],
-                             s.scale["tsne"])
+    summary = study.run(
+        config, study.run_dir(s.root, _name(*key), config),
+        select=_SELECT, scale=s.scale_name,
+        record_dir=os.path.join(s.out, "runs"),
+        extra_metrics=dict(silhouette=functools.partial(
+            _silhouette, limit=s.scale["tsne"])))
     return dict(summary, backbone=config.model.variant,
-                embedding_dim=config.model.embedding_dim,
-                metrics=dict(summary["metrics"], silhouette=silhouette))
+                embedding_dim=config.model.embedding_dim)
 
   def report(results, pending):
     page = dict(study=s.name, scale=s.scale_name, command=s.command,

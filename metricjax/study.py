@@ -10,8 +10,11 @@ the page header; and the results file a page is a pure function of.
 
 A run's summary (test metrics at the checkpoint selected on validation,
 validation curves, timings, the machine) is stored in WORKDIR/summary.json
-when it completes; a runner started again skips finished runs and resumes
-unfinished ones from their checkpoints. A page (OUT/README.md and its
+when it completes, and copied to RECORD_DIR/NAME-TAG.json when the runner
+gives one (OUT/runs, committed with the page): a runner started again skips
+finished runs, also on a fresh clone without the run directories (a long
+grid spans sessions and machines), and resumes unfinished ones from their
+checkpoints. A page (OUT/README.md and its
 figures) is rendered from OUT/results.json alone, so `--report_only`
 rewrites it without the run directories.
 """
@@ -124,15 +127,27 @@ def run_dir(root: str, name: str, settings) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
-        select: str | None, scale: str) -> dict:
+        select: str | None, scale: str, record_dir: str | None = None,
+        extra_metrics=None) -> dict:
   """Trains (or resumes) and evaluates on the test split; the summary,
   with the seed, scale, epochs trained and workdir.
 
   select: a logged validation metric (e.g. "val_map_at_r"): the test split
   is evaluated at the checkpoint with its best value (ties: earliest);
   None: at the last step.
+  record_dir: where a copy of the summary is kept (and read back when the
+  run directory is gone).
+  extra_metrics: {name: fn(workdir, step) -> value}, measured once on the
+  selected checkpoint and stored with the test metrics (so that a record
+  carries them).
   """
   path = os.path.join(workdir, "summary.json")
+  record = (os.path.join(record_dir, os.path.basename(workdir) + ".json")
+            if record_dir else None)
+  if not os.path.exists(path) and record and os.path.exists(record):
+    with open(record) as f:
+      return dict(json.load(f), seed=config.seed, scale=scale,
+                  workdir=workdir)
   if not os.path.exists(path):
     start = time.perf_counter()
     train_lib.train(config, workdir)
@@ -158,6 +173,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         machine=machine()))
   with open(path) as f:
     summary = json.load(f)
+  missing = {k: fn for k, fn in (extra_metrics or {}).items()
+             if k not in summary["metrics"]}
+  if missing:
+    summary["metrics"].update(
+        {k: fn(workdir, summary["step"]) for k, fn in missing.items()})
+    files.write_json(path, summary)
+  if record and (missing or not os.path.exists(record)):
+    files.write_json(record, summary)
   return dict(summary, seed=config.seed, scale=scale, workdir=workdir)
 
 

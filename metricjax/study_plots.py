@@ -81,11 +81,14 @@ def tsne_figure(path: str, panels, limit: int, title: str = "") -> None:
   beside the figure a stamp (path + ".json": the panels and limit); the
   figure is redrawn only when the stamp changes, so a page rewritten after
   every run fits each panel once and a clone without the run directories
-  keeps the committed figure."""
+  keeps the committed figure (as it does when a panel's run directory is
+  absent: runs known from their records only)."""
   stamp = json.dumps([list(p) for p in panels] + [limit])
   if (os.path.exists(path) and os.path.exists(path + ".json")
       and open(path + ".json").read() == stamp):
     return
+  if not all(os.path.isdir(p[2]) for p in panels):
+    return  # A run known only from its record: keep the figure there is.
   rows = max(p[0] for p in panels) + 1
   cols = max(p[1] for p in panels) + 1
   fig, axes = plt.subplots(rows, cols, squeeze=False,

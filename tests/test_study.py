@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 from scipy import stats
@@ -66,7 +67,18 @@ def test_long_scale_trains_whole_epochs_validated_every_half(tiny_idx_dir,
   assert (config.total_steps, config.eval_every) == (12, 3)
   assert config.keep_checkpoints == 5 and config.checkpoint_every == 3
   workdir = str(tmp_path / "run")
-  summary = study.run(config, workdir, select="val_map_at_r", scale="long")
+  records = str(tmp_path / "records")
+  calls = []
+
+  def steps_measured(run_dir, step):
+    calls.append((run_dir, step))
+    return float(step)
+
+  summary = study.run(config, workdir, select="val_map_at_r", scale="long",
+                      record_dir=records,
+                      extra_metrics=dict(steps_measured=steps_measured))
+  assert calls == [(workdir, summary["step"])]
+  assert summary["metrics"]["steps_measured"] == summary["step"]
   # The task's own epoch count agrees with the planned one.
   assert summary["epochs"] == pytest.approx(2.0)
   assert (summary["scale"], summary["seed"], summary["total_steps"]) == (
@@ -80,3 +92,11 @@ def test_long_scale_trains_whole_epochs_validated_every_half(tiny_idx_dir,
   again = study.run(config, workdir, select="val_map_at_r", scale="long")
   assert os.path.getmtime(os.path.join(workdir, "summary.json")) == mtime
   assert json.loads(json.dumps(summary)) == json.loads(json.dumps(again))
+  # A fresh clone holds the record only: the run is neither retrained nor
+  # re-measured, and the summary is the same.
+  shutil.rmtree(workdir)
+  cloned = study.run(config, workdir, select="val_map_at_r", scale="long",
+                     record_dir=records,
+                     extra_metrics=dict(steps_measured=steps_measured))
+  assert not os.path.exists(workdir) and len(calls) == 1
+  assert json.loads(json.dumps(cloned)) == json.loads(json.dumps(summary))
