@@ -85,10 +85,6 @@ BACKBONES = {
        for name in ("resnet18", "resnet50", "vit_s16")},
 }
 PROTOCOLS = ("reality_check", "proxy_anchor")
-# The Reality Check's validation interval in steps (save_interval epochs of
-# 100 iterations); In-Shop, not in the paper, gets SOP's.
-REALITY_CHECK_EVAL_EVERY = {"cub": 200, "cars196": 500, "sop": 2000,
-                            "inshop": 2000}
 
 
 def get_config(arg=None):
