@@ -13,8 +13,27 @@ seeds.
   python experiments/compare_losses.py --scale=cpu --report_only
   python experiments/compare_losses.py --scale=smoke --dataset=idx:DIR --out=/tmp/x
 
+On the photo benchmarks (--dataset=cub|cars196|sop|inshop) the runs are
+configs/dml_benchmark.py's (--protocol=reality_check by default, or
+proxy_anchor), validated on a quarter of the training classes held out
+(data.val_classes), tested on the benchmark's test classes:
+
+  python experiments/compare_losses.py --dataset=cub --scale=full \
+      --weights=resnet50.npz  # tools/convert_backbone.py --arch=resnet50
+  python experiments/compare_losses.py --dataset=cub --scale=smoke
+
+--scale=full is the Reality-Check comparison, for an accelerator: a
+ResNet-50 at 227 px (for the paper's BN-Inception), 512-d, the protocol's
+optimiser and batch, 3 seeds, each loss at the paper's published optimum
+for the dataset (MLRC_OPTIMA; In-Shop, not in the paper: the loss's
+defaults), the losses of the paper's table that metricjax registers.
+--scale=smoke: a tiny compact net at 32 px, 4 steps, 2 losses, 1 seed
+(the test suite's, on the CUB replica).
+
 Runs are resumable and skipped when done (WORKDIR/<loss>-<hash>/...); the
-page is rewritten after every run.
+page is rewritten after every run. On the photo benchmarks a finished
+run's checkpoints other than the evaluated one are deleted (ResNet-50 and
+RMSprop state: ~0.3 GB each).
 """
 
 import os
@@ -24,8 +43,10 @@ from absl import app
 from absl import flags
 
 from metricjax import cli
+from metricjax import losses as losses_lib
 from metricjax import study
 from metricjax import study_plots
+from metricjax import checkpoint
 from metricjax.config_utils import load_config
 from metricjax.errors import exit_on_user_error
 from metricjax.errors import UserError
@@ -72,8 +93,72 @@ SCALES = {
                  trials=3, seeds=5, model={}, eval_batch=1000),
 }
 
-study.define_flags(SCALES)
-_LOSSES = flags.DEFINE_list("losses", list(TRIALS), "Losses to compare.")
+# The photo benchmarks: configs/dml_benchmark.py, validated on held-out
+# training classes.
+DML_DATASETS = ("cub", "cars196", "sop", "inshop")
+# "A Metric Learning Reality Check"'s optima, chosen by its Bayesian search
+# on validation (powerful-benchmarker, branch metric-learning, commit
+# 222790a, docs/papers/mlrc.md "Optimal hyperparameters"; the paper's
+# "weights lr" / "proxy lr" over the 1e-6 of the model -> lr_mult). Per
+# dataset: cub, cars196, sop. Multi-similarity without its miner, triplet
+# over all triplets, as the paper's rows; a pos_margin below 0 equals 0
+# (the page's FAQ).
+MLRC_OPTIMA = {
+    "contrastive": [dict(kwargs=dict(pos_margin=p, neg_margin=n))
+                    for p, n in ((-0.2, 0.3841), (0.2652, 0.5409),
+                                 (0.2850, 0.5130))],
+    "triplet": [dict(kwargs=dict(margin=m, mining="all"))
+                for m in (0.0961, 0.1190, 0.0451)],
+    "ntxent": [dict(kwargs=dict(temperature=t))
+               for t in (0.0091, 0.0219, 0.0002)],
+    "ms": [dict(kwargs=dict(alpha=a, beta=b, base=c, epsilon=None))
+           for a, b, c in ((0.01, 50.60, 0.56), (14.35, 75.83, 0.66),
+                           (8.49, 57.38, 0.41))],
+    "proxy_nca": [dict(kwargs=dict(softmax_scale=s), lr_mult=lr / 1e-6)
+                  for lr, s in ((6.04e-3, 13.98), (4.43e-3, 7.97),
+                                (5.28e-4, 10.73))],
+    "normalized_softmax": [dict(kwargs=dict(temperature=t), lr_mult=lr / 1e-6)
+                           for lr, t in ((4.46e-3, 0.1087), (1.10e-2, 0.0886),
+                                         (5.46e-4, 0.0630))],
+    "cosface": [dict(kwargs=dict(margin=m, scale=s), lr_mult=lr / 1e-6)
+                for lr, m, s in ((2.53e-3, 0.6182, 100.0),
+                                 (7.41e-3, 0.4324, 161.5),
+                                 (2.16e-3, 0.3364, 100.0))],
+    "arcface": [dict(kwargs=dict(margin=m, scale=s), lr_mult=lr / 1e-6)
+                for lr, m, s in ((5.13e-3, 23.22, 100.0),
+                                 (7.39e-6, 20.52, 49.50),
+                                 (2.01e-3, 18.63, 220.3))],
+    "fastap": [dict(kwargs=dict(num_bins=b)) for b in (17, 27, 16)],
+}
+MLRC_DATASETS = ("cub", "cars196", "sop")
+DML_SCALES = {
+    # The pipeline on the CUB replica, in seconds (tests); not a comparison.
+    "smoke": dict(backbone="compact", image_size=32, embedding_dim=16,
+                  model=dict(widths=(8, 8, 16, 16)), steps=4, eval_every=2,
+                  batch_size=16, samples_per_class=4, val_size=0,
+                  eval_batch=64, trials=1, seeds=1,
+                  losses=["contrastive", "ms"],
+                  data=dict(num_threads=2, prefetch=16)),
+    # The Reality Check on an accelerator. Steps are ours (the paper stops
+    # early: patience 9 / 14 / 39 validations); 20 validations a run, a
+    # checkpoint at each (selection needs them; ~6 GB a run at most).
+    "full": dict(backbone="resnet50", image_size=0, embedding_dim=512,
+                 model={}, steps={"cub": 20000, "cars196": 30000, "*": 60000},
+                 eval_every={"cub": 1000, "cars196": 1500, "*": 3000},
+                 batch_size=None, samples_per_class=4, val_size=0,
+                 eval_batch=256, trials=1, seeds=3, losses=list(MLRC_OPTIMA),
+                 data={}),
+}
+
+study.define_flags(sorted(set(SCALES) | set(DML_SCALES)))
+_LOSSES = flags.DEFINE_list("losses", None, "Losses to compare (default: "
+                            "the scale's, or every loss with trials).")
+_PROTOCOL = flags.DEFINE_enum("protocol", "reality_check",
+                              ["reality_check", "proxy_anchor"],
+                              "Photo benchmarks: the training recipe.")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "Photo benchmarks: the backbone's converted ImageNet "
+    "weights (tools/convert_backbone.py); required at --scale=full.")
 _DATASET = flags.DEFINE_string("dataset", None,
                                "Dataset name or spec (default: the scale's).")
 _SELECT = "val_map_at_r"
@@ -89,6 +174,63 @@ def _config(scale: dict, dataset: str, loss: str, trial: dict, seed: int):
   return study.set_budget(config, scale, seed)
 
 
+def _dml_config(scale: dict, dataset: str, loss: str, trial: dict,
+                seed: int):
+  arg = (f"dataset={dataset},loss={loss},backbone={scale['backbone']},"
+         f"protocol={_PROTOCOL.value},image_size={scale['image_size']},"
+         f"embedding_dim={scale['embedding_dim']}")
+  if _WEIGHTS.value:
+    arg += f",weights={os.path.abspath(_WEIGHTS.value)}"
+  config = load_config(os.path.join(REPO, "configs", "dml_benchmark.py")
+                       + ":" + arg)
+  config.model.update(scale["model"])
+  config.data.update(scale["data"])
+  if trial["kwargs"]:
+    config.loss.kwargs = trial["kwargs"]
+  if "lr_mult" in trial:
+    config.loss.param_lr_multiplier = trial["lr_mult"]
+  return study.set_budget(config, scale, seed,
+                          batch_size=scale["batch_size"] or config.batch_size)
+
+
+def _dml_trials(loss: str, dataset: str) -> list[dict]:
+  """The paper's optimum for the dataset, else the loss's defaults."""
+  if loss in MLRC_OPTIMA and dataset in MLRC_DATASETS:
+    return [dict(MLRC_OPTIMA[loss][MLRC_DATASETS.index(dataset)],
+                 source="Reality Check optimum")]
+  return [dict(kwargs={}, source="defaults")]
+
+
+def _dml_scale(name: str, dataset: str) -> dict:
+  """The scale with its budget resolved for the dataset."""
+  if name not in DML_SCALES:
+    raise UserError(f"--scale={name} is a Fashion-MNIST budget; the photo "
+                    f"benchmarks have {', '.join(DML_SCALES)}.")
+  scale = dict(DML_SCALES[name])
+  for key in ("steps", "eval_every"):
+    scale[key] = study.per_dataset(scale[key], dataset)
+  if name == "full" and not _WEIGHTS.value:
+    raise UserError(
+        "--scale=full fine-tunes an ImageNet ResNet-50, as the Reality Check "
+        "does its BN-Inception: pass --weights=resnet50.npz, converted from "
+        "torchvision's resnet50 state_dict by `python tools/"
+        "convert_backbone.py --arch=resnet50 --torch=FILE.pth "
+        "--out=resnet50.npz`.")
+  return scale
+
+
+def _prune(workdir: str, keep: int) -> None:
+  """Deletes a finished run's checkpoints but the evaluated one."""
+  path = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(path):
+    return
+  mngr = checkpoint.manager(workdir, create=False)
+  for step in mngr.all_steps():
+    if step != keep:
+      mngr.delete(step)
+  mngr.close()
+
+
 def _best_val(summary) -> float:
   return max(v for _, v in summary["curves"][_SELECT])
 
@@ -97,19 +239,42 @@ def write_report(page: dict, out: str) -> None:
   """OUT/README.md and curves.png from the results alone."""
   st = page["settings"]
   rows = [r for r in page["rows"] if r["runs"]]
+  protocol = page.get("protocol")
+  per_class = st["samples_per_class"]
+  batch = (f"batch {st['batch_size']} ({st['batch_size'] // per_class} "
+           f"classes x {per_class}), ")
+  budget = (f"{st['steps']} steps ({rows[0]['runs'][0]['epochs']:.2f} "
+            f"epochs); validation every {st['eval_every']} steps. ")
+  if protocol:
+    ds = rows[0]["runs"][0]["dataset"]["split_sizes"]
+    held = st["val_classes"]
+    held = f"{100 * held:g}%" if held < 1 else f"{held:g}"
+    data = (f"Data: {page['dataset']}, configs/dml_benchmark.py protocol="
+            f"{protocol} (validation: {held} of the training classes, every "
+            "image of them held out of training; test: the test classes; "
+            f"split sizes {ds}). Backbone: {st['backbone']} at "
+            f"{st['image_size']} px, {st['embedding_dim']}-d; " + batch
+            + f"{st['optimizer']} at lr {st['learning_rate']:g}, " + budget
+            + "Each loss: the Reality Check's published optimum for the "
+            "dataset where it has one (else the loss's defaults: the "
+            "\"hyper-parameters from\" column), run with several seeds; test "
+            "metrics at each run's best-validation checkpoint, mean ± std "
+            "over seeds.")
+    recall = ("r_precision", "R-Precision")
+  else:
+    data = (f"Data: {page['dataset']} (validation: {st['val_size']} training "
+            "images held out of training, stratified by class; test: the "
+            "test split). Backbone: compact hybrid1; " + batch
+            + "AdamW with cosine decay, " + budget
+            + f"Each loss: {st['trials']} hyper-parameter trial(s) at seed 0, "
+            "the best on validation MAP@R then run with more seeds; test "
+            "metrics at each run's best-validation checkpoint, mean ± std "
+            "over seeds.")
+    recall = ("recall_at_10", "R@10")
   lines = study.header(page, "Losses compared") + [
-      f"Data: {page['dataset']} (validation: {st['val_size']} training images "
-      "held out of training, stratified by class; test: the test split). "
-      f"Backbone: compact hybrid1; batch {st['batch_size']} "
-      f"({st['batch_size'] // st['samples_per_class']} classes x "
-      f"{st['samples_per_class']}), AdamW with cosine decay, {st['steps']} "
-      f"steps ({rows[0]['runs'][0]['epochs']:.2f} epochs); validation every "
-      f"{st['eval_every']} steps. Each loss: {st['trials']} hyper-parameter "
-      "trial(s) at seed 0, the best on validation MAP@R then run with more "
-      "seeds; test metrics at each run's best-validation checkpoint, mean ± "
-      "std over seeds.", "",
-      "| loss | chosen hyper-parameters | seeds | test MAP@R | P@1 | R@10 "
-      "| val MAP@R of the trials | images/s |",
+      data, "",
+      f"| loss | chosen hyper-parameters | seeds | test MAP@R | P@1 | "
+      f"{recall[1]} | val MAP@R of the trials | images/s |",
       "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     metric = lambda k: study.fmt_std([s["metrics"][k] for s in r["runs"]])
@@ -117,9 +282,11 @@ def write_report(page: dict, out: str) -> None:
     hp = ", ".join(f"{k}={v}" for k, v in chosen["kwargs"].items())
     if chosen.get("lr_mult", 1.0) != 1.0:
       hp += f", param lr x{chosen['lr_mult']:g}"
+    if chosen.get("source"):
+      hp = f"{hp or 'the config'} ({chosen['source']})"
     lines.append(
         f"| {r['loss']} | {hp} | {len(r['runs'])} | {metric('map_at_r')} "
-        f"| {metric('precision_at_1')} | {metric('recall_at_10')} | "
+        f"| {metric('precision_at_1')} | {metric(recall[0])} | "
         + ", ".join(f"{_best_val(s):.4f}" for s in r["searched"])
         + f" | {statistics.median(s['images_per_sec'] for s in r['runs']):.0f} |")
   # Reading, from the numbers: which losses the seeds cannot tell apart
@@ -150,25 +317,45 @@ def write_report(page: dict, out: str) -> None:
 def main(argv):
   del argv
   cli.quiet_logging()
-  s = study.setup("compare_losses", SCALES, __file__)
+  dml = _DATASET.value in DML_DATASETS
+  if dml:
+    s = study.setup("compare_losses", DML_SCALES if flags.FLAGS.scale in
+                    DML_SCALES else SCALES, __file__,
+                    page=f"{_DATASET.value}/{flags.FLAGS.scale}")
+  else:
+    s = study.setup("compare_losses", SCALES, __file__)
   if s.report_only:
     write_report(study.read_results(s.out), s.out)
     return
   dataset = _DATASET.value or s.scale["dataset"]
   if dataset is None:
     raise UserError("--scale=smoke needs --dataset (a small spec, e.g. "
-                    "idx:DIR).")
-  unknown = [l for l in _LOSSES.value if l not in TRIALS]
+                    "idx:DIR, or cub for the CUB-200-2011 layout).")
+  scale = _dml_scale(s.scale_name, dataset) if dml else s.scale
+  names = _LOSSES.value or (scale["losses"] if dml else list(TRIALS))
+  known = losses_lib.REGISTRY if dml else TRIALS
+  unknown = [l for l in names if l not in known]
   if unknown:
     raise UserError(f"No trials defined for loss(es) {', '.join(unknown)}; "
-                    f"compare_losses knows {', '.join(TRIALS)}.")
-  trials = {l: TRIALS[l][:s.scale["trials"]] for l in _LOSSES.value}
+                    f"compare_losses knows {', '.join(known)}.")
+  make_config = _dml_config if dml else _config
+  trials = {l: (_dml_trials(l, dataset) if dml else TRIALS[l])[
+      :scale["trials"]] for l in names}
   searched, chosen = {}, {}
+  settings = study.settings(scale)
+  if dml:  # What the protocol set, for the page.
+    c = make_config(scale, dataset, names[0], trials[names[0]][0], 0)
+    settings.update(batch_size=c.batch_size, image_size=c.image_size,
+                    optimizer=c.optimizer, learning_rate=c.learning_rate,
+                    val_classes=c.data.val_classes)
 
   def run_at(loss, trial, seed):
-    config = _config(s.scale, dataset, loss, trial, seed)
-    return study.run(config, study.run_dir(s.root, loss, config),
-                     select=_SELECT, scale=s.scale_name)
+    config = make_config(scale, dataset, loss, trial, seed)
+    summary = study.run(config, study.run_dir(s.root, loss, config),
+                        select=_SELECT, scale=s.scale_name)
+    if dml:
+      _prune(summary["workdir"], summary["step"])
+    return summary
 
   def run_one(loss, seed):
     """Seed 0: every trial, keeping the best on validation; then its seeds."""
@@ -185,14 +372,16 @@ def main(argv):
 
   def report(results, pending):
     page = dict(study=s.name, scale=s.scale_name, command=s.command,
-                settings=study.settings(s.scale), dataset=dataset,
+                settings=settings, dataset=dataset,
                 rows=[dict(name=l, loss=l, trials=trials[l], chosen=chosen[l],
                            searched=searched[l], runs=rs)
                       for l, rs in results.items() if rs],
                 pending=[f"{l} seed {seed}" for seed, l in pending])
+    if dml:
+      page["protocol"] = _PROTOCOL.value
     study.write_results(s.out, page)
     write_report(page, s.out)
-  study.run_grid(_LOSSES.value, s.seeds, run_one, on_done=report)
+  study.run_grid(names, s.seeds, run_one, on_done=report)
   print(open(os.path.join(s.out, "README.md")).read())
 
 

@@ -26,7 +26,7 @@ from metricjax import models
 from metricjax import restore as restore_lib
 from metricjax.embedder import Model
 from metricjax.errors import UserError, exit_on_user_error, parse_flags_or_exit
-from metricjax.models import convert
+from metricjax.models import weights
 
 FLAGS = flags.FLAGS
 
@@ -77,7 +77,7 @@ def export(workdir: str, out: str, *, step: int | None = None,
 
 def export_trained_vgg(workdir: str, out: str, step: int | None = None) -> dict:
   """A VGG trained here (config.model.name "vgg") -> an FNE backbone .npz,
-  the format of save_params_npz; returns its meta."""
+  the format of models/weights.py's save_npz; returns its meta."""
   restored = restore_lib.restore(workdir, step)
   model = restored.model
   if not isinstance(model, models.VGGNet):
@@ -91,8 +91,7 @@ def export_trained_vgg(workdir: str, out: str, step: int | None = None) -> dict:
               num_classes=model.num_classes, has_fc=bool(model.fc_dims),
               source=f"{os.path.abspath(workdir)} step {restored.step}",
               trained_on=restored.meta.name)
-  convert.save_params_npz(out, jax.device_get(restored.state.params["vgg"]),
-                          meta)
+  weights.save_npz(out, jax.device_get(restored.state.params["vgg"]), meta)
   return meta
 
 

@@ -29,11 +29,21 @@ def trainable(state: TrainState) -> dict:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warm-up, then cosine decay to 1% of the peak at total_steps."""
+  """Linear warm-up, then cosine decay to 1% of the peak at total_steps;
+  config.lr_schedule="constant" (the Reality Check's): the peak after the
+  warm-up."""
+  lr = config.learning_rate
+  warmup = min(config.warmup_steps, config.total_steps - 1)
+  kind = config.get("lr_schedule", "cosine")
+  if kind == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
+        [warmup]) if warmup else optax.constant_schedule(lr)
+  if kind != "cosine":
+    raise UserError(f"config.lr_schedule={kind!r}; use cosine or constant.")
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate,
-      warmup_steps=min(config.warmup_steps, config.total_steps - 1),
-      decay_steps=config.total_steps, end_value=0.01 * config.learning_rate)
+      init_value=0.0, peak_value=lr, warmup_steps=warmup,
+      decay_steps=config.total_steps, end_value=0.01 * lr)
 
 
 OPTIMIZERS = ("adamw", "rmsprop")
@@ -48,7 +58,7 @@ def _optimizer(config, lr) -> optax.GradientTransformation:
     # coupled L2 weight decay, alpha 0.99, eps 1e-8 outside the root.
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
-        optax.rmsprop(lr, decay=0.99, eps=1e-8,
+        optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False,
                       momentum=config.momentum or None))
   raise UserError(f"config.optimizer={name!r}; use one of "
                   f"{', '.join(OPTIMIZERS)}.")

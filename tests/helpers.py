@@ -79,15 +79,15 @@ def write_random_vgg(path, arch: dict, image_size: int = 16) -> None:
   """A backbone .npz of a VGG of `arch` with random weights (drawn in
   numpy: no init compilation)."""
   import jax
-  from metricjax.models import convert
   from metricjax.models import vgg
+  from metricjax.models import weights
   shapes = jax.eval_shape(
       vgg.VGG(**arch).init, jax.random.key(0),
       jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(
       np.float32), shapes["params"])
-  convert.save_params_npz(path, params, dict(
+  weights.save_npz(path, params, dict(
       arch="vgg", model=arch, image_size=image_size, preprocess="torch"))
 
 

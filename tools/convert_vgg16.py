@@ -5,7 +5,7 @@ r"""Converts ImageNet VGG16 weights to metricjax's .npz (Flax params + meta).
       --keras=vgg16_weights_tf_dim_ordering_tf_kernels.h5 --out=vgg16.npz
 
 The .npz records which input preprocessing the weights expect ("torch" for
-torchvision, "caffe" for Keras); metricjax.models.convert.load_params_npz
+torchvision, "caffe" for Keras); metricjax.models.weights.read_npz
 returns it in the meta. A check runs the converted net on a random image.
 """
 
@@ -20,6 +20,7 @@ from metricjax.errors import exit_on_user_error
 from metricjax.errors import UserError
 from metricjax.models import convert
 from metricjax.models import vgg
+from metricjax.models import weights
 
 flags.DEFINE_string("torch", None, "torchvision vgg16 state_dict (.pth).")
 flags.DEFINE_string("keras", None, "Keras VGG16 weights (.h5).")
@@ -72,7 +73,7 @@ def main(argv):
     out = jax.jit(model.apply)({"params": params}, x)
     print(f"check: output {tuple(out.shape)}, finite: "
           f"{bool(np.isfinite(np.asarray(out)).all())}")
-  convert.save_params_npz(FLAGS.out, params, meta)
+  weights.save_npz(FLAGS.out, params, meta)
   print(f"wrote {FLAGS.out} ({meta['framework']} weights, preprocess="
         f"{meta['preprocess']!r})")
 

@@ -121,3 +121,40 @@ def subset(ds: PhotoDataset, keep: np.ndarray, *, split: str,
       class_names=tuple(ds.class_names[c] for c in classes), split=split,
       source=f"{ds.source}, {note}", ids=ds.ids[keep], boxes=take(ds.boxes),
       is_query=take(ds.is_query), is_gallery=take(ds.is_gallery))
+
+
+def hold_out_classes(ds: PhotoDataset, val_classes: float, *,
+                     seed: int = 0) -> tuple[PhotoDataset, PhotoDataset]:
+  """(rest, held_out): every image of some classes of `ds` split off, the
+  validation of the field's benchmarks (classes held out of the training
+  classes, never the test split: "A Metric Learning Reality Check",
+  powerful-benchmarker's ClassDisjointSplitManager).
+
+  val_classes: a fraction of the classes in (0, 1) (rounded, at least 2),
+  or a count >= 2. The classes are drawn with a fixed seed: the same for
+  every run of a config, whatever its training seed, so runs are compared
+  on one validation set. Both parts keep the original order; each is
+  relabelled 0..C-1 over its own classes.
+  """
+  total = ds.num_classes
+  if 0 < val_classes < 1:
+    count = max(2, int(round(val_classes * total)))
+  elif val_classes >= 1 and float(val_classes).is_integer():
+    count = int(val_classes)
+  else:
+    count = -1
+  if not 2 <= count <= total - 2:
+    raise UserError(
+        f"config.data.val_classes={val_classes} must be a fraction in (0, 1) "
+        f"or a whole number of classes, giving 2 to {total - 2} of the "
+        f"{total} classes of {ds.name} {ds.split} (it gives {count}): "
+        "validation ranks at least two classes and training keeps at least "
+        "two.")
+  held = np.zeros(total, bool)
+  held[np.random.default_rng(seed).choice(total, size=count,
+                                          replace=False)] = True
+  rows = held[ds.labels]
+  return (subset(ds, ~rows, split=ds.split,
+                 note=f"without the {count} classes held out for validation"),
+          subset(ds, rows, split=f"{ds.split} (held out)",
+                 note=f"{count} classes held out for validation"))

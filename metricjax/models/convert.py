@@ -9,10 +9,10 @@
   torchvision) in CHW order, so fc1's rows are permuted. Keras weights want
   "caffe" preprocessing (BGR, mean pixel), torchvision's "torch".
 
-Params are saved as .npz ("layer/kernel" entries and a JSON "__meta__").
+Params are saved as .npz ("layer/kernel" entries and a JSON "__meta__")
+by models/weights.py's save_npz, read back by read_npz.
 """
 
-import json
 import os
 import re
 from typing import Any, Mapping
@@ -23,11 +23,10 @@ import numpy as np
 
 from metricjax import models
 from metricjax.errors import UserError
-from metricjax.files import atomic_write
+from metricjax.models import weights
 from metricjax.models.vgg import conv_names
 from metricjax.models.vgg import VGG16_BLOCKS
 
-_META_KEY = "__meta__"
 HOW_TO_GET_WEIGHTS = (
     "Convert torchvision's ImageNet VGG16 (https://download.pytorch.org/"
     "models/vgg16-397923af.pth): `python tools/convert_vgg16.py "
@@ -186,36 +185,10 @@ def _hwc_rows_to_chw(kernel, channels, path):
           .reshape(rows, -1))
 
 
-def save_params_npz(path: str | os.PathLike, params: Mapping[str, Any],
-                    meta: Mapping[str, Any]) -> None:
-  """Writes {layer: {name: array}} params and JSON-able meta, atomically."""
-  path = os.fspath(path)
-  arrays = {f"{layer}/{k}": np.asarray(v) for layer, d in params.items()
-            for k, v in d.items()}
-  arrays[_META_KEY] = np.asarray(json.dumps(dict(meta)))
-  with atomic_write(path, "wb") as f:
-    np.savez(f, **arrays)
-
-
-def load_params_npz(path: str | os.PathLike) -> tuple[dict, dict]:
-  """(params, meta) written by save_params_npz (tools/convert_vgg16.py)."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise UserError(f"Weights file {path} does not exist. {HOW_TO_GET_WEIGHTS}")
-  params, meta = {}, {}
-  with np.load(path, allow_pickle=False) as z:
-    for key in z.files:
-      if key == _META_KEY:
-        meta = json.loads(str(z[key]))
-        continue
-      layer, _, name = key.rpartition("/")
-      params.setdefault(layer, {})[name] = z[key]
-  return params, meta
-
-
 def load_backbone(name: str,
                   path: str | os.PathLike) -> tuple[nn.Module, dict, dict]:
-  """(model, params, meta) of a frozen backbone from a save_params_npz file.
+  """(model, params, meta) of a frozen backbone from a weights .npz
+  (models/weights.py's format).
 
   The model is models.BACKBONES[name] built with the meta's "model" kwargs
   (VGG16 with its ImageNet head when there are none); the params must fit
@@ -225,7 +198,8 @@ def load_backbone(name: str,
   if name not in models.BACKBONES:
     raise UserError(f"Unknown backbone {name!r}; known: "
                     f"{', '.join(sorted(models.BACKBONES))}.")
-  params, meta = load_params_npz(path)
+  flat, meta = weights.read_npz(path)
+  params = weights.unflatten(flat)
   if meta.get("arch", name) != name:
     raise UserError(f"{path} holds a {meta['arch']!r} backbone, not {name!r}; "
                     "set the backbone name to match.")

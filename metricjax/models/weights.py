@@ -6,8 +6,8 @@ leaf ("layer1_0/conv1/kernel", "bn1/mean", "cls_token"), whatever
 collection the module keeps it in, and a JSON "__meta__" (arch, the
 trunk's kwargs under "model", image_size, source). The flat keys let the same
 file fill a trunk with trainable batch norm (scale/bias in "params") or
-frozen batch norm (all four in "batch_stats"). VGG files of
-metricjax/models/convert.py have the same form.
+frozen batch norm (all four in "batch_stats"). VGG files
+(tools/convert_vgg16.py, metricjax/export.py) are written and read here too.
 
 torchvision / timm key -> flat key: "." before an index becomes "_", the
 other "." become "/" (`layer1.0.downsample.1.running_var` ->
@@ -49,7 +49,8 @@ TAPPED = {"vgg16": vgg.vgg16, "vgg": vgg.VGG}
 HOW_TO_CONVERT = (
     "Convert a torchvision ResNet or a DINO / timm ViT-S/16 state_dict with "
     "`python tools/convert_backbone.py --arch=resnet50|resnet18|vit_s16 "
-    "--torch=FILE.pth --out=FILE.npz` (VGG16: tools/convert_vgg16.py).")
+    "--torch=FILE.pth --out=FILE.npz` (VGG16: tools/convert_vgg16.py; a VGG "
+    "trained here: tools/export_vgg_backbone.py).")
 
 _LEAVES = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
 _DROPPED = re.compile(r"^(fc|head)\.|num_batches_tracked$")
@@ -107,10 +108,35 @@ def convert_torch(state_dict: Mapping[str, Any], arch: str,
   return flat, meta
 
 
-def save_npz(path: str | os.PathLike, flat: Mapping[str, np.ndarray],
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+  """{"conv1_1": {"kernel": x}} -> {"conv1_1/kernel": x} (flat keys are
+  kept as they are)."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}/"))
+    else:
+      flat[f"{prefix}{key}"] = np.asarray(value)
+  return flat
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+  """The nested tree of flat "a/b/leaf" keys (inverse of flatten)."""
+  tree = {}
+  for key, value in flat.items():
+    *path, leaf = key.split("/")
+    node = tree
+    for name in path:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return tree
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any],
              meta: Mapping[str, Any]) -> None:
-  """Writes flat arrays and JSON-able meta, atomically."""
-  arrays = {k: np.asarray(v) for k, v in flat.items()}
+  """Writes arrays (flat keys, or a nested tree of them: see flatten) and
+  JSON-able meta, atomically."""
+  arrays = flatten(arrays)
   arrays[META_KEY] = np.asarray(json.dumps(dict(meta)))
   with atomic_write(os.fspath(path), "wb") as f:
     np.savez(f, **arrays)

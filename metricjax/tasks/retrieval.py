@@ -6,7 +6,9 @@ augments its batch there, from randomness derived from (seed, step). With
 validation on (config.eval_every > 0), config.val_size examples of the
 training split are held out of it (stratified, the same for every seed) and
 the validation metrics are theirs; the test split is read only by
-`metricjax.evaluate`.
+`metricjax.evaluate`. On the photo benchmarks the hold-out is class-disjoint
+instead, as the field validates: config.data.val_classes of the training
+classes, every image of them (data/photos.py hold_out_classes).
 
 The photo benchmarks (cub, cars196, sop, inshop, csv:FILE) are lazy
 PhotoDatasets: always streamed, their views decoded and augmented on the
@@ -32,6 +34,7 @@ from metricjax import state as state_lib
 from metricjax import xla_routing
 from metricjax.data import photo_pipeline
 from metricjax.data import stream as stream_lib
+from metricjax.data.photos import hold_out_classes
 from metricjax.data.photos import PhotoDataset
 from metricjax.errors import UserError
 from metricjax.tasks.task import Task
@@ -68,6 +71,7 @@ class Meta:
   class_names: tuple[str, ...]
   image_shape: tuple[int, int, int]
   val_size: int = 0  # Examples of `split` held out for validation.
+  val_classes: int = 0  # Classes of `split` held out (all their examples).
 
   def to_dict(self) -> dict:
     return {"dataset": dataclasses.asdict(self)}
@@ -87,11 +91,18 @@ def identity(config) -> dict:
     imbalance = imbalance.to_dict()
   return dict(dataset=config.dataset, model=config.model.to_dict(),
               classification_head=config.classification_head,
-              imbalance=imbalance, held_out=_val_size(config))
+              imbalance=imbalance, held_out=_val_size(config),
+              held_out_classes=_val_classes(config))
 
 
 def _val_size(config) -> int:
   return config.val_size if config.get("eval_every") else 0
+
+
+def _val_classes(config) -> float:
+  """config.data.val_classes when validating (photo benchmarks), else 0."""
+  data = config.get("data") or {}
+  return data.get("val_classes", 0) if config.get("eval_every") else 0
 
 
 def make_model_and_init(config, meta: Meta, tx):
@@ -240,10 +251,14 @@ def _variables(state):
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def _eval_apply(config, model):
+  return xla_routing.jit(lambda v, x: model.apply(v, x, train=False),
+                         routing=_routing(config))
+
+
 def make_validation(config, model, held_out: data_lib.ArrayDataset, mesh):
   """Retrieval metrics of the held-out examples (querying each other)."""
-  apply = xla_routing.jit(lambda v, x: model.apply(v, x, train=False),
-                          routing=_routing(config))
+  apply = _eval_apply(config, model)
 
   def validate(state):
     outputs = inference.batched_apply(
@@ -259,22 +274,25 @@ def build(config, mesh, tx) -> Task:
   loss = losses.get_loss(config.loss.name)
   ds = _load(config, config.train_split)
   photos = isinstance(ds, PhotoDataset)
-  if photos and (_val_size(config) or config.get("imbalance")):
-    raise UserError(f"{ds.name} is a photo benchmark: validation hold-out "
-                    "(eval_every) and imbalance are not available for it "
-                    "yet; set config.eval_every=0 and drop config.imbalance.")
+  _check_hold_out(config, ds, photos)
   if config.get("imbalance") and config.imbalance.classes:
     ds = data_lib.imbalanced(ds, **config.imbalance.to_dict())
-  validate = None
+  held_out = None
   if _val_size(config):
     ds, held_out = data_lib.hold_out(ds, config.val_size)
+  elif _val_classes(config):
+    ds, held_out = hold_out_classes(ds, _val_classes(config))
   meta = Meta(name=ds.name, source=ds.source, split=ds.split, size=len(ds),
               num_classes=ds.num_classes, class_names=ds.class_names,
               image_shape=((config.image_size,) * 2 + (3,) if photos
-                           else ds.image_shape), val_size=_val_size(config))
+                           else ds.image_shape),
+              val_size=0 if held_out is None else len(held_out),
+              val_classes=held_out.num_classes if _val_classes(config) else 0)
   model, init = make_model_and_init(config, meta, tx)
-  if _val_size(config):
-    validate = make_validation(config, model, held_out, mesh)
+  validate = None
+  if held_out is not None:
+    validate = (make_photo_validation if photos else make_validation)(
+        config, model, held_out, mesh)
   examples_per_step = config.batch_size * (3 if config.sampler == "triplets" else 1)
   common = dict(meta=meta, model=model, init=init, epoch_size=len(ds),
                 loss=make_loss(config, model, loss), validate=validate,
@@ -302,6 +320,33 @@ def build(config, mesh, tx) -> Task:
       class_index=data_lib.ClassIndex.from_labels(ds.labels, ds.num_classes)), mesh)
   return Task(sample=make_sample(config, loss, mesh, ds.num_classes),
               data=data, **common)
+
+
+def _check_hold_out(config, ds, photos):
+  """Photo benchmarks validate on held-out classes, the others on held-out
+  examples; imbalance is for the packed datasets."""
+  if not photos:
+    if _val_classes(config):
+      raise UserError(
+          f"config.data.val_classes holds out classes of the photo "
+          f"benchmarks; {ds.name} validates on config.val_size held-out "
+          "examples: set config.data.val_classes=0.")
+    return
+  if config.get("imbalance"):
+    raise UserError(f"{ds.name} is a photo benchmark: config.imbalance is "
+                    "not available for it; drop config.imbalance.")
+  if _val_size(config):
+    raise UserError(
+        f"{ds.name} is a photo benchmark, validated as the field does on "
+        "classes held out of the training classes (config.data.val_classes), "
+        "not on held-out images of the training classes: set "
+        "config.val_size=0.")
+  if config.get("eval_every") and not _val_classes(config):
+    raise UserError(
+        f"config.eval_every={config.eval_every} validates on held-out "
+        f"training classes of {ds.name}: set config.data.val_classes (a "
+        "fraction, e.g. 0.25 as the Reality Check's 4 folds, or a count), "
+        "or config.eval_every=0.")
 
 
 def _load(config, split):
@@ -334,7 +379,7 @@ def _photo_task(config, ds, sample_indices, examples_per_step, mesh,
                                              image_shape), **common)
 
 
-def _embed_photos(config, model, state, ds, mesh):
+def _embed_photos(config, apply, state, ds, mesh):
   """Embeddings of the evaluation views (decoded batch by batch), and the
   rows kept (all but skipped corrupt images)."""
   data = config.data
@@ -344,13 +389,25 @@ def _embed_photos(config, model, state, ds, mesh):
       skip_corrupt=bool(data.get("skip_corrupt", False)),
       num_threads=data.get("num_threads", 8),
       prefetch=data.get("prefetch", 256))
-  outputs = inference.embed(model, _variables(state), images,
-                            batch_size=config.eval.batch_size, mesh=mesh,
-                            desc=f"embed {ds.name}/{ds.split}",
-                            routing=_routing(config))
+  outputs = inference.batched_apply(
+      apply, _variables(state), (images,), mesh=mesh,
+      batch_size=config.eval.batch_size, desc=f"embed {ds.name}/{ds.split}")
   keep = np.ones(len(ds), bool)
   keep[images.skipped_rows] = False
   return outputs, keep
+
+
+def make_photo_validation(config, model, held_out: PhotoDataset, mesh):
+  """Retrieval metrics of the held-out classes' evaluation views (each
+  image querying the others; no clustering, which the test split gets)."""
+  apply = _eval_apply(config, model)
+
+  def validate(state):
+    outputs, keep = _embed_photos(config, apply, state, held_out, mesh)
+    return metrics_lib.retrieval_metrics(
+        outputs["embedding"][keep], held_out.labels[keep],
+        ks=tuple(config.eval.ks))
+  return validate
 
 
 def _photo_metrics(config, ds, embedding, keep) -> dict:
@@ -375,7 +432,8 @@ def _photo_metrics(config, ds, embedding, keep) -> dict:
 def evaluate(config, meta: Meta, model, state, split: str, mesh):
   ds = _load(config, split)
   if isinstance(ds, PhotoDataset):
-    outputs, keep = _embed_photos(config, model, state, ds, mesh)
+    outputs, keep = _embed_photos(config, _eval_apply(config, model), state,
+                                  ds, mesh)
     metrics = _photo_metrics(config, ds, outputs["embedding"], keep)
   else:
     outputs = inference.embed(model, _variables(state), ds.images,
@@ -390,7 +448,10 @@ def evaluate(config, meta: Meta, model, state, split: str, mesh):
   if "logits" in outputs and not isinstance(ds, PhotoDataset):
     metrics["accuracy"] = metrics_lib.accuracy(outputs["logits"], ds.labels)
   sizes = {meta.split: meta.size, split: len(ds)}
-  if meta.val_size:
+  if meta.val_classes:
+    sizes[f"{meta.split} (held out for validation: {meta.val_classes} "
+          "classes)"] = meta.val_size
+  elif meta.val_size:
     sizes[f"{meta.split} (held out for validation)"] = meta.val_size
   dataset = dict(name=ds.name, source=ds.source, eval_split=split,
                  split_sizes=sizes)

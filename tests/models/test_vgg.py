@@ -8,6 +8,7 @@ import pytest
 from metricjax.errors import UserError
 from metricjax.models import convert
 from metricjax.models import vgg
+from metricjax.models import weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -163,8 +164,11 @@ def test_npz_round_trip(tmp_path):
   params = convert.vgg_params_from_torch(
       torch_vgg(SLIM_BLOCKS, (32, 32), 10).state_dict(), blocks=SLIM_BLOCKS)
   path = tmp_path / "w.npz"
-  convert.save_params_npz(path, params, {"preprocess": "torch"})
-  loaded, meta = convert.load_params_npz(path)
+  weights.save_npz(path, params, {"preprocess": "torch"})
+  flat, meta = weights.read_npz(path)
+  assert sorted(flat) == sorted(f"{layer}/{k}" for layer in params
+                                for k in params[layer])
+  loaded = weights.unflatten(flat)
   assert meta == {"preprocess": "torch"}
   assert jax.tree.structure(loaded) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
