@@ -352,7 +352,8 @@ def main(argv):
   def run_at(loss, trial, seed):
     config = make_config(scale, dataset, loss, trial, seed)
     summary = study.run(config, study.run_dir(s.root, loss, config),
-                        select=_SELECT, scale=s.scale_name)
+                        select=_SELECT, scale=s.scale_name,
+                        record_dir=os.path.join(s.out, "runs"))
     if dml:
       _prune(summary["workdir"], summary["step"])
     return summary
