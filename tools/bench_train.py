@@ -282,6 +282,13 @@ def build_torch_case(name, jax_case, threads, compiled=False):
   return step, tr.count_params(model)
 
 
+def _rate(images_per_s):
+  # Two significant digits where whole numbers would say 1 (a backbone on
+  # two cores).
+  return (f"{images_per_s:.0f}" if images_per_s >= 100
+          else f"{images_per_s:.2g}")
+
+
 def bench_case(name, args):
   batch_size = args.batch_size or None
   case = build_jax_case(name, batch_size)
@@ -337,7 +344,7 @@ def bench_case(name, args):
       "| implementation | step ms | images/s | x best PyTorch eager |",
       "|---|--:|--:|--:|"]
   for label, t in times.items():
-    lines.append(f"| {label} | {t * 1e3:.1f} | {b / t:.0f} | "
+    lines.append(f"| {label} | {t * 1e3:.1f} | {_rate(b / t)} | "
                  f"{best_eager / t:.2f} |")
   lines += [""] + [f"- {n}" for n in notes]
   if args.split:
@@ -380,7 +387,7 @@ def bench_steps_per_call(name, counts, args):
   for n in counts:
     per_step = times[n] / n
     lines.append(f"| {n} | {times[n] * 1e3:.1f} | {per_step * 1e3:.1f} | "
-                 f"{b / per_step:.0f} | {base / per_step:.2f} | "
+                 f"{_rate(b / per_step)} | {base / per_step:.2f} | "
                  f"{compile_s[n]:.0f} |")
   return "\n".join(lines)
 
