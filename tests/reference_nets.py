@@ -12,13 +12,33 @@ import torch_reference  # tools/, on the path by setup.cfg  # pylint: disable=g-
 
 def reference(arch: str, img_size: int):
   """The torch model of arch, in eval mode, with random BN statistics."""
+  model = _build(arch, lambda: (
+      torch_reference.timm_vit_s16(img_size) if arch == "vit_s16"
+      else torch_reference.torchvision_resnet(arch)))
+  randomise_(model)
+  return model.eval()
+
+
+def embedding_peer(arch: str, img_size: int, embedding_dim: int = 512):
+  """torch_reference.EmbeddingNet (the benchmarks' peer of
+  models.EmbeddingNet) on arch, its trunk randomised, in train mode (its
+  batch norm stays frozen)."""
+  model = _build(arch, lambda: torch_reference.EmbeddingNet(
+      arch, embedding_dim, img_size))
+  randomise_(model.trunk)
+  return model.train()
+
+
+def _build(arch, make):
   try:
-    if arch == "vit_s16":
-      model = torch_reference.timm_vit_s16(img_size)
-    else:
-      model = torch_reference.torchvision_resnet(arch)
+    return make()
   except ImportError as e:
     pytest.skip(f"{arch}'s reference model code cannot load: {e}")
+
+
+def randomise_(model) -> None:
+  """Random batch-norm statistics and affine parameters, layer-norm affine
+  parameters, and (a ViT's) class token and position embedding, in place."""
   gen = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for module in model.modules():
@@ -34,11 +54,10 @@ def reference(arch: str, img_size: int):
         c = module.normalized_shape[0]
         module.weight.copy_(1 + 0.2 * torch.randn(c, generator=gen))
         module.bias.copy_(0.2 * torch.randn(c, generator=gen))
-    if arch == "vit_s16":  # timm initialises these near zero.
+    if hasattr(model, "cls_token"):  # timm initialises these near zero.
       model.cls_token.copy_(torch.randn(model.cls_token.shape, generator=gen))
       model.pos_embed.copy_(0.1 * torch.randn(model.pos_embed.shape,
                                               generator=gen))
-  return model.eval()
 
 
 def forward(model, images_nhwc: np.ndarray) -> np.ndarray:

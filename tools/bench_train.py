@@ -24,6 +24,16 @@ Cases (the batch is in memory on both sides):
       decay after global-norm clipping at 2). PyTorch: VSE++'s encoders and
       ContrastiveLoss (torch_reference.VSEModel), packed sequences, the same
       clipping and optimiser.
+  resnet50, vit_s16
+      configs/dml_benchmark.py:backbone=NAME (models.EmbeddingNet: the
+      trunk, random weights, batch norm frozen; avg + max pooling for the
+      ResNet, the CLS token for the ViT; 512-d head; MS loss, AdamW at 1e-3)
+      on 224x224x3 uint8 images, batch BACKBONE_BATCH (= 8 classes x 4).
+      PyTorch: torch_reference.EmbeddingNet (torchvision's resnet50 /
+      timm's vit_small_patch16_224, batch norm in eval mode with its affine
+      parameters untrained), the same loss, miner and optimiser as above.
+      Photo benchmarks stream their batches: the ready batch is their real
+      path.
 
 metricjax is timed on the real step (sampling its batch from the on-device
 dataset) and on a ready batch (the streamed path); PyTorch eager with
@@ -63,7 +73,11 @@ from metricjax.tasks import vse
 from metricjax.text import Vocabulary
 
 IMAGE_CASES = ("hybrid1", "conv_only", "involution_only")
-CASES = IMAGE_CASES + ("vse",)
+# configs/dml_benchmark.py's pretrained trunks at 224 px (random weights).
+BACKBONE_CASES = ("resnet50", "vit_s16")
+# Small enough for two cores (the Reality Check's batch: 8 classes x 4).
+BACKBONE_BATCH = 32
+CASES = IMAGE_CASES + ("vse",) + BACKBONE_CASES
 # VGG16's Full-Network Embedding: 13 conv layers (4,224 channels) + fc6 + fc7.
 FNE_DIM = 4224 + 4096 + 4096
 # Flickr8k-like captions: about 12 words on average; the training split's
@@ -82,19 +96,27 @@ def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
   """
   rng = np.random.default_rng(seed)
   mesh = parallel.create_mesh()
-  if case in IMAGE_CASES:
-    config = load_config(f"configs/compact_involution.py:variant={case}")
+  if case in IMAGE_CASES + BACKBONE_CASES:
+    compact = case in IMAGE_CASES
+    config = load_config(f"configs/compact_involution.py:variant={case}"
+                         if compact else
+                         f"configs/dml_benchmark.py:backbone={case}")
     config.compute_dtype = compute_dtype or config.compute_dtype
-    if batch_size:
-      config.batch_size = batch_size
-    # 32 classes: enough for batches of up to 1024 at 32 per class.
-    num_classes = 32
-    labels = np.repeat(np.arange(num_classes, dtype=np.int32), 300)
-    images = rng.integers(0, 256, (labels.size, 28, 28, 1), dtype=np.uint8)
+    config.batch_size = batch_size or (
+        config.batch_size if compact else BACKBONE_BATCH)
+    # Compact: 32 classes, enough for batches of up to 1024 at 32 per
+    # class. Backbones: twice the batch's classes, 8 images each (224 px
+    # images are 150 KB).
+    k = config.samples_per_class
+    num_classes = 32 if compact else 2 * config.batch_size // k
+    shape = (28, 28, 1) if compact else (config.image_size,) * 2 + (3,)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int32),
+                       300 if compact else 2 * k)
+    images = rng.integers(0, 256, (labels.size, *shape), dtype=np.uint8)
     meta = retrieval.Meta(name="synthetic", source="memory", split="train",
                           size=labels.size, num_classes=num_classes,
                           class_names=tuple(map(str, range(num_classes))),
-                          image_shape=(28, 28, 1))
+                          image_shape=shape)
     tx = state_lib.create_optimizer(config)
     model, init = retrieval.make_model_and_init(config, meta, tx)
     loss_def = losses.get_loss(config.loss.name)
@@ -211,10 +233,12 @@ def build_torch_case(name, jax_case, threads, compiled=False):
   torch.manual_seed(0)
   config = jax_case.config
   batch = jax.tree.map(np.asarray, jax_case.batch)
-  if name in IMAGE_CASES:
+  if name in IMAGE_CASES + BACKBONE_CASES:
     from pytorch_metric_learning import losses as pml_losses  # pylint: disable=g-import-not-at-top
     from pytorch_metric_learning import miners as pml_miners  # pylint: disable=g-import-not-at-top
-    model = tr.CompactNet(name)
+    model = (tr.CompactNet(name) if name in IMAGE_CASES else
+             tr.EmbeddingNet(name, config.model.embedding_dim,
+                             config.image_size))
     kw = config.loss.kwargs
     loss_fn = pml_losses.MultiSimilarityLoss(alpha=kw.alpha, beta=kw.beta,
                                              base=kw.base)
@@ -239,7 +263,8 @@ def build_torch_case(name, jax_case, threads, compiled=False):
       image, text = net(features, ids, lengths)
       return tr.vse_ranking_loss(image, text, kw.margin, kw.max_violation)
   model.train()
-  optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+  trained = [p for p in model.parameters() if p.requires_grad]
+  optimiser = torch.optim.AdamW(trained, lr=config.learning_rate,
                                 weight_decay=config.weight_decay)
   scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(config))
   clip = config.get("grad_clip_norm")
@@ -250,11 +275,18 @@ def build_torch_case(name, jax_case, threads, compiled=False):
     loss = objective()
     loss.backward()
     if clip:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+      torch.nn.utils.clip_grad_norm_(trained, clip)
     optimiser.step()
     scheduler.step()
     return loss.item()
   return step, tr.count_params(model)
+
+
+def _rate(images_per_s):
+  # Two significant digits where whole numbers would say 1 (a backbone on
+  # two cores).
+  return (f"{images_per_s:.0f}" if images_per_s >= 100
+          else f"{images_per_s:.2g}")
 
 
 def bench_case(name, args):
@@ -312,7 +344,7 @@ def bench_case(name, args):
       "| implementation | step ms | images/s | x best PyTorch eager |",
       "|---|--:|--:|--:|"]
   for label, t in times.items():
-    lines.append(f"| {label} | {t * 1e3:.1f} | {b / t:.0f} | "
+    lines.append(f"| {label} | {t * 1e3:.1f} | {_rate(b / t)} | "
                  f"{best_eager / t:.2f} |")
   lines += [""] + [f"- {n}" for n in notes]
   if args.split:
@@ -355,7 +387,7 @@ def bench_steps_per_call(name, counts, args):
   for n in counts:
     per_step = times[n] / n
     lines.append(f"| {n} | {times[n] * 1e3:.1f} | {per_step * 1e3:.1f} | "
-                 f"{b / per_step:.0f} | {base / per_step:.2f} | "
+                 f"{_rate(b / per_step)} | {base / per_step:.2f} | "
                  f"{compile_s[n]:.0f} |")
   return "\n".join(lines)
 

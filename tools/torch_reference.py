@@ -20,6 +20,11 @@
                      version from PyPI ("operator torchvision::nms does not
                      exist"); import_model_code imports the model modules
                      without torchvision's __init__ (nor its ops).
+  EmbeddingNet       metricjax.models.EmbeddingNet on those trunks: uint8
+                     images -> torchvision's normalisation -> trunk -> avg +
+                     max pooling (ResNets, batch norm frozen as Proxy Anchor
+                     freezes it: eval mode, affine not trained) or the CLS
+                     token (ViT) -> Linear to 512 -> L2 normalisation.
 
 Initialisation follows flax's defaults, which metricjax uses: conv and dense
 kernels lecun_normal (truncated normal, variance 1/fan_in), biases zero, BN
@@ -166,7 +171,8 @@ def vse_ranking_loss(image, text, margin=0.2, max_violation=False):
 
 
 def count_params(module) -> int:
-  return sum(p.numel() for p in module.parameters())
+  """Trainable scalars (metricjax keeps frozen batch norm out of params)."""
+  return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def import_model_code(module: str):
@@ -202,3 +208,48 @@ def timm_vit_s16(img_size: int = 224) -> nn.Module:
   init, for img_size x img_size images."""
   vit = import_model_code("timm.models.vision_transformer")
   return vit.vit_small_patch16_224(num_classes=0, img_size=img_size)
+
+
+class _AvgMaxPool(nn.Module):
+  """Proxy Anchor's pooling: global average + global max, summed."""
+
+  def forward(self, x):
+    return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
+
+
+# torchvision's ImageNet normalisation (metricjax.models.preprocess_imagenet).
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+class EmbeddingNet(nn.Module):
+  """metricjax.models.EmbeddingNet (no classification head), NCHW; see the
+  module docstring. backbone: resnet18 | resnet50 | vit_s16."""
+
+  def __init__(self, backbone="resnet50", embedding_dim=512, img_size=224):
+    super().__init__()
+    if backbone.startswith("resnet"):
+      self.trunk = torchvision_resnet(backbone)
+      # torchvision's forward: avgpool -> flatten -> fc (identity).
+      self.trunk.avgpool = _AvgMaxPool()
+      features = self.trunk.inplanes  # The last stage's output width.
+    else:
+      self.trunk = timm_vit_s16(img_size)
+      features = self.trunk.num_features
+    self.frozen = [m for m in self.trunk.modules()
+                   if isinstance(m, nn.BatchNorm2d)]
+    for m in self.frozen:
+      m.requires_grad_(False)
+    self.embedding = nn.Linear(features, embedding_dim)
+    self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1) * 255)
+    self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1) * 255)
+
+  def train(self, mode=True):
+    super().train(mode)
+    for m in self.frozen:  # Frozen: running statistics, never updated.
+      m.eval()
+    return self
+
+  def forward(self, images):
+    x = (images.float() - self.mean) / self.std
+    return F.normalize(self.embedding(self.trunk(x)), dim=-1)
