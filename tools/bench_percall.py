@@ -50,6 +50,17 @@ flags.DEFINE_integer("steps", 8, "N of nN and of n1_loop.")
 flags.DEFINE_string("only", "", "Internal: run one mode here, print JSON.")
 
 
+def _carried(compiled, state):
+  """bench_train.jax_runner of a step that takes the state alone."""
+  import jax  # pylint: disable=g-import-not-at-top
+  holder = [bench_train._copy(state)]  # pylint: disable=protected-access
+
+  def run():
+    holder[0], metrics = compiled(holder[0])
+    jax.block_until_ready(metrics)
+  return run
+
+
 def _compile_variants(case, variants, steps):
   """{variant: (call, steps it runs)}; call() blocks, state carried."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -79,24 +90,15 @@ def _compile_variants(case, variants, steps):
     compiled = xla_routing.jit(
         one_step, routing=routing, out_shardings=(replicated, replicated)
     ).lower(case.state, case.data).compile()
-    holder = [case.state]
-
-    def undonated():
-      holder[0], metrics = compiled(holder[0], case.data)
-      jax.block_until_ready(metrics)
-    out["n1_undonated"] = (undonated, 1)
+    out["n1_undonated"] = (
+        bench_train.jax_runner(compiled, case.state, case.data), 1)
   if "n1_constant" in variants:
     data = case.data
     compiled = xla_routing.jit(
         lambda state: one_step(state, data), routing=routing,
         donate_argnums=(0,), out_shardings=(replicated, replicated)
     ).lower(case.state).compile()
-    holder = [bench_train._copy(case.state)]  # pylint: disable=protected-access
-
-    def constant():
-      holder[0], metrics = compiled(holder[0])
-      jax.block_until_ready(metrics)
-    out["n1_constant"] = (constant, 1)
+    out["n1_constant"] = (_carried(compiled, case.state), 1)
   return {v: out[v] for v in variants}
 
 
@@ -156,7 +158,9 @@ def main(_):
         [sys.executable, __file__, f"--only={mode}", f"--case={FLAGS.case}",
          f"--variants={','.join(FLAGS.variants)}", f"--steps={FLAGS.steps}",
          f"--repeats={FLAGS.repeats}"],
-        capture_output=True, text=True, check=True, env=env)
+        capture_output=True, text=True, env=env)
+    if out.returncode:
+      raise RuntimeError(f"mode {mode} failed:\n{out.stderr[-3000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     base = r["variants"].get("n1", {}).get("ms")
     print(f"### {FLAGS.case}, mode {mode} (applied: {r['applied']}), batch "
