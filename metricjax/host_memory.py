@@ -9,17 +9,24 @@ that large from the threads' own arenas with mmap and returns them with
 munmap, so every call the kernel maps, faults in and zeroes them again:
 91,700 minor page faults and about 0.2 s of system time per call of a
 0.4-0.5 s step on the 2-core AMD EPYC of tools/README.md ("Per-call cost
-(issue 19)"). That was the per-call cost of `config.steps_per_call`: the
-steps of an unrolled call share one temporary buffer, so N = 8 paid it
-once per 8 steps (1.36x the images/s of N = 1).
+(issue 19)"). That is most of the per-call cost of `config.steps_per_call`:
+a call of 8 unrolled steps holds a buffer 5x, not 8x, as large, so it
+faulted 57,700 pages per step against 91,600 and spent 0.12 s of system
+time per step against 0.23-0.47 s.
 
 `keep_freed_memory` has glibc put every thread on the main arena, serve
 large blocks from its heap rather than from mmap, and not give freed heap
-back to the system: the next call reuses the same pages, with no faults.
-The price is that the process keeps its peak heap until it exits, which a
-training or evaluation run reaches again on its next call anyway. Only the
-command lines call it (`--keep_freed_memory`, metricjax/cli.py); a program
-that uses the library can call it itself, before jax starts its backend.
+back to the system, so later calls reuse pages already faulted in. Freed
+blocks can be split by smaller allocations, so the heap first grows to
+hold a few of them and some calls still fault: 60-step runs of the
+quickstart's command went from 5.67 million minor faults and 14-15 s of
+system time to 0.41-0.58 million and 1.5-1.9 s, and from 83-209 to
+237-294 images/s; with five large programs alive in one process the step
+still faulted at the median (tools/README.md). The price is a larger
+resident heap (peak RSS 1.8-2.5 GB against 1.13 GB in those runs), kept
+until the process exits. Only the command lines call it (`--keep_freed_memory`,
+metricjax/cli.py); a program that uses the library can call it itself,
+before jax starts its backend.
 """
 
 import ctypes

@@ -78,8 +78,8 @@ flags.DEFINE_enum("labels", "random", ["random", "balanced"],
                   "classes, or every class of n // classes or one more "
                   "images (SOP's test split: 60502x512 with 11316 classes, "
                   "5.3 images each, R 4-5).")
-flags.DEFINE_enum("only", "", ["", "metricjax", "faiss"],
-                  "Internal: run one --retrieval contender, print JSON.")
+flags.DEFINE_string("only", "", "Internal: run one --retrieval contender "
+                    "(metricjax, faiss1, faiss2, ...), print JSON.")
 
 
 # knn's compiler options per --knn_routings name (metricjax/xla_routing.py).
@@ -187,8 +187,9 @@ def run_retrieval_contender(name, n, dim, classes, balanced):
   """One contender in this process: {seconds, peak_rss_mb, metrics}."""
   x, labels = _retrieval_data(n, dim, classes, balanced)
   start = time.perf_counter()
-  if name == "faiss":
+  if name.startswith("faiss"):
     import faiss  # pylint: disable=g-import-not-at-top
+    faiss.omp_set_num_threads(int(name[len("faiss"):]))
     got = faiss_retrieval(faiss, x, labels)
   else:
     from metricjax import metrics  # pylint: disable=g-import-not-at-top
@@ -198,12 +199,13 @@ def run_retrieval_contender(name, n, dim, classes, balanced):
               precision_at_1=got["precision_at_1"], map_at_r=got["map_at_r"])
 
 
-def bench_retrieval(n, dim, classes, repeats, labels):
-  """Each contender in a fresh process (its own peak RSS), taking turns."""
-  rows = {"faiss": [], "metricjax": []}
+def bench_retrieval(n, dim, classes, repeats, labels, faiss_threads):
+  """Each contender in a fresh process (its own peak RSS), taking turns;
+  FAISS with each of faiss_threads OpenMP threads."""
+  names = [f"faiss{t}" for t in faiss_threads] + ["metricjax"]
+  rows = {name: [] for name in names}
   for rep in range(repeats):
-    for name in (["faiss", "metricjax"] if rep % 2 == 0
-                 else ["metricjax", "faiss"]):
+    for name in names[rep % len(names):] + names[:rep % len(names)]:
       out = subprocess.run(
           [sys.executable, __file__, f"--retrieval={n}x{dim}",
            f"--classes={classes}", f"--labels={labels}", f"--only={name}"],
@@ -220,7 +222,8 @@ def bench_retrieval(n, dim, classes, repeats, labels):
           f"{max(r['peak_rss_mb'] for r in rs):.0f} | "
           f"{rs[0]['precision_at_1']:.5f} | {rs[0]['map_at_r']:.5f} | "
           f"{'; '.join(r['load'] for r in rs)} |")
-  print(f"\nmetricjax / faiss speed: {med['faiss'] / med['metricjax']:.2f}x")
+  best = min(med[f"faiss{t}"] for t in faiss_threads)
+  print(f"\nmetricjax / best faiss speed: {best / med['metricjax']:.2f}x")
 
 
 def main(_):
@@ -232,7 +235,8 @@ def main(_):
           args.only, n, dim, args.classes, args.labels == "balanced"))
     else:
       print(machine(), flush=True)
-      bench_retrieval(n, dim, args.classes, args.repeats, args.labels)
+      bench_retrieval(n, dim, args.classes, args.repeats, args.labels,
+                      [int(t) for t in args.faiss_threads])
     return
   faiss_threads = [int(t) for t in args.faiss_threads]
   if args.xla_cpu != "default":
