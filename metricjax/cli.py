@@ -6,6 +6,7 @@ import logging as py_logging
 from absl import flags
 from absl import logging
 
+from metricjax import host_memory
 from metricjax import parallel
 from metricjax.errors import UserError
 
@@ -28,6 +29,11 @@ def define_common_flags() -> None:
                        "This process's index, with --coordinator_address.")
   flags.DEFINE_integer("distributed_timeout", 300,
                        "Seconds to wait for every process to join.")
+  flags.DEFINE_bool("keep_freed_memory", True,
+                    "Keep freed host memory for reuse (glibc) so that "
+                    "XLA:CPU's per-call buffers are not faulted in again "
+                    "on every call; the process then holds its peak heap "
+                    "(metricjax/host_memory.py).")
 
 
 def quiet_logging() -> None:
@@ -39,10 +45,13 @@ def quiet_logging() -> None:
 
 
 def set_up(argv) -> None:
-  """Rejects stray arguments, quietens logging, joins a multi-host job."""
+  """Rejects stray arguments, quietens logging, sets up host memory before
+  jax's backend starts, joins a multi-host job."""
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}.")
   quiet_logging()
+  if FLAGS.keep_freed_memory:
+    host_memory.keep_freed_memory()
   if FLAGS.distributed:
     parallel.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

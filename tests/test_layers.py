@@ -27,6 +27,7 @@ LAYERS = (
         "state", "checkpoint",  # The train state and its Orbax files.
         "artifact",  # The exported-model file format.
         "xla_routing",  # XLA:CPU compiler options per jitted function.
+        "host_memory",  # glibc malloc settings for XLA:CPU's buffers.
     )),
     ("ops", ("ops",)),
     ("losses / data / models", (

@@ -5,7 +5,9 @@ r"""Queries/s of metricjax.search.knn against faiss-cpu's exact flat indexes.
       [--metrics=ip,l2] [--queries=2000] [--k=10] [--repeats=5]
       [--faiss_threads=2,1] [--xla_cpu=default|per_core|single_thread]
   PYTHONPATH=$PWD python tools/bench_search.py --retrieval=100000x64 \
-      [--classes=100] [--repeats=1]
+      [--classes=100] [--labels=random|balanced] [--repeats=1]
+  PYTHONPATH=$PWD python tools/bench_search.py --cases=200000x128 \
+      --metrics=ip --knn_routings=ynn_dot,eigen_dot,onednn_dot
 
 Per case: random Gaussian references and queries (L2-normalised for ip, so
 ip is cosine), the references placed once (knn: `search.References.place`;
@@ -61,14 +63,33 @@ flags.DEFINE_enum("xla_cpu", "default", ["default", "per_core",
                   "per_core: one XLA CPU device per core, each "
                   "single-threaded; single_thread: one single-threaded "
                   "device.")
+flags.DEFINE_list("knn_routings", ["ynn_dot"],
+                  "XLA:CPU kernels of knn's matmul, each timed: ynn_dot "
+                  "(jaxlib's default), eigen_dot (YNN for reductions only), "
+                  "onednn_dot (that plus xla_cpu_use_onednn).")
 flags.DEFINE_float("pause", 0.5, "Seconds of sleep before each timed call.")
 flags.DEFINE_string("retrieval", "", "NxD, e.g. 100000x64: time "
                     "metrics.retrieval_metrics (self-query, --classes "
                     "classes) against faiss IndexFlatIP + numpy MAP@R "
                     "instead, each in its own process (peak RSS).")
 flags.DEFINE_integer("classes", 100, "Classes of --retrieval.")
-flags.DEFINE_enum("only", "", ["", "metricjax", "faiss"],
-                  "Internal: run one --retrieval contender, print JSON.")
+flags.DEFINE_enum("labels", "random", ["random", "balanced"],
+                  "--retrieval labels: each drawn uniformly from the "
+                  "classes, or every class of n // classes or one more "
+                  "images (SOP's test split: 60502x512 with 11316 classes, "
+                  "5.3 images each, R 4-5).")
+flags.DEFINE_string("only", "", "Internal: run one --retrieval contender "
+                    "(metricjax, faiss1, faiss2, ...), print JSON.")
+
+
+# knn's compiler options per --knn_routings name (metricjax/xla_routing.py).
+_NOT_DOTS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"
+KNN_ROUTINGS = {
+    "ynn_dot": {},
+    "eigen_dot": {"xla_cpu_experimental_ynn_fusion_type": _NOT_DOTS},
+    "onednn_dot": {"xla_cpu_experimental_ynn_fusion_type": _NOT_DOTS,
+                   "xla_cpu_use_onednn": True},
+}
 
 
 def exact_scores(queries, refs, indices, metric):
@@ -89,8 +110,11 @@ def run_case(faiss, n, dim, metric, args, rng):
   flat.add(refs)
   placed = search.References.place(refs)
 
-  def run_knn():
-    return search.knn(queries, placed, args.k, metric=metric)
+  def knn_with(routing):
+    def run():
+      return search.knn(queries, placed, args.k, metric=metric,
+                        compiler_options=KNN_ROUTINGS[routing])
+    return run
 
   def faiss_with(threads):
     def run():
@@ -98,7 +122,9 @@ def run_case(faiss, n, dim, metric, args, rng):
       return flat.search(queries, args.k)
     return run
 
-  contenders = {"knn": run_knn}
+  first = args.routings[0]
+  contenders = {"knn": knn_with(first)}
+  contenders.update({f"knn[{r}]": knn_with(r) for r in args.routings[1:]})
   contenders.update({f"faiss{t}": faiss_with(t) for t in args.faiss_threads})
   results = {name: fn() for name, fn in contenders.items()}  # Compile, warm.
   # Idle threads of the previous contender (OpenMP's and XLA's pools spin
@@ -113,21 +139,28 @@ def run_case(faiss, n, dim, metric, args, rng):
   tied = np.abs(ours - theirs) <= 1e-5 * np.maximum(1.0, np.abs(theirs))
   up_to_ties = float(np.mean(np.all(tied, axis=1)))
   best_faiss = min(median[f"faiss{t}"] for t in args.faiss_threads)
+  for name in contenders:
+    if name.startswith("knn[") and not np.array_equal(results[name][1], got):
+      raise AssertionError(f"{name} found other neighbours than {first}")
   return dict(median=median, identical=identical, up_to_ties=up_to_ties,
               ratio=best_faiss / median["knn"])
 
 
-def _retrieval_data(n, dim, classes):
+def _retrieval_data(n, dim, classes, balanced=False):
   """Class-clustered unit embeddings, labels 0..classes-1 (R ~ n/classes)."""
   rng = np.random.default_rng(0)
-  labels = rng.integers(0, classes, n).astype(np.int32)
+  if balanced:
+    labels = rng.permutation(np.arange(n) % classes).astype(np.int32)
+  else:
+    labels = rng.integers(0, classes, n).astype(np.int32)
   centres = rng.standard_normal((classes, dim), dtype=np.float32)
   x = centres[labels] * 0.6 + rng.standard_normal((n, dim), dtype=np.float32)
   return x / np.linalg.norm(x, axis=1, keepdims=True), labels
 
 
 def faiss_retrieval(faiss, x, labels, chunk=2000):
-  """P@1 and MAP@R (self-query) from IndexFlatIP's k = max R + 1 search."""
+  """P@1 and MAP@R (self-query) from IndexFlatIP's k = max R + 1 search;
+  queries without a positive (R = 0) are left out, as metricjax does."""
   r = np.bincount(labels)[labels] - 1
   k = int(r.max()) + 1
   flat = faiss.IndexFlatIP(x.shape[1])
@@ -145,16 +178,18 @@ def faiss_retrieval(faiss, x, labels, chunk=2000):
     prec = np.cumsum(hits, axis=1) / np.arange(1, k)
     p1.append(correct[:, 0])
     map_r.append(np.sum(prec * hits, axis=1) / np.maximum(rr, 1))
-  return {"precision_at_1": float(np.mean(np.concatenate(p1))),
-          "map_at_r": float(np.mean(np.concatenate(map_r)))}
+  answerable = r > 0
+  return {"precision_at_1": float(np.mean(np.concatenate(p1)[answerable])),
+          "map_at_r": float(np.mean(np.concatenate(map_r)[answerable]))}
 
 
-def run_retrieval_contender(name, n, dim, classes):
+def run_retrieval_contender(name, n, dim, classes, balanced):
   """One contender in this process: {seconds, peak_rss_mb, metrics}."""
-  x, labels = _retrieval_data(n, dim, classes)
+  x, labels = _retrieval_data(n, dim, classes, balanced)
   start = time.perf_counter()
-  if name == "faiss":
+  if name.startswith("faiss"):
     import faiss  # pylint: disable=g-import-not-at-top
+    faiss.omp_set_num_threads(int(name[len("faiss"):]))
     got = faiss_retrieval(faiss, x, labels)
   else:
     from metricjax import metrics  # pylint: disable=g-import-not-at-top
@@ -164,29 +199,31 @@ def run_retrieval_contender(name, n, dim, classes):
               precision_at_1=got["precision_at_1"], map_at_r=got["map_at_r"])
 
 
-def bench_retrieval(n, dim, classes, repeats):
-  """Each contender in a fresh process (its own peak RSS), taking turns."""
-  rows = {"faiss": [], "metricjax": []}
+def bench_retrieval(n, dim, classes, repeats, labels, faiss_threads):
+  """Each contender in a fresh process (its own peak RSS), taking turns;
+  FAISS with each of faiss_threads OpenMP threads."""
+  names = [f"faiss{t}" for t in faiss_threads] + ["metricjax"]
+  rows = {name: [] for name in names}
   for rep in range(repeats):
-    for name in (["faiss", "metricjax"] if rep % 2 == 0
-                 else ["metricjax", "faiss"]):
+    for name in names[rep % len(names):] + names[:rep % len(names)]:
       out = subprocess.run(
           [sys.executable, __file__, f"--retrieval={n}x{dim}",
-           f"--classes={classes}", f"--only={name}"],
+           f"--classes={classes}", f"--labels={labels}", f"--only={name}"],
           capture_output=True, text=True, check=True,
           env=dict(os.environ, PYTHONPATH=os.getcwd()))
       rows[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(rows[name][-1], flush=True)
   med = {name: float(np.median([r["seconds"] for r in rs]))
          for name, rs in rows.items()}
-  print(f"\n| {n:,} x {dim}, {classes} classes | seconds | peak RSS MB | "
+  print(f"\n| {n:,} x {dim}, {classes} classes ({labels}) | seconds | peak RSS MB | "
         "P@1 | MAP@R | loads |\n|---|--:|--:|--:|--:|---|")
   for name, rs in rows.items():
     print(f"| {name} | {med[name]:.1f} | "
           f"{max(r['peak_rss_mb'] for r in rs):.0f} | "
           f"{rs[0]['precision_at_1']:.5f} | {rs[0]['map_at_r']:.5f} | "
           f"{'; '.join(r['load'] for r in rs)} |")
-  print(f"\nmetricjax / faiss speed: {med['faiss'] / med['metricjax']:.2f}x")
+  best = min(med[f"faiss{t}"] for t in faiss_threads)
+  print(f"\nmetricjax / best faiss speed: {best / med['metricjax']:.2f}x")
 
 
 def main(_):
@@ -194,11 +231,12 @@ def main(_):
   if args.retrieval:
     n, dim = (int(v) for v in args.retrieval.split("x"))
     if args.only:
-      benchmark.print_json(run_retrieval_contender(args.only, n, dim,
-                                                   args.classes))
+      benchmark.print_json(run_retrieval_contender(
+          args.only, n, dim, args.classes, args.labels == "balanced"))
     else:
       print(machine(), flush=True)
-      bench_retrieval(n, dim, args.classes, args.repeats)
+      bench_retrieval(n, dim, args.classes, args.repeats, args.labels,
+                      [int(t) for t in args.faiss_threads])
     return
   faiss_threads = [int(t) for t in args.faiss_threads]
   if args.xla_cpu != "default":
@@ -213,24 +251,29 @@ def main(_):
   from metricjax.ops import knn as search  # pylint: disable=g-import-not-at-top,redefined-outer-name
   run_args = type("Args", (), dict(queries=args.queries, k=args.k,
                                    repeats=args.repeats, pause=args.pause,
-                                   faiss_threads=faiss_threads))
+                                   faiss_threads=faiss_threads,
+                                   routings=args.knn_routings))
 
   print(f"{machine()}; {jax.device_count()} XLA device(s), faiss "
         f"{faiss.__version__}; {args.queries} queries, k={args.k}, median "
         f"of {args.repeats}")
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; knn routings "
+        f"{', '.join(args.knn_routings)} (knn = {args.knn_routings[0]})\n")
   faiss_cols = " | ".join(f"faiss {t} thr q/s" for t in faiss_threads)
+  faiss_cols = " | ".join([f"knn[{r}] q/s" for r in args.knn_routings[1:]]
+                          + [faiss_cols])
   print(f"| references | metric | knn s | knn q/s | {faiss_cols} | "
         "knn / best faiss | identical lists | identical up to ties | load |")
-  print("|---" * (8 + len(faiss_threads)) + "|")
+  print("|---" * (7 + len(faiss_threads) + len(args.knn_routings)) + "|")
   rng = np.random.default_rng(0)
   for case in args.cases:
     n, dim = (int(v) for v in case.split("x"))
     for metric in args.metrics:
       r = run_case(faiss, n, dim, metric, run_args, rng)
       qps = {name: args.queries / t for name, t in r["median"].items()}
-      faiss_qps = " | ".join(f"{qps[f'faiss{t}']:,.0f}"
-                             for t in faiss_threads)
+      faiss_qps = " | ".join(
+          [f"{qps[f'knn[{r}]']:,.0f}" for r in args.knn_routings[1:]]
+          + [f"{qps[f'faiss{t}']:,.0f}" for t in faiss_threads])
       print(f"| {n:,} x {dim} | {metric} | {r['median']['knn']:.3f} | "
             f"{qps['knn']:,.0f} | {faiss_qps} | {r['ratio']:.2f}x | "
             f"{r['identical']:.4f} | {r['up_to_ties']:.4f} | {load()} |",

@@ -45,7 +45,16 @@ def machine(threads: int | None = None) -> str:
 
 
 def peak_rss_mb() -> float:
-  """This process's peak resident memory so far, MB (Linux: ru_maxrss KiB)."""
+  """This process's peak resident memory so far, MB: Linux's VmHWM, else
+  ru_maxrss. (ru_maxrss survives exec: a child started by a larger parent
+  reports at least the parent's resident size at the fork.)"""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

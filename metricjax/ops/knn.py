@@ -70,8 +70,18 @@ def _ref_chunk(num_refs: int, k: int, query_chunk: int) -> int:
   return min(num_refs, max(REF_CHUNK, -(-8 * k // BLOCK) * BLOCK))
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "k", "metric", "query_chunk", "ref_chunk", "block", "num_valid", "mesh"))
+_STATIC = ("k", "metric", "query_chunk", "ref_chunk", "block", "num_valid",
+           "mesh")
+
+
+@functools.cache
+def _jitted_search(options: tuple = ()):
+  """_search compiled with XLA compiler options (sorted (name, value)
+  pairs); () for jax's defaults."""
+  kwargs = {"compiler_options": dict(options)} if options else {}
+  return jax.jit(_search, static_argnames=_STATIC, **kwargs)
+
+
 def _search(queries, refs, exclude, *, k, metric, query_chunk, ref_chunk,
             block, num_valid, mesh):
   """Padded queries x (padded, maybe sharded) refs -> global top k."""
@@ -138,7 +148,7 @@ class References:
 
 
 def knn(queries, references, k: int, *, metric: str = "cosine", exclude=None,
-        mesh=None):
+        mesh=None, compiler_options: dict | None = None):
   """Exact k nearest references of every query.
 
   Args:
@@ -151,6 +161,9 @@ def knn(queries, references, k: int, *, metric: str = "cosine", exclude=None,
       returned (-1: none); leave-one-out retrieval passes arange(Q).
     mesh: device mesh (axis "data") to shard the references over; default
       all devices.
+    compiler_options: XLA compiler options of the search (e.g. which
+      XLA:CPU kernels run its matmul, metricjax/xla_routing.py); default
+      jax's.
 
   Returns:
     (scores, indices), each (Q, k), numpy float32 and int32, best first;
@@ -182,7 +195,8 @@ def knn(queries, references, k: int, *, metric: str = "cosine", exclude=None,
              else jnp.asarray(exclude, jnp.int32).reshape(num_queries))
   queries = jnp.pad(queries, ((0, pad), (0, 0)))
   exclude = jnp.pad(exclude, (0, pad), constant_values=-1)
-  values, indices = _search(
+  search = _jitted_search(tuple(sorted((compiler_options or {}).items())))
+  values, indices = search(
       queries, refs, exclude, k=k, metric=metric, query_chunk=chunk,
       ref_chunk=_ref_chunk(shard_rows, k, chunk), block=BLOCK, num_valid=n,
       mesh=references.mesh)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from metricjax import parallel
+from metricjax import xla_routing
 from metricjax.ops import knn as knn_lib
 
 
@@ -76,6 +77,29 @@ def test_ties_go_to_the_lower_index(metric, k, small_chunks):
   np.testing.assert_array_equal(
       knn_lib.knn(same[:3], same, 5, metric=metric)[1],
       np.broadcast_to(np.arange(5), (3, 5)))
+
+
+@pytest.mark.parametrize("k", [3, 20])
+def test_compiler_options_reach_the_search_and_keep_its_results(
+    k, small_chunks):
+  # The matmul on Eigen instead of YNNPACK (tools/bench_search.py's
+  # eigen_dot): the same neighbours, ties included.
+  reduce_only = "LIBRARY_FUSION_TYPE_REDUCE"
+  if jax.default_backend() != "cpu" or not xla_routing.option_supported(
+      xla_routing.YNN_OPTION, reduce_only):
+    pytest.skip("XLA:CPU's YNN routing option")
+  options = {xla_routing.YNN_OPTION: reduce_only}
+  rng = np.random.default_rng(4)
+  refs = rng.integers(-2, 3, size=(1500, 6)).astype(np.float32)
+  queries = rng.integers(-2, 3, size=(40, 6)).astype(np.float32)
+  for metric in ("ip", "l2"):
+    _, indices = knn_lib.knn(queries, refs, k, metric=metric,
+                             compiler_options=options)
+    np.testing.assert_array_equal(
+        indices, brute_force_knn(queries, refs, k, metric)[1])
+  with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+    knn_lib.knn(queries, refs, k,
+                compiler_options={"xla_cpu_no_such_option": True})
 
 
 def test_exclude_drops_one_reference_per_query(small_chunks):
