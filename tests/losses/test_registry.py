@@ -281,6 +281,16 @@ def _registry_inputs(name, loss, n=16):
   return (x, labels), _init_params(name)
 
 
+@functools.cache
+def _registry_value_and_grad(name):
+  """Jitted value and gradients (w.r.t. the float inputs and the loss's
+  parameters) of a registered loss at its defaults; one per loss, so the
+  tests below that call it on inputs of one shape share a compilation."""
+  fn = REGISTRY[name].fn
+  return jax.jit(jax.value_and_grad(
+      lambda fl, i, p: fn(*fl, *i, **p), argnums=(0, 2)))
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_sharded_equals_unsharded(name):
   assert len(jax.devices()) == 8
@@ -288,8 +298,7 @@ def test_sharded_equals_unsharded(name):
   args, params = _registry_inputs(name, loss)
   floats = tuple(a for a in args if a.dtype == np.float32)
   ints = tuple(a for a in args if a.dtype != np.float32)  # labels, last
-  f = jax.jit(jax.value_and_grad(
-      lambda fl, i, p: loss.fn(*fl, *i, **p), argnums=(0, 2)))
+  f = _registry_value_and_grad(name)
   want_value, want_grads = f(floats, ints, params)
   sharding = NamedSharding(Mesh(jax.devices(), ("data",)), P("data"))
   put = lambda t: tuple(jax.device_put(jnp.asarray(a), sharding) for a in t)
@@ -356,6 +365,8 @@ def test_memory_is_quadratic(name):
 def test_duplicates_and_samples_on_class_vectors_are_finite():
   """cos = 1 exactly (duplicate positives, a sample on its proxy / class
   column) and huge norms: finite values and gradients everywhere."""
+  # n=16: the shape of test_sharded_equals_unsharded's unsharded call,
+  # whose compilations these reuse.
   x, labels = _batch(15, n=16)
   x[8:], labels[8:] = x[:8], labels[:8]
   for name, loss in REGISTRY.items():
@@ -366,10 +377,9 @@ def test_duplicates_and_samples_on_class_vectors_are_finite():
       params["proxies"] = params["proxies"].at[labels[0]].set(x[0])
     if "W" in params and params["W"].shape[1] == NUM_CLASSES:
       params["W"] = params["W"].at[:, labels[0]].set(x[0])
-    f = jax.jit(jax.value_and_grad(
-        lambda e, p, fn=loss.fn: fn(e, jnp.asarray(labels), **p),
-        argnums=(0, 1)))
+    f = _registry_value_and_grad(name)
     for scale in (1.0, 1e3):
-      value, grads = f(jnp.asarray(scale * x), params)
+      value, grads = f((jnp.asarray(scale * x),), (jnp.asarray(labels),),
+                       params)
       assert np.isfinite(value), name
       assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), name
