@@ -2,10 +2,10 @@
 from the CLIs), and leaves no partial result and the last good checkpoint
 intact.
 
-The loaders' own checks are unit-tested where they live (test_data.py:
-every IDX corruption, missing data listing every place; test_vse.py:
-Karpathy captions; test_train.py: evaluate without a checkpoint, P x K
-shapes, a resumed run of another model). Here the user's entry points
+The loaders' own checks are unit-tested where they live (tests/data:
+test_idx.py every IDX corruption, test_sources.py missing data listing
+every place, test_captions.py Karpathy captions; test_train.py: evaluate
+without a checkpoint, P x K shapes, a resumed run of another model). Here the user's entry points
 (train, evaluate, the CLIs) meet them. Disk full while checkpointing:
 test_reliability.py.
 """
