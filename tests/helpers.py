@@ -5,8 +5,10 @@ tests/ on the path). Fixtures live in conftest.py.
 """
 
 import gzip
+import io
 import os
 import struct
+import zipfile
 
 import numpy as np
 
@@ -14,13 +16,23 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_idx(path, array: np.ndarray) -> None:
-  """MNIST-format IDX file (gzip when the name ends in .gz)."""
-  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+_IDX_TYPES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}
+
+
+def write_idx(path, array: np.ndarray, *, gz: bool | None = None) -> bytes:
+  """MNIST-format IDX file of a uint8 or int32 array (big-endian, as the
+  format says), gzipped when gz or, by default, when the name ends in .gz;
+  -> the uncompressed bytes."""
+  array = np.asarray(array)
+  if array.dtype not in _IDX_TYPES:
+    array = array.astype(np.uint8)
+  header = struct.pack(">BBBB", 0, 0, _IDX_TYPES[array.dtype], array.ndim)
   header += struct.pack(f">{array.ndim}I", *array.shape)
-  opener = gzip.open if str(path).endswith(".gz") else open
-  with opener(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
+  data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+  gz = str(path).endswith(".gz") if gz is None else gz
+  with (gzip.open if gz else open)(path, "wb") as f:
+    f.write(data)
+  return data
 
 
 def make_separable_images(num: int, num_classes: int, seed: int):
@@ -105,3 +117,61 @@ def tiny_config(data_dir, **overrides):
   config.eval.batch_size = 16
   config.update(overrides)
   return config
+
+
+def png_members(layout: dict, size=(5, 4), mode: str = "RGB"):
+  """An image folder's files as {member: PNG bytes} (layout: {split:
+  {class: count}}) and per split the arrays a reader must return:
+  (images, labels, sorted class names)."""
+  from PIL import Image
+  files, expected = {}, {}
+  for split, classes in layout.items():
+    names = sorted(classes)
+    arrays, labels = [], []
+    for label, cls in enumerate(names):
+      for i in range(classes[cls]):
+        rng = np.random.default_rng(len(files))
+        shape = size[::-1] + ((3,) if mode == "RGB" else ())
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, "PNG")
+        files[f"{split}/{cls}/{i:04d}.png"] = buf.getvalue()
+        arrays.append(array.reshape(size[::-1] + (-1,)))
+        labels.append(label)
+    expected[split] = (np.stack(arrays), np.array(labels), tuple(names))
+  return files, expected
+
+
+def write_members(root, files: dict):
+  """{member: bytes} as files under root; -> root."""
+  for member, data in files.items():
+    path = root / member
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+  return root
+
+
+def zip_members(path, files: dict, prefix: str = ""):
+  """{member: bytes} as a zip (members under prefix), plus the __MACOSX
+  resource-fork entry macOS's archiver adds, which readers must skip;
+  -> path."""
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+    for member, data in files.items():
+      zf.writestr(prefix + member, data)
+    zf.writestr("__MACOSX/train/cat/._0000.png", b"junk")
+  return path
+
+
+def pack_idx_split(source_dir, out_dir, split: str):
+  """An `idx:` split packed (tools/pack_arrayrecord.py's format) in two
+  chunks, the first of 40 examples, as OUT_DIR's dataset "tiny"; -> (the
+  source split, the packed file)."""
+  from metricjax.data import load_dataset
+  from metricjax.data import packed
+  ds = load_dataset(f"idx:{source_dir}", split)
+  path = packed.packed_path(str(out_dir), "tiny", split)
+  packed.write_packed(path, [(ds.images[:40], ds.labels[:40]),
+                             (ds.images[40:], ds.labels[40:])],
+                      name="tiny", split=split, class_names=ds.class_names,
+                      source="test")
+  return ds, path

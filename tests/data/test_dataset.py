@@ -102,3 +102,20 @@ def test_packed_datasets_carry_ids_and_meet_the_protocol(folder, tmp_path):
   for each in (ds, loaded, half):
     assert isinstance(each, dataset.Dataset)
   assert not isinstance(np.zeros(3), dataset.Dataset)
+
+
+def test_array_dataset_validates():
+  ok = dict(images=np.zeros((2, 3, 3, 1), np.uint8),
+            labels=np.array([0, 1], np.int32), num_classes=2,
+            class_names=("a", "b"), name="t", split="train", source="test")
+  assert len(data_lib.ArrayDataset(**ok)) == 2
+  for change, msg in [
+      (dict(images=np.zeros((2, 3, 3, 1), np.float32)), "uint8"),
+      (dict(images=np.zeros((2, 3, 3, 2), np.uint8)), "C = 1"),
+      (dict(labels=np.array([0, 1], np.int64)), "int32"),
+      (dict(labels=np.array([0], np.int32)), "belong together"),
+      (dict(labels=np.array([0, 2], np.int32)), "outside"),
+      (dict(class_names=("a",)), "class names"),
+  ]:
+    with pytest.raises(UserError, match=msg):
+      data_lib.ArrayDataset(**{**ok, **change})

@@ -1,19 +1,17 @@
-"""The streaming input path: host samplers, packed ArrayRecord splits, and
-training that resumes exactly."""
+"""The streaming input path: host samplers, training from packed
+ArrayRecord splits that resumes exactly, and the placement that chooses it."""
 
 import json
 import os
 import shutil
 
 import numpy as np
-import pytest
 
 from metricjax import evaluate as evaluate_lib
 from metricjax import train as train_lib
 from metricjax.data import load_dataset
-from metricjax.data import packed
 from metricjax.data import stream
-from metricjax.errors import UserError
+from helpers import pack_idx_split
 from helpers import tiny_config
 
 
@@ -37,35 +35,6 @@ def test_host_samplers_are_valid_and_deterministic():
   assert (labels[a] != labels[n]).all() and not (labels[a] == 3).any()
 
 
-def _pack(source_dir, out_dir, split):
-  ds = load_dataset(f"idx:{source_dir}", split)
-  path = packed.packed_path(str(out_dir), "tiny", split)
-  packed.write_packed(path, [(ds.images[:40], ds.labels[:40]),
-                             (ds.images[40:], ds.labels[40:])],
-                      name="tiny", split=split, class_names=ds.class_names,
-                      source="test")
-  return ds, path
-
-
-def test_packed_round_trip_and_truncation(tiny_idx_dir, tmp_path):
-  ds, path = _pack(tiny_idx_dir, tmp_path, "train")
-  loaded = load_dataset(f"packed:{tmp_path}", "train")
-  assert len(loaded) == len(ds) and loaded.image_shape == ds.image_shape
-  np.testing.assert_array_equal(loaded.images[[5, 0, 63]], ds.images[[5, 0, 63]])
-  np.testing.assert_array_equal(loaded.images[10:20], ds.images[10:20])
-  np.testing.assert_array_equal(loaded.labels, ds.labels)
-  assert not [f for f in os.listdir(tmp_path) if "tmp" in f]
-
-  with open(path, "rb") as f:
-    data = f.read()
-  with open(path, "wb") as f:
-    f.write(data[:len(data) // 2])
-  with pytest.raises(UserError, match="truncated"):
-    load_dataset(f"packed:{tmp_path}", "train").images[[60]]
-  with pytest.raises(UserError, match="test"):
-    load_dataset(f"packed:{tmp_path}", "test")
-
-
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line)["loss"] for line in f]
@@ -73,7 +42,7 @@ def _losses(workdir):
 
 def test_streaming_training_resumes_exactly(tiny_idx_dir, tmp_path):
   for split in ("train", "test"):
-    _pack(tiny_idx_dir, tmp_path / "data", split)
+    pack_idx_split(tiny_idx_dir, tmp_path / "data", split)
   config = tiny_config(tiny_idx_dir, augment=True, log_every=1,
                        eval_every=3, val_size=8)
   config.dataset = f"packed:{tmp_path / 'data'}"

@@ -17,7 +17,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 import pytest
@@ -25,10 +24,8 @@ import pytest
 from metricjax import checkpoint
 from metricjax import evaluate as evaluate_lib
 from metricjax import failures
-from metricjax import files
 from metricjax import parallel
 from metricjax import state as state_lib
-from metricjax import step as step_lib
 from metricjax import train as train_lib
 from metricjax.errors import UserError
 from metricjax.tasks import retrieval
@@ -249,44 +246,7 @@ def test_resume_drops_a_torn_metrics_line(tmp_path):
                               '{"step": 2, "loss": 0.5}\n')
 
 
-def test_atomic_write_gives_the_old_file_or_the_new_one(tmp_path):
-  # Every result, cache and table goes through it (eval JSON on a full
-  # disk: test_bad_input.py).
-  path = tmp_path / "eval" / "step_6.json"
-  files.write_json(path, {"old": True})
-  with pytest.raises(RuntimeError):
-    with files.atomic_write(path) as f:
-      f.write('{"new": tr')
-      raise RuntimeError("killed half-way")
-  assert json.loads(path.read_text()) == {"old": True}
-  assert os.listdir(path.parent) == ["step_6.json"]
-
-
 # --- Non-finite steps ------------------------------------------------------------
-
-
-def test_step_flags_and_skips_nonfinite_updates():
-  params = {"w": jnp.ones(3)}
-  tx = optax.adam(0.1)
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               batch_stats={}, opt_state=None)
-  state = state.replace(opt_state=tx.init(state_lib.trainable(state)))
-  # The data scales the loss: NaN data, NaN loss and gradients.
-  loss = lambda p, loss_p, bs, scale: (scale * jnp.sum(p["w"] ** 2), bs)
-  sample = lambda rng, data: data
-  for skip in (False, True):
-    step = jax.jit(step_lib.make_train_step(sample, loss, tx, seed=0,
-                                            skip_nonfinite=skip))
-    good, metrics = step(state, jnp.float32(1.0))
-    assert bool(metrics["finite"]) and good.step == 1
-    assert not np.allclose(good.params["w"], 1.0)
-    bad, metrics = step(good, jnp.float32(np.nan))
-    assert not bool(metrics["finite"]) and bad.step == 2
-    if skip:  # Nothing but the step counter moved.
-      jax.tree.map(np.testing.assert_array_equal,
-                   (bad.params, bad.opt_state), (good.params, good.opt_state))
-    else:
-      assert np.isnan(bad.params["w"]).all()
 
 
 @pytest.fixture

@@ -119,18 +119,16 @@ def _batch(seed, n=24, dim=DIM, classes=NUM_CLASSES):
   return x, rng.integers(0, classes, n).astype(np.int32)
 
 
-def _value_and_grad_eager(fn, kwargs, x, labels, params, extra):
+# Static (fn, kwargs): seeds of one shape share one compilation.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _value_and_grad(fn, kwargs, x, labels, params, extra):
   return jax.value_and_grad(
       lambda e, p: fn(e, labels, **p, **extra, **dict(kwargs)),
       argnums=(0, 1))(x, params)
 
 
-# Static (fn, kwargs): seeds of one shape share one compilation.
-_value_and_grad = jax.jit(_value_and_grad_eager, static_argnums=(0, 1))
-
-
-def _ours(case, x, labels, params, *, jit=True, **extra):
-  value, (gx, gp) = (_value_and_grad if jit else _value_and_grad_eager)(
+def _ours(case, x, labels, params, **extra):
+  value, (gx, gp) = _value_and_grad(
       REGISTRY[case.name].fn, tuple(sorted(case.kwargs.items())),
       jnp.asarray(x), jnp.asarray(labels), params, extra)
   return float(value), np.asarray(gx), {k: np.asarray(v) for k, v in gp.items()}
@@ -213,24 +211,31 @@ def _init_params(name, seed=0, **kwargs):
               embedding_dim=DIM, **kwargs)
 
 
-@pytest.mark.parametrize("case", _first_cases(CASES),
-                         ids=[c.name for c in _first_cases(CASES)])
-def test_padding_mask(case):
-  x, labels = _batch(7, n=20)
-  params = _init_params(case.name, **case.kwargs)
-  pad = 6
-  rng = np.random.default_rng(0)
+PADDED = 30  # Rows of a masked batch: 24 real (_batch's default) + 6.
+
+
+def _padded(x, labels, seed=0):
+  """x and labels padded to PADDED rows (NaN, zero and overflowing rows,
+  a -1 label) interleaved with the real ones; -> (xp, lp, mask, order)."""
+  pad = PADDED - len(x)
+  rng = np.random.default_rng(seed)
   xp = np.concatenate([x, np.full((pad, DIM), np.nan, np.float32)])
   xp[-1], xp[-2] = 0.0, 1e30  # zeros, overflowing norms and NaN padding
   lp = np.concatenate([labels, rng.integers(0, NUM_CLASSES, pad - 1), [-1]])
   order = rng.permutation(len(xp))  # padding interleaved with real rows
-  xp, lp = xp[order], lp[order].astype(np.int32)
-  mask = order < len(x)
-  # Eager: two more compilations per loss would dominate the file's time;
-  # jit is covered by the other tests.
-  value, gx, gp = _ours(case, x, labels, params, jit=False)
-  value_p, gx_p, gp_p = _ours(case, xp, lp, params, mask=jnp.asarray(mask),
-                              jit=False)
+  return xp[order], lp[order].astype(np.int32), order < len(x), order
+
+
+@pytest.mark.parametrize("case", _first_cases(CASES),
+                         ids=[c.name for c in _first_cases(CASES)])
+def test_padding_mask(case):
+  # Jitted at test_matches_pml's shape (its compilation, reused) and at
+  # PADDED rows with a mask (reused by test_degenerate_batches_match_pml).
+  x, labels = _batch(7)
+  params = _init_params(case.name, **case.kwargs)
+  xp, lp, mask, order = _padded(x, labels)
+  value, gx, gp = _ours(case, x, labels, params)
+  value_p, gx_p, gp_p = _ours(case, xp, lp, params, mask=jnp.asarray(mask))
   np.testing.assert_allclose(value_p, value, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(gx_p[mask], gx[order[mask]], rtol=1e-4,
                              atol=1e-6)
@@ -281,6 +286,16 @@ def _registry_inputs(name, loss, n=16):
   return (x, labels), _init_params(name)
 
 
+@functools.cache
+def _registry_value_and_grad(name):
+  """Jitted value and gradients (w.r.t. the float inputs and the loss's
+  parameters) of a registered loss at its defaults; one per loss, so the
+  tests below that call it on inputs of one shape share a compilation."""
+  fn = REGISTRY[name].fn
+  return jax.jit(jax.value_and_grad(
+      lambda fl, i, p: fn(*fl, *i, **p), argnums=(0, 2)))
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_sharded_equals_unsharded(name):
   assert len(jax.devices()) == 8
@@ -288,8 +303,7 @@ def test_sharded_equals_unsharded(name):
   args, params = _registry_inputs(name, loss)
   floats = tuple(a for a in args if a.dtype == np.float32)
   ints = tuple(a for a in args if a.dtype != np.float32)  # labels, last
-  f = jax.jit(jax.value_and_grad(
-      lambda fl, i, p: loss.fn(*fl, *i, **p), argnums=(0, 2)))
+  f = _registry_value_and_grad(name)
   want_value, want_grads = f(floats, ints, params)
   sharding = NamedSharding(Mesh(jax.devices(), ("data",)), P("data"))
   put = lambda t: tuple(jax.device_put(jnp.asarray(a), sharding) for a in t)
@@ -304,11 +318,16 @@ def test_sharded_equals_unsharded(name):
                                     np.arange(10, dtype=np.int32) % NUM_CLASSES],
                          ids=["one_class", "pairs_per_class"])
 def test_degenerate_batches_match_pml(labels):
+  # Our side as a masked batch of PADDED rows: test_padding_mask's
+  # compilations (it checks that the mask is exact).
   for case in _first_cases(CASES):
     torch, loss, params = _pml_case(case, 0)
     x, _ = _batch(6, n=10)
     theirs = _theirs(torch, case, loss, x, labels)
-    ours = _ours(case, x, labels, {k: jnp.asarray(v) for k, v in params.items()})
+    xp, lp, mask, order = _padded(x, labels)
+    value, gx, gp = _ours(case, xp, lp, {k: jnp.asarray(v) for k, v in
+                                         params.items()}, mask=jnp.asarray(mask))
+    ours = (value, gx[mask][np.argsort(order[mask])], gp)
     assert np.isfinite(ours[0]) and np.all(np.isfinite(ours[1])), case.name
     _assert_same(ours, theirs)
 
@@ -356,6 +375,8 @@ def test_memory_is_quadratic(name):
 def test_duplicates_and_samples_on_class_vectors_are_finite():
   """cos = 1 exactly (duplicate positives, a sample on its proxy / class
   column) and huge norms: finite values and gradients everywhere."""
+  # n=16: the shape of test_sharded_equals_unsharded's unsharded call,
+  # whose compilations these reuse.
   x, labels = _batch(15, n=16)
   x[8:], labels[8:] = x[:8], labels[:8]
   for name, loss in REGISTRY.items():
@@ -366,10 +387,9 @@ def test_duplicates_and_samples_on_class_vectors_are_finite():
       params["proxies"] = params["proxies"].at[labels[0]].set(x[0])
     if "W" in params and params["W"].shape[1] == NUM_CLASSES:
       params["W"] = params["W"].at[:, labels[0]].set(x[0])
-    f = jax.jit(jax.value_and_grad(
-        lambda e, p, fn=loss.fn: fn(e, jnp.asarray(labels), **p),
-        argnums=(0, 1)))
+    f = _registry_value_and_grad(name)
     for scale in (1.0, 1e3):
-      value, grads = f(jnp.asarray(scale * x), params)
+      value, grads = f((jnp.asarray(scale * x),), (jnp.asarray(labels),),
+                       params)
       assert np.isfinite(value), name
       assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), name
