@@ -24,9 +24,9 @@ training images held out, stratified by class).
   python experiments/shadow_vs_triplet.py --scale=cpu --report_only
   python experiments/shadow_vs_triplet.py --scale=smoke --dataset=idx:DIR
 
-Runs are resumable and skipped when done (WORKDIR/<name>-<hash>/); the page
-(OUT/README.md, results.json, curves.png, tsne-*.png) is rewritten after
-every run, with what is still pending.
+Runs are resumable and skipped when done (WORKDIR/<name>-<hash>/, or its
+record OUT/runs/<name>-<hash>.json); the page (OUT/README.md, results.json,
+curves.png, tsne-*.png) is rewritten after every run.
 """
 
 import collections
@@ -374,12 +374,11 @@ def main(argv):
   def run_one(key, seed):
     print(f"== {_name(*key)} seed {seed}", flush=True)
     config = _config(s.scale, *key, seed)
-    summary = study.run(
-        config, study.run_dir(s.root, _name(*key), config),
-        select=_SELECT, scale=s.scale_name,
-        record_dir=os.path.join(s.out, "runs"),
-        extra_metrics=dict(silhouette=functools.partial(
-            _silhouette, limit=s.scale["tsne"])))
+    silhouette = functools.partial(_silhouette, limit=s.scale["tsne"])
+    summary = study.run(config, study.run_dir(s.root, _name(*key), config),
+                        select=_SELECT, scale=s.scale_name,
+                        record_dir=os.path.join(s.out, "runs"),
+                        extra_metrics=dict(silhouette=silhouette))
     return dict(summary, backbone=config.model.variant,
                 embedding_dim=config.model.embedding_dim)
 

@@ -214,18 +214,6 @@ def jax_split(case):
   }
 
 
-def _schedule(config):
-  """optax.warmup_cosine_decay_schedule's multiplier, for LambdaLR."""
-  warmup = min(config.warmup_steps, config.total_steps - 1)
-
-  def multiplier(step):
-    if step < warmup:
-      return step / warmup
-    t = min(1.0, (step - warmup) / max(1, config.total_steps - warmup))
-    return 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t))
-  return multiplier
-
-
 def build_torch_case(name, jax_case, threads, compiled=False):
   """-> (step, describe): step() is one blocking training step."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -234,52 +222,18 @@ def build_torch_case(name, jax_case, threads, compiled=False):
   config = jax_case.config
   batch = jax.tree.map(np.asarray, jax_case.batch)
   if name in IMAGE_CASES + BACKBONE_CASES:
-    from pytorch_metric_learning import losses as pml_losses  # pylint: disable=g-import-not-at-top
-    from pytorch_metric_learning import miners as pml_miners  # pylint: disable=g-import-not-at-top
     model = (tr.CompactNet(name) if name in IMAGE_CASES else
              tr.EmbeddingNet(name, config.model.embedding_dim,
                              config.image_size))
-    kw = config.loss.kwargs
-    loss_fn = pml_losses.MultiSimilarityLoss(alpha=kw.alpha, beta=kw.beta,
-                                             base=kw.base)
-    miner = pml_miners.MultiSimilarityMiner(epsilon=kw.epsilon)
-    images = torch.from_numpy(batch["images"].transpose(0, 3, 1, 2).copy())
-    labels = torch.from_numpy(batch["labels"].astype(np.int64))
-    net = torch.compile(model) if compiled else model
-
-    def objective():
-      emb = net(images)
-      return loss_fn(emb, labels, miner(emb, labels))
+    objective = tr.ms_objective(torch.compile(model) if compiled else model,
+                                batch, config.loss.kwargs)
   else:
     model = tr.VSEModel(FNE_DIM, VOCAB_SIZE, config.model.embed_dim,
                         config.model.word_dim)
-    features = torch.from_numpy(batch["features"])
-    ids = torch.from_numpy(batch["ids"].astype(np.int64))
-    lengths = torch.from_numpy(batch["lengths"].astype(np.int64))
-    net = torch.compile(model) if compiled else model
-    kw = config.loss.kwargs
-
-    def objective():
-      image, text = net(features, ids, lengths)
-      return tr.vse_ranking_loss(image, text, kw.margin, kw.max_violation)
-  model.train()
-  trained = [p for p in model.parameters() if p.requires_grad]
-  optimiser = torch.optim.AdamW(trained, lr=config.learning_rate,
-                                weight_decay=config.weight_decay)
-  scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(config))
-  clip = config.get("grad_clip_norm")
-
-  def step():
-    torch.set_num_threads(threads)
-    optimiser.zero_grad(set_to_none=True)
-    loss = objective()
-    loss.backward()
-    if clip:
-      torch.nn.utils.clip_grad_norm_(trained, clip)
-    optimiser.step()
-    scheduler.step()
-    return loss.item()
-  return step, tr.count_params(model)
+    objective = tr.vse_objective(torch.compile(model) if compiled else model,
+                                 batch, config.loss.kwargs)
+  return tr.train_step(model, objective, config, threads), tr.count_params(
+      model)
 
 
 def _rate(images_per_s):

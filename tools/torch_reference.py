@@ -20,6 +20,10 @@
                      version from PyPI ("operator torchvision::nms does not
                      exist"); import_model_code imports the model modules
                      without torchvision's __init__ (nor its ops).
+  ms_objective,      the losses of tools/bench_train.py's cases (PML's
+  vse_objective      MultiSimilarityLoss on its miner's pairs; VSE++'s), and
+  train_step         its training step: AdamW on the trainable parameters
+                     with metricjax's warm-up + cosine schedule, clipping.
   EmbeddingNet       metricjax.models.EmbeddingNet on those trunks: uint8
                      images -> torchvision's normalisation -> trunk -> avg +
                      max pooling (ResNets, batch norm frozen as Proxy Anchor
@@ -40,6 +44,7 @@ import math
 import sys
 import types
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -253,3 +258,67 @@ class EmbeddingNet(nn.Module):
   def forward(self, images):
     x = (images.float() - self.mean) / self.std
     return F.normalize(self.embedding(self.trunk(x)), dim=-1)
+
+
+def ms_objective(net, batch, kw):
+  """() -> PML's MultiSimilarityLoss of net(images) on its miner's pairs."""
+  from pytorch_metric_learning import losses as pml_losses  # pylint: disable=g-import-not-at-top
+  from pytorch_metric_learning import miners as pml_miners  # pylint: disable=g-import-not-at-top
+  loss_fn = pml_losses.MultiSimilarityLoss(alpha=kw.alpha, beta=kw.beta,
+                                           base=kw.base)
+  miner = pml_miners.MultiSimilarityMiner(epsilon=kw.epsilon)
+  images = torch.from_numpy(batch["images"].transpose(0, 3, 1, 2).copy())
+  labels = torch.from_numpy(batch["labels"].astype(np.int64))
+
+  def objective():
+    emb = net(images)
+    return loss_fn(emb, labels, miner(emb, labels))
+  return objective
+
+
+def vse_objective(net, batch, kw):
+  """() -> VSE++'s ContrastiveLoss of net(features, captions)."""
+  features = torch.from_numpy(batch["features"])
+  ids = torch.from_numpy(batch["ids"].astype(np.int64))
+  lengths = torch.from_numpy(batch["lengths"].astype(np.int64))
+
+  def objective():
+    image, text = net(features, ids, lengths)
+    return vse_ranking_loss(image, text, kw.margin, kw.max_violation)
+  return objective
+
+
+def _warmup_cosine(config):
+  """optax.warmup_cosine_decay_schedule's multiplier, for LambdaLR."""
+  warmup = min(config.warmup_steps, config.total_steps - 1)
+
+  def multiplier(step):
+    if step < warmup:
+      return step / warmup
+    t = min(1.0, (step - warmup) / max(1, config.total_steps - warmup))
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+  return multiplier
+
+
+def train_step(model, objective, config, threads):
+  """A blocking training step of `objective` on `threads` threads: AdamW on
+  model's trainable parameters, the config's schedule and clipping."""
+  model.train()
+  trained = [p for p in model.parameters() if p.requires_grad]
+  optimiser = torch.optim.AdamW(trained, lr=config.learning_rate,
+                                weight_decay=config.weight_decay)
+  scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser,
+                                                _warmup_cosine(config))
+  clip = config.get("grad_clip_norm")
+
+  def step():
+    torch.set_num_threads(threads)
+    optimiser.zero_grad(set_to_none=True)
+    loss = objective()
+    loss.backward()
+    if clip:
+      torch.nn.utils.clip_grad_norm_(trained, clip)
+    optimiser.step()
+    scheduler.step()
+    return loss.item()
+  return step
