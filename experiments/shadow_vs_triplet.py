@@ -16,8 +16,7 @@ tenth of their training images. Losses:
               vectors exactly 2 x `shadow`, so Adam should give nearly
               the same run.
 
-Each run is tested at its best-validation checkpoint (validation:
-training images held out, stratified by class).
+Each run is tested at its checkpoint of best validation (held-out images).
 
   python experiments/shadow_vs_triplet.py --scale=cpu
   python experiments/shadow_vs_triplet.py --scale=long   # issue 22's rows
