@@ -59,6 +59,7 @@ from benchmark import load
 from benchmark import machine
 from benchmark import median_times
 
+from metricjax import host_memory
 from metricjax import losses
 from metricjax import models
 from metricjax import parallel
@@ -362,6 +363,9 @@ flags.DEFINE_enum("xla_cpu_routing", "conv_eigen",
                   ["conv_eigen", "jaxlib_default", "both"],
                   "config.xla_cpu_routing of the metricjax step; both: "
                   "time each (--steps_per_call and the cases' tables).")
+flags.DEFINE_bool("keep_freed_memory", True, "As the train command does "
+                  "(metricjax/host_memory.py; the whole process, PyTorch "
+                  "included).")
 
 
 def main(_):
@@ -371,7 +375,8 @@ def main(_):
           else (FLAGS.xla_cpu_routing,)))
   if FLAGS.quick:
     args.repeats, args.batch_size, args.compile = 2, 64, False
-  print(machine(args.threads), "\n", flush=True)
+  kept = FLAGS.keep_freed_memory and host_memory.keep_freed_memory()
+  print(machine(args.threads), f"keep_freed_memory: {kept}\n", flush=True)
   if FLAGS.steps_per_call:
     counts = [int(v) for v in FLAGS.steps_per_call]
     print(bench_steps_per_call(FLAGS.cases[0], counts, args), flush=True)
