@@ -57,11 +57,16 @@ def batched_apply(apply: Callable, variables, inputs: Sequence, *,
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
+def eval_apply(model, routing: str = xla_routing.DEFAULT) -> Callable:
+  """(variables, images) -> the model's outputs in evaluation mode, jitted
+  with the XLA:CPU routing; built once, applied to every batch."""
+  return xla_routing.jit(lambda v, x: model.apply(v, x, train=False),
+                         routing=routing)
+
+
 def embed(model, variables, images: np.ndarray, *, batch_size: int, mesh,
           desc: str = "embed", routing: str = xla_routing.DEFAULT
           ) -> dict[str, np.ndarray]:
   """The model's outputs ({"embedding": ..., ["logits": ...]}) per image."""
-  apply = xla_routing.jit(lambda v, x: model.apply(v, x, train=False),
-                          routing=routing)
-  return batched_apply(apply, variables, (images,), batch_size=batch_size,
-                       mesh=mesh, desc=desc)
+  return batched_apply(eval_apply(model, routing), variables, (images,),
+                       batch_size=batch_size, mesh=mesh, desc=desc)

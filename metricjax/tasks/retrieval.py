@@ -252,8 +252,7 @@ def _variables(state):
 
 
 def _eval_apply(config, model):
-  return xla_routing.jit(lambda v, x: model.apply(v, x, train=False),
-                         routing=_routing(config))
+  return inference.eval_apply(model, _routing(config))
 
 
 def make_validation(config, model, held_out: data_lib.ArrayDataset, mesh):

@@ -9,10 +9,8 @@ import sys
 
 import pytest
 
+from helpers import REPO
 import replicas
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
 
 def _run(tmp_path, *args):

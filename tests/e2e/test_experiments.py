@@ -68,13 +68,17 @@ class Started:
 
   def __init__(self, tmp, script, args):
     self.tmp, self.script, self.args = tmp, script, args
+    # Output to a file, not a pipe: a runner whose test has not started yet
+    # must not stall on a full pipe (its progress bars fill one quickly).
+    self.log = open(tmp / "first_call.log", "w+")
     self.proc = subprocess.Popen(_command(script, *args), cwd=REPO,
-                                 env=_env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+                                 env=_env(), stdout=self.log,
+                                 stderr=subprocess.STDOUT, text=True)
 
   def wait(self, timeout=900):
-    _, stderr = self.proc.communicate(timeout=timeout)
-    assert self.proc.returncode == 0, stderr[-3000:]
+    self.proc.wait(timeout=timeout)
+    self.log.seek(0)
+    assert self.proc.returncode == 0, self.log.read()[-3000:]
 
   def again(self):
     """The same command again."""
@@ -94,7 +98,8 @@ def started(request, tiny_idx_dir, tmp_path_factory):
   for job in jobs.values():
     if job.proc.poll() is None:
       job.proc.kill()
-      job.proc.communicate()
+      job.proc.wait()
+    job.log.close()
 
 
 @pytest.mark.slow
