@@ -4,6 +4,8 @@ gradient, update parameters and optimiser state.
 A task supplies `sample(rng, data) -> batch` and `loss(params, loss_params,
 batch_stats, batch) -> (loss, new_batch_stats)`; the randomness of step s
 comes from fold_in(key(seed), s), so a resumed run draws the same batches.
+The seed's key is an argument of the step, not a constant of its program:
+runs that differ only in their seed share one compiled step.
 
 Every step reports whether its loss and gradients were finite. With
 `skip_nonfinite` a non-finite step changes nothing but the step counter (the
@@ -28,17 +30,16 @@ def all_finite(tree) -> jax.Array:
 
 
 def make_train_step(sample: Callable, loss: Callable,
-                    tx: optax.GradientTransformation, *, seed: int,
+                    tx: optax.GradientTransformation, *,
                     skip_nonfinite: bool = False) -> Callable:
-  """(state, data) -> (state, {"loss", "grad_norm", "finite"}), to be jitted.
+  """(state, data, seed_key) -> (state, {"loss", "grad_norm", "finite"}), to
+  be jitted; seed_key is jax.random.key(config.seed).
 
   "finite" (bool) is False when the loss or a gradient was NaN or infinite;
   then, with skip_nonfinite, params, batch_stats and optimiser state stay
   those of the input state.
   """
-  seed_key = jax.random.key(seed)
-
-  def train_step(state: TrainState, data):
+  def train_step(state: TrainState, data, seed_key: jax.Array):
     batch = sample(jax.random.fold_in(seed_key, state.step), data)
     objective = lambda p: loss(p["model"], p["loss"], state.batch_stats, batch)
     params = trainable(state)
@@ -66,7 +67,7 @@ def make_train_step(sample: Callable, loss: Callable,
 def repeat_steps(train_step: Callable, num_steps: int, *,
                  streamed: bool) -> Callable:
   """num_steps training steps as one program (fewer dispatches):
-  (state, data) -> (state, metrics stacked over the steps).
+  (state, data, seed_key) -> (state, metrics stacked over the steps).
 
   data is the device-resident dataset every step samples from, or, when
   streamed, a tuple of num_steps batches, one per step. The scan is
@@ -77,15 +78,17 @@ def repeat_steps(train_step: Callable, num_steps: int, *,
   others; a rolled scan gave 6e-4). The price is compile time growing
   with num_steps.
   """
-  def one_step(state, data):
-    state, metrics = train_step(state, data[0] if streamed else data)
+  def one_step(state, data, seed_key):
+    state, metrics = train_step(state, data[0] if streamed else data,
+                                seed_key)
     return state, jax.tree.map(lambda m: m[None], metrics)
 
-  def scanned(state, data):
+  def scanned(state, data, seed_key):
     if streamed:
       stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *data)
-      return jax.lax.scan(train_step, state, stacked, unroll=True)
-    return jax.lax.scan(lambda s, _: train_step(s, data), state, None,
-                        length=num_steps, unroll=True)
+      return jax.lax.scan(lambda s, batch: train_step(s, batch, seed_key),
+                          state, stacked, unroll=True)
+    return jax.lax.scan(lambda s, _: train_step(s, data, seed_key), state,
+                        None, length=num_steps, unroll=True)
 
   return one_step if num_steps == 1 else scanned

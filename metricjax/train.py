@@ -53,17 +53,19 @@ def _define_flags():
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def compile_steps(train_step, state, data, num_steps: int, *, streamed: bool,
-                  mesh, routing: str = xla_routing.DEFAULT):
+def compile_steps(train_step, state, data, seed_key, num_steps: int, *,
+                  streamed: bool, mesh, routing: str = xla_routing.DEFAULT):
   """num_steps training steps as one compiled call, ahead of time (so its
   memory can be logged): state donated, outputs replicated, XLA:CPU
   routed by `routing` (metricjax/xla_routing.py). data: the on-device
-  dataset, or, when streamed, a tuple of num_steps batches."""
+  dataset, or, when streamed, a tuple of num_steps batches; seed_key:
+  jax.random.key(seed), an argument so that seeds share the program."""
   replicated = parallel.replicated(mesh)
   return xla_routing.jit(
       step_lib.repeat_steps(train_step, num_steps, streamed=streamed),
       routing=routing, donate_argnums=(0,),
-      out_shardings=(replicated, replicated)).lower(state, data).compile()
+      out_shardings=(replicated, replicated)).lower(
+          state, data, seed_key).compile()
 
 
 def step_memory(compiled) -> dict:
@@ -183,8 +185,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
 
   guard = failures.FiniteGuard(config, skipped, start_step or None)
   train_step = step_lib.make_train_step(task.sample, task.loss, tx,
-                                        seed=config.seed,
                                         skip_nonfinite=guard.skip)
+  seed_key = parallel.replicate(jax.random.key(config.seed), mesh)
   steps_per_call = config.steps_per_call
   if steps_per_call < 1:
     raise UserError(f"config.steps_per_call={steps_per_call} must be >= 1.")
@@ -194,7 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   def steps_fn(k):
     if k not in compiled:
       example = (task.data,) * k if task.stream else task.data
-      compiled[k] = compile_steps(train_step, state, example, k,
+      compiled[k] = compile_steps(train_step, state, example, seed_key, k,
                                   streamed=bool(task.stream), mesh=mesh,
                                   routing=routing)
     return compiled[k]
@@ -234,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       k = call_size(step)
       data = (tuple(itertools.islice(batches, k)) if task.stream
               else task.data)
-      state, metrics = steps_fn(k)(state, data)
+      state, metrics = steps_fn(k)(state, data, seed_key)
       # One call queued ahead is enough to hide dispatch; waiting for the
       # one before keeps the bar at the real training rate instead of
       # racing ahead of the devices. Its finiteness is read then, for free.

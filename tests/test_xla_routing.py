@@ -28,11 +28,12 @@ def _compiled_steps(data_dir, routing, num_steps=2):
   tx = state_lib.create_optimizer(config)
   task = tasks.of(config).build(config, mesh, tx)
   state = jax.jit(task.init)(jax.random.key(0))
-  train_step = step_lib.make_train_step(task.sample, task.loss, tx, seed=0)
-  compiled = train_lib.compile_steps(train_step, state, task.data, num_steps,
-                                     streamed=False, mesh=mesh,
+  train_step = step_lib.make_train_step(task.sample, task.loss, tx)
+  seed_key = jax.random.key(0)
+  compiled = train_lib.compile_steps(train_step, state, task.data, seed_key,
+                                     num_steps, streamed=False, mesh=mesh,
                                      routing=routing)
-  _, metrics = compiled(state, task.data)
+  _, metrics = compiled(state, task.data, seed_key)
   return compiled.as_text(), np.asarray(metrics["loss"])
 
 

@@ -69,10 +69,12 @@ def _pipeline(dataset, placement, mesh):
   task = retrieval.build(config, mesh, tx)
   replicated = parallel.replicated(mesh)
   state = jax.jit(task.init, out_shardings=replicated)(jax.random.key(0))
-  step = step_lib.make_train_step(task.sample, task.loss, tx, seed=0)
-  step_fn = jax.jit(step, donate_argnums=(0,),
-                    out_shardings=(replicated, replicated)
-                    ).lower(state, task.data).compile()
+  step = step_lib.make_train_step(task.sample, task.loss, tx)
+  seed_key = jax.random.key(0)
+  compiled = jax.jit(step, donate_argnums=(0,),
+                     out_shardings=(replicated, replicated)
+                     ).lower(state, task.data, seed_key).compile()
+  step_fn = lambda state, data: compiled(state, data, seed_key)
   batches = (task.stream(0) if task.stream else None)
   return config, step_fn, state, batches, task
 

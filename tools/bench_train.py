@@ -160,29 +160,30 @@ def build_jax_case(case, batch_size=None, seed=0, compute_dtype=None):
 
 
 def compile_step(case, steps=1, ready=False):
-  """(compiled, example args) of `steps` training steps per call, compiled
-  by metricjax.train's own compile_steps; ready: on a given batch (the
-  streamed path)."""
+  """(compiled, its arguments after the state: data and seed key) of
+  `steps` training steps per call, compiled by metricjax.train's own
+  compile_steps; ready: on a given batch (the streamed path)."""
   sample = (lambda rng, batch: batch) if ready else case.sample
-  train_step = step_lib.make_train_step(sample, case.loss, case.tx,
-                                        seed=case.config.seed)
+  train_step = step_lib.make_train_step(sample, case.loss, case.tx)
   data = (case.batch,) * steps if ready else case.data
+  seed_key = jax.random.key(case.config.seed)
   compiled = train_lib.compile_steps(
-      train_step, case.state, data, steps, streamed=ready, mesh=case.mesh,
-      routing=case.config.xla_cpu_routing)
-  return compiled, data
+      train_step, case.state, data, seed_key, steps, streamed=ready,
+      mesh=case.mesh, routing=case.config.xla_cpu_routing)
+  return compiled, (data, seed_key)
 
 
 def _copy(tree):
   return jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, tree)
 
 
-def jax_runner(compiled, state, data):
-  """A blocking zero-argument call of a donated-state step, state carried."""
+def jax_runner(compiled, state, args):
+  """A blocking zero-argument call of a donated-state step, state carried;
+  args: the step's arguments after the state."""
   holder = [_copy(state)]
 
   def run():
-    holder[0], metrics = compiled(holder[0], data)
+    holder[0], metrics = compiled(holder[0], *args)
     jax.block_until_ready(metrics)
   return run
 
