@@ -186,7 +186,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   guard = failures.FiniteGuard(config, skipped, start_step or None)
   train_step = step_lib.make_train_step(task.sample, task.loss, tx,
                                         skip_nonfinite=guard.skip)
-  seed_key = parallel.replicate(jax.random.key(config.seed), mesh)
+  # Made by a program, not device_put: every process holds its replica.
+  seed_key = jax.jit(lambda: jax.random.key(config.seed),
+                     out_shardings=replicated)()
   steps_per_call = config.steps_per_call
   if steps_per_call < 1:
     raise UserError(f"config.steps_per_call={steps_per_call} must be >= 1.")
