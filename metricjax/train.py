@@ -60,12 +60,19 @@ def compile_steps(train_step, state, data, seed_key, num_steps: int, *,
   routed by `routing` (metricjax/xla_routing.py). data: the on-device
   dataset, or, when streamed, a tuple of num_steps batches; seed_key:
   jax.random.key(seed), an argument so that seeds share the program."""
+  return lower_steps(train_step, state, data, seed_key, num_steps,
+                     streamed=streamed, mesh=mesh, routing=routing).compile()
+
+
+def lower_steps(train_step, state, data, seed_key, num_steps: int, *,
+                streamed: bool, mesh, routing: str = xla_routing.DEFAULT):
+  """compile_steps' program, lowered: metricjax.aot compiles it for other
+  machines (the arguments may be abstract, carrying their shardings)."""
   replicated = parallel.replicated(mesh)
   return xla_routing.jit(
       step_lib.repeat_steps(train_step, num_steps, streamed=streamed),
       routing=routing, donate_argnums=(0,),
-      out_shardings=(replicated, replicated)).lower(
-          state, data, seed_key).compile()
+      out_shardings=(replicated, replicated)).lower(state, data, seed_key)
 
 
 def step_memory(compiled) -> dict:

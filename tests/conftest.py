@@ -14,6 +14,11 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
+# The suite computes on the CPU. With the aot extra installed, jax would
+# otherwise also start libtpu (taking its machine-wide lock) and try CUDA in
+# every process; the aot tests compile for those targets all the same.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache",
     "jax-test-compilation"))
