@@ -1,5 +1,5 @@
-"""Pretrained trunk weights: torchvision / timm state_dicts -> .npz ->
-Flax variables.
+"""Pretrained trunk weights: torchvision / timm / efficientnet_pytorch
+state_dicts -> .npz -> Flax variables.
 
 A weights .npz holds one array per variable, keyed by its module path and
 leaf ("layer1_0/conv1/kernel", "bn1/mean", "cls_token"), whatever
@@ -11,10 +11,12 @@ frozen batch norm (all four in "batch_stats"). VGG files
 
 torchvision / timm key -> flat key: "." before an index becomes "_", the
 other "." become "/" (`layer1.0.downsample.1.running_var` ->
-`layer1_0/downsample_1/var`); conv weights (O, I, kh, kw) -> HWIO kernels,
-Linear (out, in) -> (in, out), norm weight -> scale, running_mean/var ->
-mean/var; the classifier (`fc.*`, `head.*`) and `num_batches_tracked` are
-dropped.
+`layer1_0/downsample_1/var`); efficientnet_pytorch's leading underscores are
+dropped (`_blocks.0._bn1` -> `blocks_0/bn1`); conv weights (O, I, kh, kw) ->
+HWIO kernels (depthwise (C, 1, kh, kw) -> (kh, kw, 1, C), Flax's grouped
+layout), Linear (out, in) -> (in, out), norm weight -> scale,
+running_mean/var -> mean/var; the classifier (`fc.*`, `head.*`, `_fc.*`) and
+`num_batches_tracked` are dropped.
 """
 
 import json
@@ -29,6 +31,7 @@ import numpy as np
 
 from metricjax.errors import UserError
 from metricjax.files import atomic_write
+from metricjax.models import efficientnet
 from metricjax.models import resnet
 from metricjax.models import vgg
 from metricjax.models import vit
@@ -42,15 +45,22 @@ TRUNKS = {
     "resnet18": resnet.resnet18,
     "resnet50": resnet.resnet50,
     "vit_s16": vit.vit_s16,
+    "efficientnet_lite0": efficientnet.efficientnet_lite0,
+    # No ImageNet weights of these are packaged (models/packaged.py); they
+    # convert from the same efficientnet_lite_pytorch layout.
+    "efficientnet_lite1": efficientnet.efficientnet_lite1,
+    "efficientnet_lite2": efficientnet.efficientnet_lite2,
 }
 # Frozen feature extractors with named taps, for metricjax.fne.
 TAPPED = {"vgg16": vgg.vgg16, "vgg": vgg.VGG}
 
 HOW_TO_CONVERT = (
-    "Convert a torchvision ResNet or a DINO / timm ViT-S/16 state_dict with "
-    "`python tools/convert_backbone.py --arch=resnet50|resnet18|vit_s16 "
-    "--torch=FILE.pth --out=FILE.npz` (VGG16: tools/convert_vgg16.py; a VGG "
-    "trained here: tools/export_vgg_backbone.py).")
+    "Convert a torchvision ResNet, a DINO / timm ViT-S/16 or an "
+    "efficientnet_lite_pytorch EfficientNet-Lite state_dict with "
+    "`python tools/convert_backbone.py --arch=resnet50|resnet18|vit_s16|"
+    "efficientnet_lite0 --torch=FILE.pth --out=FILE.npz` (VGG16: "
+    "tools/convert_vgg16.py; a VGG trained here: "
+    "tools/export_vgg_backbone.py).")
 
 _LEAVES = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
 _DROPPED = re.compile(r"^(fc|head)\.|num_batches_tracked$")
@@ -63,6 +73,8 @@ def flat_from_torch(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   flat = {}
   for key, value in state_dict.items():
     key = re.sub(r"^(module\.)?(backbone\.)?", "", key)
+    # efficientnet_pytorch's private-attribute names (`_blocks.0._bn1`).
+    key = re.sub(r"(^|\.)_", r"\1", key)
     if _DROPPED.search(key):
       continue
     if hasattr(value, "detach"):  # A torch tensor; torch is not needed here.
@@ -90,9 +102,14 @@ def convert_torch(state_dict: Mapping[str, Any], arch: str,
   if arch not in TRUNKS:
     raise UserError(f"Unknown --arch={arch!r}; known: {', '.join(TRUNKS)}.")
   flat = flat_from_torch(state_dict)
+  trunk = TRUNKS[arch]()
+  framework = ("timm" if arch.startswith("vit") else "efficientnet_pytorch"
+               if arch in efficientnet.LITE_ARCHS else "torchvision")
   meta = {"arch": arch, "model": {}, "source": source,
-          "framework": "timm" if arch.startswith("vit") else "torchvision",
-          "preprocess": "torch"}
+          "framework": framework,
+          "preprocess": getattr(trunk, "preprocess", "torch")}
+  if arch in efficientnet.LITE_ARCHS:
+    meta["image_size"] = trunk.image_size
   if arch in vit.VIT_ARCHS:
     # The image size the position embedding was learned for.
     tokens = flat.get("pos_embed", np.zeros((1, 1, 0))).shape[1] - 1
@@ -104,7 +121,7 @@ def convert_torch(state_dict: Mapping[str, Any], arch: str,
           f"positions (shape {flat.get('pos_embed', np.zeros(0)).shape}), "
           f"not a square grid plus a CLS token; it is not a {arch} of timm's "
           f"layout. {HOW_TO_CONVERT}")
-  place(flat, target_shapes(TRUNKS[arch](), meta), source or "the state_dict")
+  place(flat, target_shapes(trunk, meta), source or "the state_dict")
   return flat, meta
 
 
