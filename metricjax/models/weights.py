@@ -32,6 +32,7 @@ import numpy as np
 from metricjax.errors import UserError
 from metricjax.files import atomic_write
 from metricjax.models import efficientnet
+from metricjax.models import packaged
 from metricjax.models import resnet
 from metricjax.models import vgg
 from metricjax.models import vit
@@ -159,9 +160,35 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any],
     np.savez(f, **arrays)
 
 
-def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-  """(flat arrays, meta) of a weights .npz."""
+def load_torch(path: str | os.PathLike) -> dict:
+  """A state_dict from a .pth (also DINO's and timm's wrapped checkpoints);
+  needs torch."""
   path = os.fspath(path)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  # optional
+  except ImportError:
+    raise UserError(f"Reading {path} needs PyTorch (`pip install "
+                    "torch`).") from None
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: no such file.")
+  try:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # torch's many kinds
+    raise UserError(f"{path} is not a readable torch file ({e}); it may be "
+                    "truncated.") from None
+  for key in ("state_dict", "model", "teacher"):
+    if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+      sd = sd[key]
+  if not isinstance(sd, dict):
+    raise UserError(f"{path} holds a {type(sd).__name__}, not a state_dict; "
+                    "save model.state_dict() instead.")
+  return sd
+
+
+def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+  """(flat arrays, meta) of a weights .npz, or of a packaged checkpoint's
+  name (models/packaged.py: `efficientnet_lite0`)."""
+  path = packaged.resolve(path)
   if not os.path.isfile(path):
     raise UserError(f"Weights file {path} does not exist. {HOW_TO_CONVERT}")
   try:
@@ -237,15 +264,18 @@ def target_shapes(module: nn.Module, meta: Mapping[str, Any]) -> dict:
 
 
 def load_backbone(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-  """(module, variables) of a converted weights .npz, checked to fit.
+  """(module, variables) of a converted weights .npz (or a packaged
+  checkpoint's name, models/packaged.py), checked to fit.
 
-  For a trunk (resnet18, resnet50, vit_s16), `module.apply(variables, x,
-  train=False)` on NHWC float32 images normalised as torchvision expects
-  returns the pooled features (torchvision's output with fc = identity;
-  timm's num_classes=0 output). A VGG file gives models.VGG, called as
+  For a trunk (resnet18, resnet50, vit_s16, efficientnet_lite0),
+  `module.apply(variables, x, train=False)` on NHWC float32 images
+  normalised as the weights expect (`module.preprocess`, else torchvision's;
+  meta["preprocess"]) returns the pooled features (torchvision's output with
+  fc = identity; timm's num_classes=0 output; the input of
+  efficientnet_pytorch's `_fc`). A VGG file gives models.VGG, called as
   `module.apply(variables, x, capture=True)` for its taps.
   """
-  path = os.fspath(path)
+  path = packaged.resolve(path)
   flat, meta = read_npz(path)
   module = build(meta, path)
   return module, place(flat, target_shapes(module, meta), path)
