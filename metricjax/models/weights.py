@@ -227,27 +227,30 @@ def _tuples(v):
 def place(flat: Mapping[str, np.ndarray], target: Mapping[str, Any],
           where: str) -> dict:
   """target's variables ({collection: tree} of arrays or shapes) with every
-  leaf taken from flat by its module path; the first missing or misshapen
-  tensor, or a tensor the target lacks, is a UserError naming both shapes."""
-  out, seen = {}, set()
+  leaf taken from flat by its module path; the first misshapen tensor (in
+  flat's order, the checkpoint's), else the first missing one, or a tensor
+  the target lacks, is a UserError naming both shapes."""
+  leaves = {}
   for collection, tree in target.items():
     for keys, leaf in jax.tree_util.tree_leaves_with_path(tree):
       names = [k.key for k in keys]
-      key = "/".join(names)
-      got = flat.get(key)
-      if got is None or got.shape != tuple(leaf.shape):
-        found = "is absent" if got is None else f"has shape {got.shape}"
-        raise UserError(
-            f"The weights in {where} do not fit the model: tensor {key!r} "
-            f"{found} where the model expects shape {tuple(leaf.shape)}. "
-            "The file holds another architecture, or it is truncated; "
-            f"convert the right one. {HOW_TO_CONVERT}")
-      seen.add(key)
-      node = out.setdefault(collection, {})
-      for name in names[:-1]:
-        node = node.setdefault(name, {})
-      node[names[-1]] = np.asarray(got, np.float32)
-  extra = sorted(set(flat) - seen)
+      leaves["/".join(names)] = (collection, names, tuple(leaf.shape))
+  # The checkpoint's order names the layer where two architectures part.
+  misshapen = [k for k in flat if k in leaves and flat[k].shape != leaves[k][2]]
+  for key in misshapen[:1] + [k for k in leaves if k not in flat][:1]:
+    found = (f"has shape {flat[key].shape}" if key in flat else "is absent")
+    raise UserError(
+        f"The weights in {where} do not fit the model: tensor {key!r} "
+        f"{found} where the model expects shape {leaves[key][2]}. "
+        "The file holds another architecture, or it is truncated; "
+        f"convert the right one. {HOW_TO_CONVERT}")
+  out = {}
+  for key, (collection, names, _) in leaves.items():
+    node = out.setdefault(collection, {})
+    for name in names[:-1]:
+      node = node.setdefault(name, {})
+    node[names[-1]] = np.asarray(flat[key], np.float32)
+  extra = sorted(set(flat) - set(leaves))
   if extra:
     raise UserError(
         f"The weights in {where} do not fit the model: tensor {extra[0]!r} "
