@@ -64,7 +64,8 @@ def checkpoint_file(name: str, out: str) -> str:
     locator = getattr(importlib.import_module(spec.module), spec.locator, None)
     path = locator.get_model_file_path() if locator else None
   if path is None or not os.path.isfile(path):
-    where = (f"package {spec.module} is installed but has no {path}"
+    where = (f"package {spec.module} is installed but holds no checkpoint "
+             f"({path or spec.locator + ' is missing'})"
              if found is not None else
              f"no package {spec.module} on this Python's path ("
              f"{sys.executable}; searched {os.pathsep.join(sys.path[1:])})")
