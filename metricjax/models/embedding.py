@@ -1,11 +1,14 @@
 """A pretrained trunk with the DML head of the field's comparisons.
 
-uint8 (or [0, 1] float) NHWC images -> torchvision's ImageNet normalisation
--> trunk (models.TRUNKS[backbone]) -> pooled features -> Linear to
+uint8 (or [0, 1] float) NHWC images -> the ImageNet normalisation the
+trunk's weights expect (its `preprocess`, torchvision's unless it says) ->
+trunk (models.TRUNKS[backbone]) -> pooled features -> Linear to
 embedding_dim -> L2 normalisation, as Proxy Anchor (Kim et al. 2020) and the
 Reality Check (Musgrave et al. 2020) fine-tune their backbones: ResNets with
 batch norm frozen (statistics and affine parameters) and global average +
-max pooling; ViTs by their CLS token. `weights` (a tools/convert_backbone.py
+max pooling; other trunks frozen likewise where they have batch norm, pooled
+as they declare (`default_pooling`: ViTs by their CLS token,
+EfficientNet-Lite by average). `weights` (a tools/convert_backbone.py
 .npz) fills the trunk at initialisation (models.load_pretrained).
 """
 
@@ -27,8 +30,9 @@ class EmbeddingNet(nn.Module):
   Attributes:
     backbone: a models.TRUNKS name (resnet18, resnet50, vit_s16, ...).
     embedding_dim: width of the embedding (512 in both protocols).
-    pooling: the trunk's pooling; None: "avg+max" for ResNets, the trunk's
-      own default otherwise ("cls" for ViTs).
+    pooling: the trunk's pooling; None: "avg+max" for ResNets (Proxy
+      Anchor's), the trunk's `default_pooling` otherwise ("cls" for ViTs,
+      "avg" for EfficientNet-Lite).
     frozen_bn: None: frozen for trunks with batch norm; True on a trunk
       without batch norm is an error.
     weights: a converted .npz for the trunk; None: random initialisation.
@@ -72,14 +76,21 @@ class EmbeddingNet(nn.Module):
   def trunk_pooling(self) -> str:
     if self.pooling is not None:
       return self.pooling
-    return "avg+max" if self.backbone.startswith("resnet") else "cls"
+    if self.backbone.startswith("resnet"):
+      return "avg+max"  # Proxy Anchor's; the trunk's own is torchvision's.
+    return weights_lib.TRUNKS[self.backbone](parent=None).default_pooling
+
+  @property
+  def trunk_preprocess(self) -> str:
+    """The preprocess_imagenet mode of the trunk's weights."""
+    trunk = weights_lib.TRUNKS[self.backbone](parent=None)
+    return getattr(trunk, "preprocess", "torch")
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    if jnp.issubdtype(images.dtype, jnp.integer):
-      x = preprocess_imagenet(images)
-    else:  # [0, 1] floats.
-      x = preprocess_imagenet(images.astype(jnp.float32) * 255.0)
+    if not jnp.issubdtype(images.dtype, jnp.integer):  # [0, 1] floats.
+      images = images.astype(jnp.float32) * 255.0
+    x = preprocess_imagenet(images, mode=self.trunk_preprocess)
     features = self.trunk_module()(x, train=train, pooling=self.trunk_pooling)
     embedding = nn.Dense(self.embedding_dim, name="embedding")(
         features.astype(jnp.float32))

@@ -43,8 +43,10 @@ class Involution(nn.Module):
     if self.stride > 1:
       # "SAME" pooling gives ceil(H/s) rows, the involution's output size;
       # excluding the padding keeps the ragged edge an average of real pixels.
-      h = nn.avg_pool(h, (self.stride, self.stride), (self.stride, self.stride),
-                      padding="SAME", count_include_pad=False)
+      # Keywords: jax2onnx (--format=onnx) swaps in a keyword-only pool.
+      h = nn.avg_pool(h, window_shape=(self.stride, self.stride),
+                      strides=(self.stride, self.stride), padding="SAME",
+                      count_include_pad=False)
     h = nn.Conv(reduced, (1, 1), use_bias=False, dtype=self.dtype,
                 name="reduce")(h)
     # PyTorch's BatchNorm2d defaults, as in the official code.

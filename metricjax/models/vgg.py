@@ -29,31 +29,36 @@ from metricjax.ops.similarity import l2_normalize
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
                 (512, 512, 512))
 
-# Per-channel statistics of the two ImageNet weight families: torchvision
+# Per-channel statistics of the ImageNet weight families: torchvision
 # expects RGB in [0, 1] standardised; Keras' (converted from Caffe) expects
-# BGR in [0, 255] minus the mean pixel.
+# BGR in [0, 255] minus the mean pixel; TensorFlow's EfficientNet-Lite RGB
+# in [0, 255] centred on 127 and scaled by 128 (its MEAN_RGB / STDDEV_RGB).
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
-PREPROCESS_MODES = ("torch", "caffe")
+PREPROCESS_MODES = ("torch", "caffe", "lite")
 
 
 def preprocess_imagenet(images: jax.Array, *, mode: str = "torch") -> jax.Array:
   """uint8 (B, H, W, C) images -> float32 network input, NHWC.
 
   mode "torch" for torchvision weights, "caffe" for Keras' (converted from
-  Caffe). Grayscale (C = 1) is repeated to RGB. Resizing is the caller's.
+  Caffe), "lite" for EfficientNet-Lite's (converted from TensorFlow).
+  Grayscale (C = 1) is repeated to RGB. Resizing is the caller's.
   """
   if mode not in PREPROCESS_MODES:
     raise UserError(
         f"Unknown ImageNet preprocessing {mode!r}; use one of "
         f"{', '.join(PREPROCESS_MODES)} (the one the weights were trained "
-        "with: 'torch' for torchvision, 'caffe' for Keras).")
+        "with: 'torch' for torchvision, 'caffe' for Keras, 'lite' for "
+        "EfficientNet-Lite).")
   x = jnp.asarray(images).astype(jnp.float32)
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
   if mode == "torch":
     return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+  if mode == "lite":
+    return (x - 127.0) / 128.0
   return x[..., ::-1] - _CAFFE_MEAN_BGR
 
 

@@ -1,5 +1,5 @@
-"""Pretrained trunk weights: torchvision / timm state_dicts -> .npz ->
-Flax variables.
+"""Pretrained trunk weights: torchvision / timm / efficientnet_pytorch
+state_dicts -> .npz -> Flax variables.
 
 A weights .npz holds one array per variable, keyed by its module path and
 leaf ("layer1_0/conv1/kernel", "bn1/mean", "cls_token"), whatever
@@ -11,10 +11,12 @@ frozen batch norm (all four in "batch_stats"). VGG files
 
 torchvision / timm key -> flat key: "." before an index becomes "_", the
 other "." become "/" (`layer1.0.downsample.1.running_var` ->
-`layer1_0/downsample_1/var`); conv weights (O, I, kh, kw) -> HWIO kernels,
-Linear (out, in) -> (in, out), norm weight -> scale, running_mean/var ->
-mean/var; the classifier (`fc.*`, `head.*`) and `num_batches_tracked` are
-dropped.
+`layer1_0/downsample_1/var`); efficientnet_pytorch's leading underscores are
+dropped (`_blocks.0._bn1` -> `blocks_0/bn1`); conv weights (O, I, kh, kw) ->
+HWIO kernels (depthwise (C, 1, kh, kw) -> (kh, kw, 1, C), Flax's grouped
+layout), Linear (out, in) -> (in, out), norm weight -> scale,
+running_mean/var -> mean/var; the classifier (`fc.*`, `head.*`, `_fc.*`) and
+`num_batches_tracked` are dropped.
 """
 
 import json
@@ -29,6 +31,8 @@ import numpy as np
 
 from metricjax.errors import UserError
 from metricjax.files import atomic_write
+from metricjax.models import efficientnet
+from metricjax.models import packaged
 from metricjax.models import resnet
 from metricjax.models import vgg
 from metricjax.models import vit
@@ -42,15 +46,22 @@ TRUNKS = {
     "resnet18": resnet.resnet18,
     "resnet50": resnet.resnet50,
     "vit_s16": vit.vit_s16,
+    "efficientnet_lite0": efficientnet.efficientnet_lite0,
+    # No ImageNet weights of these are packaged (models/packaged.py); they
+    # convert from the same efficientnet_lite_pytorch layout.
+    "efficientnet_lite1": efficientnet.efficientnet_lite1,
+    "efficientnet_lite2": efficientnet.efficientnet_lite2,
 }
 # Frozen feature extractors with named taps, for metricjax.fne.
 TAPPED = {"vgg16": vgg.vgg16, "vgg": vgg.VGG}
 
 HOW_TO_CONVERT = (
-    "Convert a torchvision ResNet or a DINO / timm ViT-S/16 state_dict with "
-    "`python tools/convert_backbone.py --arch=resnet50|resnet18|vit_s16 "
-    "--torch=FILE.pth --out=FILE.npz` (VGG16: tools/convert_vgg16.py; a VGG "
-    "trained here: tools/export_vgg_backbone.py).")
+    "Convert a torchvision ResNet, a DINO / timm ViT-S/16 or an "
+    "efficientnet_lite_pytorch EfficientNet-Lite state_dict with "
+    "`python tools/convert_backbone.py --arch=resnet50|resnet18|vit_s16|"
+    "efficientnet_lite0 --torch=FILE.pth --out=FILE.npz` (VGG16: "
+    "tools/convert_vgg16.py; a VGG trained here: "
+    "tools/export_vgg_backbone.py).")
 
 _LEAVES = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
 _DROPPED = re.compile(r"^(fc|head)\.|num_batches_tracked$")
@@ -63,6 +74,8 @@ def flat_from_torch(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   flat = {}
   for key, value in state_dict.items():
     key = re.sub(r"^(module\.)?(backbone\.)?", "", key)
+    # efficientnet_pytorch's private-attribute names (`_blocks.0._bn1`).
+    key = re.sub(r"(^|\.)_", r"\1", key)
     if _DROPPED.search(key):
       continue
     if hasattr(value, "detach"):  # A torch tensor; torch is not needed here.
@@ -90,9 +103,14 @@ def convert_torch(state_dict: Mapping[str, Any], arch: str,
   if arch not in TRUNKS:
     raise UserError(f"Unknown --arch={arch!r}; known: {', '.join(TRUNKS)}.")
   flat = flat_from_torch(state_dict)
+  trunk = TRUNKS[arch]()
+  framework = ("timm" if arch.startswith("vit") else "efficientnet_pytorch"
+               if arch in efficientnet.LITE_ARCHS else "torchvision")
   meta = {"arch": arch, "model": {}, "source": source,
-          "framework": "timm" if arch.startswith("vit") else "torchvision",
-          "preprocess": "torch"}
+          "framework": framework,
+          "preprocess": getattr(trunk, "preprocess", "torch")}
+  if arch in efficientnet.LITE_ARCHS:
+    meta["image_size"] = trunk.image_size
   if arch in vit.VIT_ARCHS:
     # The image size the position embedding was learned for.
     tokens = flat.get("pos_embed", np.zeros((1, 1, 0))).shape[1] - 1
@@ -104,7 +122,7 @@ def convert_torch(state_dict: Mapping[str, Any], arch: str,
           f"positions (shape {flat.get('pos_embed', np.zeros(0)).shape}), "
           f"not a square grid plus a CLS token; it is not a {arch} of timm's "
           f"layout. {HOW_TO_CONVERT}")
-  place(flat, target_shapes(TRUNKS[arch](), meta), source or "the state_dict")
+  place(flat, target_shapes(trunk, meta), source or "the state_dict")
   return flat, meta
 
 
@@ -142,9 +160,35 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any],
     np.savez(f, **arrays)
 
 
-def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-  """(flat arrays, meta) of a weights .npz."""
+def load_torch(path: str | os.PathLike) -> dict:
+  """A state_dict from a .pth (also DINO's and timm's wrapped checkpoints);
+  needs torch."""
   path = os.fspath(path)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  # optional
+  except ImportError:
+    raise UserError(f"Reading {path} needs PyTorch (`pip install "
+                    "torch`).") from None
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: no such file.")
+  try:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # torch's many kinds
+    raise UserError(f"{path} is not a readable torch file ({e}); it may be "
+                    "truncated.") from None
+  for key in ("state_dict", "model", "teacher"):
+    if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+      sd = sd[key]
+  if not isinstance(sd, dict):
+    raise UserError(f"{path} holds a {type(sd).__name__}, not a state_dict; "
+                    "save model.state_dict() instead.")
+  return sd
+
+
+def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+  """(flat arrays, meta) of a weights .npz, or of a packaged checkpoint's
+  name (models/packaged.py: `efficientnet_lite0`)."""
+  path = packaged.resolve(path)
   if not os.path.isfile(path):
     raise UserError(f"Weights file {path} does not exist. {HOW_TO_CONVERT}")
   try:
@@ -183,27 +227,30 @@ def _tuples(v):
 def place(flat: Mapping[str, np.ndarray], target: Mapping[str, Any],
           where: str) -> dict:
   """target's variables ({collection: tree} of arrays or shapes) with every
-  leaf taken from flat by its module path; the first missing or misshapen
-  tensor, or a tensor the target lacks, is a UserError naming both shapes."""
-  out, seen = {}, set()
+  leaf taken from flat by its module path; the first misshapen tensor (in
+  flat's order, the checkpoint's), else the first missing one, or a tensor
+  the target lacks, is a UserError naming both shapes."""
+  leaves = {}
   for collection, tree in target.items():
     for keys, leaf in jax.tree_util.tree_leaves_with_path(tree):
       names = [k.key for k in keys]
-      key = "/".join(names)
-      got = flat.get(key)
-      if got is None or got.shape != tuple(leaf.shape):
-        found = "is absent" if got is None else f"has shape {got.shape}"
-        raise UserError(
-            f"The weights in {where} do not fit the model: tensor {key!r} "
-            f"{found} where the model expects shape {tuple(leaf.shape)}. "
-            "The file holds another architecture, or it is truncated; "
-            f"convert the right one. {HOW_TO_CONVERT}")
-      seen.add(key)
-      node = out.setdefault(collection, {})
-      for name in names[:-1]:
-        node = node.setdefault(name, {})
-      node[names[-1]] = np.asarray(got, np.float32)
-  extra = sorted(set(flat) - seen)
+      leaves["/".join(names)] = (collection, names, tuple(leaf.shape))
+  # The checkpoint's order names the layer where two architectures part.
+  misshapen = [k for k in flat if k in leaves and flat[k].shape != leaves[k][2]]
+  for key in misshapen[:1] + [k for k in leaves if k not in flat][:1]:
+    found = (f"has shape {flat[key].shape}" if key in flat else "is absent")
+    raise UserError(
+        f"The weights in {where} do not fit the model: tensor {key!r} "
+        f"{found} where the model expects shape {leaves[key][2]}. "
+        "The file holds another architecture, or it is truncated; "
+        f"convert the right one. {HOW_TO_CONVERT}")
+  out = {}
+  for key, (collection, names, _) in leaves.items():
+    node = out.setdefault(collection, {})
+    for name in names[:-1]:
+      node = node.setdefault(name, {})
+    node[names[-1]] = np.asarray(flat[key], np.float32)
+  extra = sorted(set(flat) - set(leaves))
   if extra:
     raise UserError(
         f"The weights in {where} do not fit the model: tensor {extra[0]!r} "
@@ -220,15 +267,18 @@ def target_shapes(module: nn.Module, meta: Mapping[str, Any]) -> dict:
 
 
 def load_backbone(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-  """(module, variables) of a converted weights .npz, checked to fit.
+  """(module, variables) of a converted weights .npz (or a packaged
+  checkpoint's name, models/packaged.py), checked to fit.
 
-  For a trunk (resnet18, resnet50, vit_s16), `module.apply(variables, x,
-  train=False)` on NHWC float32 images normalised as torchvision expects
-  returns the pooled features (torchvision's output with fc = identity;
-  timm's num_classes=0 output). A VGG file gives models.VGG, called as
+  For a trunk (resnet18, resnet50, vit_s16, efficientnet_lite0),
+  `module.apply(variables, x, train=False)` on NHWC float32 images
+  normalised as the weights expect (`module.preprocess`, else torchvision's;
+  meta["preprocess"]) returns the pooled features (torchvision's output with
+  fc = identity; timm's num_classes=0 output; the input of
+  efficientnet_pytorch's `_fc`). A VGG file gives models.VGG, called as
   `module.apply(variables, x, capture=True)` for its taps.
   """
-  path = os.fspath(path)
+  path = packaged.resolve(path)
   flat, meta = read_npz(path)
   module = build(meta, path)
   return module, place(flat, target_shapes(module, meta), path)
