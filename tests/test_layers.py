@@ -28,6 +28,8 @@ LAYERS = (
         "artifact",  # The exported-model file format.
         "xla_routing",  # XLA:CPU compiler options per jitted function.
         "host_memory",  # glibc malloc settings for XLA:CPU's buffers.
+        "accelerators",  # TPU and GPU targets for deviceless compilation.
+        "hlo_costs",  # Flops and bytes of a compiled program.
     )),
     ("ops", ("ops",)),
     ("losses / data / models", (
@@ -42,10 +44,12 @@ LAYERS = (
         "train", "evaluate",
         "step",  # The training step.
         "cli",  # Flags and logging shared by every command line.
+        "aot",  # The training step compiled for other machines.
     )),
     ("search / export", (
         "embedder",  # Images -> embeddings, from a checkpoint or an artifact.
         "index", "export",
+        "onnx_export",  # The embedding net as an ONNX graph (jax2onnx).
     )),
     ("command lines and runners", ("search", "study", "study_plots", "__init__")),
 )

@@ -43,15 +43,18 @@ def cache_path(name: str) -> str:
   return os.path.join(root, "weights", f"{name}-{stem}.npz")
 
 
-def resolve(weights: str | os.PathLike) -> str:
+def resolve(weights: str | os.PathLike, convert) -> str:
   """weights itself, unless it names a PACKAGED checkpoint and is no file:
-  then the converted .npz in the cache, made on first use."""
+  then the converted .npz in the cache, made on first use by
+  convert(name, pth, out) (models/weights.py's conversion, passed in so
+  that this module stays below it)."""
   weights = os.fspath(weights)
   if weights not in PACKAGED or os.path.exists(weights):
     return weights
   out = cache_path(weights)
   if not os.path.isfile(out):
-    _convert(weights, checkpoint_file(weights, out), out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    convert(weights, checkpoint_file(weights, out), out)
   return out
 
 
@@ -78,12 +81,3 @@ def checkpoint_file(name: str, out: str) -> str:
         f"a .pth yourself with tools/convert_backbone.py --arch={name} and "
         f"pass weights=FILE.npz.")
   return path
-
-
-def _convert(name: str, pth: str, out: str) -> None:
-  # Late: models.weights reads packaged names through this module.
-  from metricjax.models import weights  # pylint: disable=g-import-not-at-top
-  flat, meta = weights.convert_torch(weights.load_torch(pth), name,
-                                     source=os.path.basename(pth))
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  weights.save_npz(out, flat, meta)

@@ -188,7 +188,7 @@ def load_torch(path: str | os.PathLike) -> dict:
 def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
   """(flat arrays, meta) of a weights .npz, or of a packaged checkpoint's
   name (models/packaged.py: `efficientnet_lite0`)."""
-  path = packaged.resolve(path)
+  path = packaged.resolve(path, _convert_packaged)
   if not os.path.isfile(path):
     raise UserError(f"Weights file {path} does not exist. {HOW_TO_CONVERT}")
   try:
@@ -278,7 +278,7 @@ def load_backbone(path: str | os.PathLike) -> tuple[nn.Module, dict]:
   efficientnet_pytorch's `_fc`). A VGG file gives models.VGG, called as
   `module.apply(variables, x, capture=True)` for its taps.
   """
-  path = packaged.resolve(path)
+  path = packaged.resolve(path, _convert_packaged)
   flat, meta = read_npz(path)
   module = build(meta, path)
   return module, place(flat, target_shapes(module, meta), path)
@@ -300,3 +300,10 @@ def load_pretrained(model: nn.Module, variables: Mapping[str, Any]) -> dict:
   loaded = place(flat, target, weights)
   return {c: (dict(tree, trunk=loaded[c]) if c in loaded else tree)
           for c, tree in variables.items()}
+
+
+def _convert_packaged(name: str, pth: str, out: str) -> None:
+  """A packaged checkpoint (models/packaged.py) -> its .npz at out."""
+  flat, meta = convert_torch(load_torch(pth), name,
+                             source=os.path.basename(pth))
+  save_npz(out, flat, meta)

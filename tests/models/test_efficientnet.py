@@ -120,8 +120,8 @@ def test_load_backbone_is_the_converted_checkpoint(reference, loaded,
   jax.tree.map(np.testing.assert_array_equal, variables, want)
   # Later loads read the cache: neither the package nor torch is needed.
   monkeypatch.setenv("METRICJAX_CACHE_DIR", str(cache))
-  monkeypatch.setattr(packaged, "_convert", None)
-  assert packaged.resolve("efficientnet_lite0") == packaged.cache_path(
+  monkeypatch.setattr(weights, "_convert_packaged", None)
+  assert packaged.resolve("efficientnet_lite0", None) == packaged.cache_path(
       "efficientnet_lite0")
   models.load_backbone("efficientnet_lite0")
 
