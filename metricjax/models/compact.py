@@ -109,9 +109,7 @@ class CompactNet(nn.Module):
       x = act(norm(name=f"conv{i}_bn")(x))
       if i < len(plan) - 1:
         # "SAME" keeps the border row of odd sizes (28 -> 14 -> 7 -> 4).
-        # Keywords: jax2onnx (--format=onnx) swaps in a keyword-only pool.
-        x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2),
-                        padding="SAME")
+        x = ops.max_pool_2x2(x, "SAME")
 
     # The head runs in float32: it is tiny and feeds the losses.
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metricjax.errors import UserError
+from metricjax.ops.pooling import max_pool_2x2
 from metricjax.ops.similarity import l2_normalize
 
 # Output channels of the convs of each block.
@@ -140,7 +141,7 @@ class VGG(nn.Module):
         x = nn.relu(nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)),
                             dtype=self.dtype, name=name)(x))
         acts[name] = x
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x, "VALID")
     fc_names = self.fc_names
     if fc_names:
       x = adaptive_avg_pool(x, self.pool_size)
