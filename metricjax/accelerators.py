@@ -33,7 +33,7 @@ GPU_SPECS_DIR = os.path.join(os.path.dirname(__file__), "gpu_specs")
 #   PFLOP/s dense, 180 GB HBM3e, 8 TB/s).
 # Memory: TPU, the datasheet's HBM in GiB; GPU, the device_memory_size of
 # the spec file (what the device reports). jax on a GPU preallocates 75% of
-# it by default (XLA_PYTHON_CLIENT_MEM_FRACTION).
+# it by default (XLA_PYTHON_CLIENT_MEM_FRACTION; Target.usable_bytes).
 # float32: XLA's default matmul and convolution precision runs float32 on
 # TPU as one bfloat16 pass and on Ampere and later GPUs as TF32, so the
 # float32 peak is the bfloat16 peak on TPU and the TF32 peak on GPU.
@@ -50,6 +50,14 @@ class Target:
   peak_flops: dict  # compute dtype -> FLOP/s per device.
   bandwidth: float  # HBM bytes/s per device.
   spec_file: str = ""  # GPU: GpuTargetConfigProto in GPU_SPECS_DIR.
+
+  @property
+  def usable_bytes(self) -> int:
+    """What a jax program may use: all of a TPU's HBM; on a GPU the 75%
+    that jax preallocates by default (XLA_PYTHON_CLIENT_MEM_FRACTION), which
+    is also the limit XLA's GPU compiler rematerialises down to."""
+    return self.memory_bytes if self.platform == "tpu" else int(
+        0.75 * self.memory_bytes)
 
   @property
   def num_devices(self) -> int:

@@ -11,7 +11,7 @@ steps a call, the state donated, sharded over all of the target's devices),
 and the evaluation step the one `metricjax.evaluate` runs, from shapes alone
 (tasks/shapes.py). Per target it reports, per device: argument, output,
 aliased (donated) and temporary bytes and their peak; whether that fits the
-device's memory; flops and bytes accessed per training step (the target
+device's memory (a GPU's: the 75% jax preallocates); flops and bytes accessed per training step (the target
 compiler's cost analysis; on GPU with cuDNN / cuBLAS calls counted from
 their shapes, metricjax/hlo_costs.py); `bound_seconds` = max(flops / peak
 compute, bytes / bandwidth), a lower bound on the step time, and the
@@ -169,8 +169,8 @@ def compile_config(config, target: accelerators.Target) -> dict:
       device_kind=mesh.devices.flat[0].device_kind,
       global_batch=task.examples_per_step, steps_per_call=k,
       compute_dtype=config.compute_dtype, **memory(compiled),
-      memory_bytes=target.memory_bytes)
-  report["fits"] = report["peak_bytes"] <= target.memory_bytes
+      memory_bytes=target.memory_bytes, usable_bytes=target.usable_bytes)
+  report["fits"] = report["peak_bytes"] <= target.usable_bytes
   report.update(
       flops=flops, bytes_accessed=nbytes, flops_source=costs["flops_source"],
       bound_seconds=bound, bound_by="compute" if flops / peak >= nbytes /
@@ -181,7 +181,8 @@ def compile_config(config, target: accelerators.Target) -> dict:
     report["library_flops"] = costs["library_flops"] / k
   embed = compile_embed_step(config, mesh, task, state)
   report["embed"] = dict(batch=config.eval.batch_size, **memory(embed))
-  report["embed"]["fits"] = report["embed"]["peak_bytes"] <= target.memory_bytes
+  report["embed"]["fits"] = (report["embed"]["peak_bytes"]
+                             <= target.usable_bytes)
   return report
 
 
@@ -240,7 +241,7 @@ def max_batch(config, target: accelerators.Target, *, limit: int = 1 << 16
     low = 2
     per_unit = peaks[2][1] - peaks[1][1]
     guess = (top if per_unit <= 0 else
-             2 + int((target.memory_bytes - peaks[2][1]) // per_unit))
+             2 + int((target.usable_bytes - peaks[2][1]) // per_unit))
     guess = max(2, min(guess, top))
     if fits(guess):
       low = guess
@@ -273,7 +274,8 @@ def format_report(r: dict) -> str:
       f"{r['global_batch']}, {r['compute_dtype']}:\n"
       f"  per device: arguments {gib(r['argument_bytes'])}, temporaries "
       f"{gib(r['temp_bytes'])}, peak {gib(r['peak_bytes'])} of "
-      f"{gib(r['memory_bytes'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}\n"
+      f"{gib(r['usable_bytes'])} usable ({gib(r['memory_bytes'])} on the "
+      f"device): {'fits' if r['fits'] else 'DOES NOT FIT'}\n"
       f"  per step and device: {r['flops'] / 1e12:.3f} TFLOP, "
       f"{r['bytes_accessed'] / 1e9:.2f} GB accessed ({r['flops_source']})\n"
       f"  lower bound on the step time: {r['bound_seconds'] * 1e3:.3f} ms "

@@ -60,7 +60,8 @@ def test_quickstart_fits_one_h100_and_allocates_nothing():
   report = aot.compile_config(quickstart(), accelerators.get("h100"))
   assert report["fits"] and report["embed"]["fits"]
   assert report["devices"] == 1 and "H100" in report["device_kind"]
-  assert 0 < report["peak_bytes"] < report["memory_bytes"]
+  assert 0 < report["peak_bytes"] < report["usable_bytes"]
+  assert report["usable_bytes"] == int(0.75 * report["memory_bytes"])
   # Convolutions are cuDNN calls the generic analysis cannot count.
   assert 0 < report["library_flops"] < report["flops"]
   assert report["bound_seconds"] > 0
@@ -78,11 +79,9 @@ def test_eight_h100s_reduce_gradients_inside_the_step():
   text = compiled.as_text()
   assert "all-reduce" in text
   assert not [t for t in _HOST_TRANSFERS if t in text]
-  # Each device embeds its eighth of the batch.
-  one = aot.compile_config(config, accelerators.get("h100"))
-  eight = aot.compile_config(config, accelerators.get("h100:8"))
-  assert eight["flops"] < one["flops"] / 4
+  # Each device embeds its eighth of the global batch.
   assert task.examples_per_step == 256
+  assert "[32,28,28," in text and "[256,28,28," not in text
 
 
 @needs_gpu
@@ -119,7 +118,7 @@ def test_a_config_that_does_not_fit_is_a_result():
 @needs_gpu
 def test_max_batch_bisects_to_the_edge_of_memory():
   small = dataclasses.replace(accelerators.get("h100"),
-                              memory_bytes=160 * 2**20)
+                              memory_bytes=400 * 2**20)
   found = aot.max_batch(quickstart(), small, limit=8192)
   best = found["max_global_batch"]
   # Multiples of the config's 8 classes x 32 images: 8 x 32m.
@@ -163,7 +162,7 @@ def test_cli_writes_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--target=h200",), "Unknown target 'h200'"),
+    (("--target=h300",), "Unknown target 'h300'"),
     (("--target=h100:8", "--config.batch_size=100"), "does not split evenly"),
     (("--target=h100", "--config.dataset=idx:/nowhere"),
      "compiling without the data"),
