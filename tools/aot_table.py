@@ -45,6 +45,8 @@ flags.DEFINE_string("max_batch", "", "ROW@TARGET pairs to find the largest "
                     "global batch of (bfloat16).")
 flags.DEFINE_string("out", "tools/results/aot_gpu.json", "Results file.")
 flags.DEFINE_bool("render", False, "Only print the table of --out.")
+flags.DEFINE_string("compare", None, "With --render: the before/after table "
+                    "of the rows this earlier results file shares with --out.")
 FLAGS = flags.FLAGS
 
 
@@ -96,14 +98,39 @@ def render(results: dict) -> str:
   return "\n".join(lines)
 
 
+def render_comparison(before: dict, after: dict) -> str:
+  """before -> after (change) of each row both files hold."""
+  change = lambda a, b, f=".1f": f"{a:{f}} -> {b:{f}} ({(b - a) / a:+.0%})"
+  lines = ["| config | dtype | target | temp MiB | peak MiB | GB accessed | "
+           "bound ms |", "|---|---|---|---|---|---|---|"]
+  for key in sorted(set(before) & set(after)):
+    if key.endswith("|max_batch"):
+      continue
+    b, a = before[key], after[key]
+    row, dtype, target = key.split("|")
+    lines.append(
+        f"| {row} | {dtype} | {target} | "
+        f"{change(b['temp_bytes'] / 2**20, a['temp_bytes'] / 2**20)} | "
+        f"{change(b['peak_bytes'] / 2**20, a['peak_bytes'] / 2**20)} | "
+        f"{change(b['bytes_accessed'] / 1e9, a['bytes_accessed'] / 1e9, '.3f')}"
+        f" | {change(b['bound_seconds'] * 1e3, a['bound_seconds'] * 1e3, '.3f')}"
+        " |")
+  return "\n".join(lines)
+
+
+def _read(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def main(argv):
   del argv
-  results = {}
-  if os.path.exists(FLAGS.out):
-    with open(FLAGS.out) as f:
-      results = json.load(f)
+  results = _read(FLAGS.out)
   if FLAGS.render:
-    print(render(results))
+    print(render_comparison(_read(FLAGS.compare), results) if FLAGS.compare
+          else render(results))
     return
 
   def save():
