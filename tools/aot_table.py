@@ -82,7 +82,7 @@ def render(results: dict) -> str:
     r = results[key]
     row, dtype, target = key.split("|")
     lines.append(
-        f"| {row} | {dtype[:4] if dtype == 'bfloat16' else 'f32'} | {target} "
+        f"| {row} | {'bf16' if dtype == 'bfloat16' else 'f32'} | {target} "
         f"| {r['global_batch']} | {gib(r['peak_bytes'])} | "
         f"{'yes' if r['fits'] else '**no**'} | {r['flops'] / 1e12:.3f} | "
         f"{r['bytes_accessed'] / 1e9:.2f} | {r['bound_seconds'] * 1e3:.2f} | "
