@@ -155,10 +155,13 @@ def compile_config(config, target: accelerators.Target) -> dict:
   start = time.perf_counter()
   try:
     compiled, task, state, k = compile_train_step(config, mesh)
-  except UserError:
+  except jax.errors.JaxRuntimeError as e:
+    if "ptxas" in str(e).lower():
+      raise UserError(
+          f"Compiling for {target.name} failed in ptxas: "
+          f"{errors.one_line(e, 600)}. `pip install -e '.[aot]'` installs "
+          "a ptxas that matches jax's CUDA plugin.") from e
     raise
-  except Exception as e:
-    _raise_compile_error(e, target)
   seconds = time.perf_counter() - start
   costs = hlo_costs.program_costs(compiled, target.platform)
   flops, nbytes = costs["flops"] / k, costs["bytes_accessed"] / k
@@ -184,15 +187,6 @@ def compile_config(config, target: accelerators.Target) -> dict:
   report["embed"]["fits"] = (report["embed"]["peak_bytes"]
                              <= target.usable_bytes)
   return report
-
-
-def _raise_compile_error(e: Exception, target):
-  text = errors.one_line(e, 600)
-  if "ptxas" in text.lower():
-    raise UserError(f"Compiling for {target.name} failed in ptxas: {text}. "
-                    "`pip install -e '.[aot]'` installs a ptxas that matches "
-                    "jax's CUDA plugin.") from e
-  raise e
 
 
 def with_batch(config, multiple: int):
