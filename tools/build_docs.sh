@@ -4,4 +4,5 @@
 # nothing: the packages are the `docs` extra (pip install -e '.[docs]').
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export NO_MKDOCS_2_WARNING=1  # Material's banner about its successor.
 exec mkdocs build --strict --site-dir build/site "$@"
