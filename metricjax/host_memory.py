@@ -8,8 +8,8 @@ same way, from the runtime's worker threads. glibc's malloc serves blocks
 that large from the threads' own arenas with mmap and returns them with
 munmap, so every call the kernel maps, faults in and zeroes them again:
 91,700 minor page faults and about 0.2 s of system time per call of a
-0.4-0.5 s step on the 2-core AMD EPYC of tools/README.md ("Per-call cost
-(issue 19)"). That is most of the per-call cost of `config.steps_per_call`:
+0.4-0.5 s step on the 2-core AMD EPYC of tools/results/percall.md. That
+is most of the per-call cost of `config.steps_per_call`:
 a call of 8 unrolled steps holds a buffer 5x, not 8x, as large, so it
 faulted 57,700 pages per step against 91,600 and spent 0.12 s of system
 time per step against 0.23-0.47 s.
@@ -22,7 +22,7 @@ hold a few of them and some calls still fault: 60-step runs of the
 quickstart's command went from 5.67 million minor faults and 14-15 s of
 system time to 0.41-0.58 million and 1.5-1.9 s, and from 83-209 to
 237-294 images/s; with five large programs alive in one process the step
-still faulted at the median (tools/README.md). The price is a larger
+still faulted at the median (tools/results/percall.md). The price is a larger
 resident heap (peak RSS 1.8-2.5 GB against 1.13 GB in those runs), kept
 until the process exits. Only the command lines call it (`--keep_freed_memory`,
 metricjax/cli.py); a program that uses the library can call it itself,

@@ -1,9 +1,9 @@
 r"""The search command line: build an index file, query it with images.
 
-  python -m metricjax.search build --workdir=DIR [--step=N] \
-      --dataset=SPEC --split=S --out=INDEX.npz
-  python -m metricjax.search query --index=INDEX.npz \
-      (--image=PATH | --images=DIR) [--k=10] [--json] [--model=M.jaxexport]
+    python -m metricjax.search build --workdir=DIR [--step=N] \
+        --dataset=SPEC --split=S --out=INDEX.npz
+    python -m metricjax.search query --index=INDEX.npz \
+        (--image=PATH | --images=DIR) [--k=10] [--json] [--model=M.jaxexport]
 
 The pieces, for use from Python, are importable from here too: `knn`
 (metricjax/ops/knn.py, exact: float32 scores at Precision.HIGHEST, ties to

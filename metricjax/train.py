@@ -8,7 +8,7 @@ gives the same result as an uninterrupted run: every step's randomness is
 derived from (seed, step). The loop is task-agnostic: what is trained on what
 comes from metricjax/tasks/ (config.task).
 
-Failures (README, "Resuming and failures"): SIGTERM, what schedulers send
+Failures (docs/training.md, "Resuming and failures"): SIGTERM, what schedulers send
 before preempting a machine, makes the run checkpoint the step it is at and
 exit with PREEMPTED_EXIT_CODE; the same command then resumes. A NaN or
 infinite loss or gradient stops the run before any checkpoint of the bad

@@ -31,7 +31,7 @@ averages (os.getloadavg) are printed before and after each shape. Peak memory of
 memory_analysis() temp + output bytes (inputs excluded); for PyTorch, the
 high-water mark of the CPU allocator's allocations during one call, summed
 from torch.profiler's memory events (profile_memory=True), inputs excluded.
-Results for this repository's machine are in tools/README.md.
+Results for this repository's machine are in tools/results/involution.md.
 """
 
 import contextlib

@@ -4,15 +4,15 @@ Each reader returns a lazy PhotoDataset with the field's class-disjoint
 split (the one of "A Metric Learning Reality Check" and of the papers it
 surveys): the first half of the classes trains, the second half tests.
 
-  cub      CUB_200_2011/{images.txt, image_class_labels.txt, classes.txt,
-           images/, bounding_boxes.txt}; classes 1-100 train, 101-200 test
-  cars196  cars196/{cars_annos.mat, car_ims/}; classes 1-98 / 99-196
-  sop      Stanford_Online_Products/{Ebay_train.txt, Ebay_test.txt}
-           (image_id class_id super_class_id path); the files' own split
-  inshop   inshop/{list_eval_partition.txt, img/} (image_name item_id
-           evaluation_status); train, and test = query + gallery
-  csv:FILE path,label,split [,is_query,is_gallery] [,x1,y1,x2,y2]; paths
-           relative to the CSV's directory
+    cub      CUB_200_2011/{images.txt, image_class_labels.txt, classes.txt,
+             images/, bounding_boxes.txt}; classes 1-100 train, 101-200 test
+    cars196  cars196/{cars_annos.mat, car_ims/}; classes 1-98 / 99-196
+    sop      Stanford_Online_Products/{Ebay_train.txt, Ebay_test.txt}
+             (image_id class_id super_class_id path); the files' own split
+    inshop   inshop/{list_eval_partition.txt, img/} (image_name item_id
+             evaluation_status); train, and test = query + gallery
+    csv:FILE path,label,split [,is_query,is_gallery] [,x1,y1,x2,y2]; paths
+             relative to the CSV's directory
 
 Labels count from 0 within each split, in class id order.
 """

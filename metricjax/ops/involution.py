@@ -8,7 +8,7 @@ over (dy, dx) and group g owning the contiguous channels
 `involution` has a hand-written backward pass (`jax.custom_vjp`, reverse
 mode only): like the forward, it is K*K shifted multiply-adds that XLA fuses
 into a few loops, with no K*K-fold patch tensor and no per-tap temporaries.
-See tools/README.md for how the formulation was chosen and its speed.
+See tools/results/involution.md for how the formulation was chosen and its speed.
 """
 
 import functools

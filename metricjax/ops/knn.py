@@ -21,7 +21,7 @@ from metricjax.ops.similarity import l2_normalize
 
 METRICS = topk.METRICS
 # Score block held at once: 512 x 8192 float32 is 16 MiB. On the 2-core CPU
-# of tools/README.md, with 2,000 queries and 200k references, blocks from
+# of tools/results/search.md, with 2,000 queries and 200k references, blocks from
 # 256 x 16384 to 1000 x 8192 took within 15% of the same time, and 2000 x
 # 2048 up to 1.5x longer; this one was among the fastest at 64 and 128 dims.
 QUERY_CHUNK = 512
@@ -37,7 +37,7 @@ MAX_BLOCK_ELEMENTS = 2**24
 # always takes whole rows of references, with fewer queries to stay within
 # MAX_BLOCK_ELEMENTS: one top_k per query instead of a top_k per reference
 # chunk and a merge of 2k candidates each time. At 100k x 64, k = 1000 on
-# the 2-core EPYC of tools/README.md, 1,024 queries took 6.5 s in chunks of
+# the 2-core EPYC of tools/results/search.md, 1,024 queries took 6.5 s in chunks of
 # 512 x 8192 and 1.2-1.4 s in whole rows of 64 queries.
 LARGE_K = 64
 

@@ -11,7 +11,7 @@ is found in two steps: the max of every run of `block` scores, the top k of
 those maxima, then the top k of the k winning runs. The best k scores lie
 in the k runs with the best maxima (each of those runs holds a score at
 least as good), so this is exact, and it replaces a top_k over ref_chunk
-scores per query (2x slower in total on XLA:CPU, tools/README.md) with a
+scores per query (2x slower in total on XLA:CPU, tools/results/search.md) with a
 vectorised max and two small top_ks.
 """
 
