@@ -1,5 +1,5 @@
 r"""Every shipped config compiled for TPU and GPU targets: the planning table
-of tools/README.md ("Accelerators"), from metricjax.aot.
+of docs/accelerators.md, from metricjax.aot.
 
   python tools/aot_table.py [--targets=v5e:1,v5e:8,h100,h100:8] \
       [--rows=hybrid1,resnet50] [--dtypes=bfloat16,float32] \

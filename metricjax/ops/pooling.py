@@ -5,7 +5,7 @@ gradient is an elementwise select where max_pool's is XLA's
 select-and-scatter, which the GPU compiler rewrites into a variadic
 reduce-window carrying three int32 index arrays beside a float32 copy of
 the values (whatever the compute dtype), and which XLA:CPU runs as a slow
-scatter. Measured (tools/README.md, "Accelerators"): the hybrid1 step on
+scatter. Measured (docs/accelerators.md): the hybrid1 step on
 an H100, deviceless, 29% less temporary memory and 20% fewer bytes; on the
 CPU 1.4x faster. Ties share the gradient equally instead of giving it to
 the first maximum: the same subgradient wherever the maximum is unique.
