@@ -203,16 +203,20 @@ def with_batch(config, multiple: int):
   return config
 
 
-def max_batch(config, target: accelerators.Target, *, limit: int = 1 << 16
-              ) -> dict:
+def max_batch(config, target: accelerators.Target, *, limit: int = 1 << 16,
+              known: dict | None = None) -> dict:
   """The largest global batch, a multiple m of config's batch unit (below),
   that fits target, at most `limit`. Peak memory grows about linearly with
   the batch: two compiles (m = 1, 2) predict the edge, compiles on either
-  side of it confirm it, and bisection (or doubling) settles a miss."""
+  side of it confirm it, and bisection (or doubling) settles a miss.
+  known: compile_config's report of config itself when it was already
+  compiled for target (a batch the devices divide): not compiled again."""
   unit = config.batch_size * target.num_devices // math.gcd(
       config.batch_size, target.num_devices)
   scale = unit // config.batch_size  # Config batches per unit.
   peaks, compiles = {}, 0
+  if known is not None and scale == 1:
+    peaks[1] = (known["fits"] and known["embed"]["fits"], known["peak_bytes"])
 
   def fits(m: int) -> bool:
     nonlocal compiles

@@ -156,7 +156,8 @@ def main(argv):
     key = _key(row, "bfloat16", target) + "|max_batch"
     if key in results:
       continue
-    found = aot.max_batch(_config(row, "bfloat16"), accelerators.get(target))
+    found = aot.max_batch(_config(row, "bfloat16"), accelerators.get(target),
+                          known=results.get(_key(row, "bfloat16", target)))
     results[key] = dict(found, machine=_machine())
     save()
   print(render(results))
