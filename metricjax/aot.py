@@ -119,12 +119,18 @@ _NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 
 
 def _compile(lowered):
+  # jax's persistent cache would store these executables but cannot load
+  # an executable for devices it has no client of: it is left out.
+  cached = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
   try:
     return lowered.compile()
-  except Exception as e:  # pylint: disable=broad-except
+  except jax.errors.JaxRuntimeError as e:
     if _TRITON_GEMM_FAILURE not in str(e):
       raise
     return lowered.compile(compiler_options=_NO_TRITON_GEMM)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cached)
 
 
 def compile_embed_step(config, mesh, task, state):
