@@ -1,5 +1,5 @@
-"""ops.max_pool_2x2 against flax's max_pool: values, and gradients wherever
-the maximum of each window is unique."""
+"""ops.max_pool_2x2 against flax's max_pool: values and gradients, ties
+included."""
 
 import flax.linen as nn
 import jax
@@ -23,10 +23,17 @@ def test_same_values_and_gradients_as_flax(shape, padding):
   np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(flax_)(x))
 
 
-def test_ties_share_the_gradient():
-  x = jnp.zeros((1, 2, 2, 1))
-  np.testing.assert_array_equal(
-      jax.grad(lambda x: ops.max_pool_2x2(x).sum())(x), jnp.full(x.shape, 0.25))
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_ties_go_to_the_first_maximum_as_in_flax(padding, dtype):
+  # Three levels: most windows hold ties, as flat backgrounds do.
+  x = jax.random.randint(jax.random.key(2), (2, 9, 7, 3), 0, 3).astype(dtype)
+  weights = jax.random.normal(jax.random.key(3), ops.max_pool_2x2(
+      x, padding).shape).astype(dtype)
+  ours = jax.grad(lambda x: jnp.sum(ops.max_pool_2x2(x, padding) * weights))
+  theirs = jax.grad(lambda x: jnp.sum(
+      nn.max_pool(x, (2, 2), (2, 2), padding) * weights))
+  np.testing.assert_array_equal(ours(x), theirs(x))
 
 
 def test_no_select_and_scatter_in_the_gradient():
