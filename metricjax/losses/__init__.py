@@ -8,6 +8,10 @@ batch; "triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`;
 caption task). Configs select it with `config.loss.name` and pass
 `config.loss.kwargs`.
 
+`build` (compose.py) composes the pair and triplet losses with a distance
+(distances.py), a miner (miners.py) and a reducer (reducers.py), as
+pytorch-metric-learning does: `build("contrastive", miner="multi_similarity")`.
+
 A loss with learnable parameters (proxies, class weights, margins) takes
 them as keyword arrays, in pytorch-metric-learning's layout, and registers
 an `init(rng, *, num_classes, embedding_dim, **hyperparameters)` returning
@@ -20,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 from metricjax.errors import UserError
 from metricjax.losses.classification import softmax_cross_entropy
 from metricjax.losses.circle import circle_loss
+from metricjax.losses.compose import build
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
 from metricjax.losses.fastap import fastap_loss

@@ -1,0 +1,200 @@
+"""Miners: which pairs or triplets of a batch a loss sees, as pytorch-metric-
+learning's miners choose them, in fixed shapes.
+
+PML's miners return variable-length index tuples; under jit every shape is
+fixed, so a miner here returns masks over the (N, M) anchor-reference pairs:
+- `Pairs(pos, neg)`: the mined positive and negative pairs, PML's
+  (a1, p, a2, n);
+- `Triplets(pos, neg, mat, ...)`: PML's (a, p, n), as every (a, p, n) with
+  pos[a, p] and neg[a, n] and, when `mat` is set, low < gap <= high where
+  gap is how much farther n is from a than p in the miner's distance. That
+  describes every PML triplet miner's output in O(N M) memory; a triplet loss
+  walks it anchor by anchor, never forming the (N, M, M) tensor.
+
+A miner is `fn(mat, pos, neg, distance, **kwargs)` on its own distance's
+(N, M) matrix (no gradient: PML mines under no_grad) and the batch's label
+masks (padding already out). To add one: the function and one REGISTRY line.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from metricjax.losses import distances as distances_lib
+from metricjax.losses.distances import Distance
+
+INF = float("inf")
+
+
+class Pairs(NamedTuple):
+  pos: jax.Array  # (N, M) bool
+  neg: jax.Array  # (N, M) bool
+
+
+class Triplets(NamedTuple):
+  pos: jax.Array  # (N, M) bool: candidate positives per anchor
+  neg: jax.Array  # (N, M) bool: candidate negatives per anchor
+  mat: jax.Array | None = None  # the miner's (N, M) matrix; None: no window
+  is_inverted: bool = False
+  low: float = -INF  # exclusive
+  high: float = INF  # inclusive
+
+
+def gap(t: Triplets, a_to_p: jax.Array, a_to_n: jax.Array) -> jax.Array:
+  """How much farther n is than p, as TripletMarginMiner writes it."""
+  return a_to_p - a_to_n if t.is_inverted else a_to_n - a_to_p
+
+
+def anchor_window(t: Triplets, row: jax.Array) -> jax.Array:
+  """(M, M) bool [p, n]: the window of one anchor's row of t.mat."""
+  g = gap(t, row[:, None], row[None, :])
+  keep = jnp.ones(g.shape, bool)
+  if t.low > -INF:
+    keep &= g > t.low
+  if t.high < INF:
+    keep &= g <= t.high
+  return keep
+
+
+def pair_counts(mined: Pairs | Triplets) -> tuple[jax.Array, jax.Array]:
+  """How often each pair occurs in the mined tuples, as PML's
+  convert_to_pairs lists them: a triplet (a, p, n) lists (a, p) and (a, n)."""
+  if isinstance(mined, Pairs):
+    return mined.pos.astype(jnp.float32), mined.neg.astype(jnp.float32)
+  pos, neg = mined.pos, mined.neg
+  if mined.mat is None:
+    num_pos = jnp.sum(pos, axis=1, keepdims=True)
+    num_neg = jnp.sum(neg, axis=1, keepdims=True)
+    return ((pos * num_neg).astype(jnp.float32),
+            (neg * num_pos).astype(jnp.float32))
+
+  def one_anchor(args):
+    p, n, row = args
+    valid = p[:, None] & n[None, :] & anchor_window(mined, row)
+    return jnp.sum(valid, axis=1), jnp.sum(valid, axis=0)
+  pos_count, neg_count = jax.lax.map(one_anchor, (pos, neg, mined.mat))
+  return pos_count.astype(jnp.float32), neg_count.astype(jnp.float32)
+
+
+def as_triplets(mined: Pairs | Triplets) -> Triplets:
+  """PML's convert_to_triplets: pairs sharing an anchor make its triplets."""
+  return mined if isinstance(mined, Triplets) else Triplets(mined.pos,
+                                                            mined.neg)
+
+
+def multi_similarity(mat, pos, neg, distance: Distance, *,
+                     epsilon: float = 0.1) -> Pairs:
+  """MultiSimilarityMiner: positives less close than the anchor's closest
+  negative (+ epsilon), negatives closer than its farthest positive."""
+  if distance.is_inverted:
+    hardest_neg = jnp.max(jnp.where(neg, mat, -INF), axis=1, keepdims=True)
+    easiest_pos = jnp.min(jnp.where(pos, mat, INF), axis=1, keepdims=True)
+    # Written as PML writes them, so float32 rounding at the edge agrees.
+    return Pairs(pos & (mat - epsilon < hardest_neg),
+                 neg & (mat + epsilon > easiest_pos))
+  hardest_neg = jnp.min(jnp.where(neg, mat, INF), axis=1, keepdims=True)
+  easiest_pos = jnp.max(jnp.where(pos, mat, -INF), axis=1, keepdims=True)
+  return Pairs(pos & (mat + epsilon > hardest_neg),
+               neg & (mat - epsilon < easiest_pos))
+
+
+def pair_margin(mat, pos, neg, distance: Distance, *, pos_margin: float = 0.2,
+                neg_margin: float = 0.8) -> Pairs:
+  """PairMarginMiner: positives beyond pos_margin, negatives within
+  neg_margin."""
+  if distance.is_inverted:
+    return Pairs(pos & (mat < pos_margin), neg & (mat > neg_margin))
+  return Pairs(pos & (mat > pos_margin), neg & (mat < neg_margin))
+
+
+def triplet_margin(mat, pos, neg, distance: Distance, *, margin: float = 0.2,
+                   type_of_triplets: str = "all") -> Triplets:
+  """TripletMarginMiner: triplets by their gap d(a,n) - d(a,p) vs margin."""
+  windows = {"all": (-INF, margin), "hard": (-INF, min(margin, 0.0)),
+             "semihard": (0.0, margin), "easy": (margin, INF)}
+  if type_of_triplets not in windows:
+    raise ValueError(f"type_of_triplets {type_of_triplets!r}")
+  low, high = windows[type_of_triplets]
+  return Triplets(pos, neg, mat, distance.is_inverted, low, high)
+
+
+_STRATEGIES = ("hard", "semihard", "easy", "all")
+
+
+def _pick(mat, keep, take_max, threshold=None, val_range=None):
+  """Per row the max (or min) of mat over keep: (one-hot (N, M), value,
+  any), as BatchEasyHardMiner's get_x_per_row. threshold: semi-hard, only
+  entries strictly beyond it (below it for max)."""
+  if threshold is not None:
+    keep &= (mat < threshold) if take_max else (mat > threshold)
+  if val_range is not None:
+    keep &= (mat <= val_range[1]) & (mat >= val_range[0])
+  masked = jnp.where(keep, mat, -INF if take_max else INF)
+  idx = jnp.argmax(masked, axis=1) if take_max else jnp.argmin(masked, axis=1)
+  found = jnp.any(keep, axis=1)
+  value = jnp.take_along_axis(masked, idx[:, None], axis=1)
+  one_hot = (jnp.arange(mat.shape[1])[None, :] == idx[:, None]) & found[:, None]
+  return one_hot, value, found
+
+
+def batch_easy_hard(mat, pos, neg, distance: Distance, *,
+                    pos_strategy: str = "easy", neg_strategy: str = "semihard",
+                    allowed_pos_range=None, allowed_neg_range=None) -> Pairs:
+  """BatchEasyHardMiner: per anchor one positive and one negative (or all of
+  a side with "all"); "semihard" picks relative to the other side's pick."""
+  if pos_strategy not in _STRATEGIES or neg_strategy not in _STRATEGIES:
+    raise ValueError(f"strategies must be one of {', '.join(_STRATEGIES)}")
+  if pos_strategy == neg_strategy == "semihard" or (
+      "all" in (pos_strategy, neg_strategy)
+      and "semihard" in (pos_strategy, neg_strategy)):
+    raise ValueError("semihard cannot be combined with semihard or all")
+  inv = distance.is_inverted
+  # Farthest positive for hard/semihard, closest for easy (PML's max/min
+  # per row, flipped for a similarity); the negative side the other way.
+  pos_max = (pos_strategy in ("hard", "semihard")) != inv
+  neg_max = (neg_strategy == "easy") != inv
+
+  def pick_pos(threshold=None):
+    return _pick(mat, pos, pos_max, threshold, allowed_pos_range)
+
+  def pick_neg(threshold=None):
+    return _pick(mat, neg, neg_max, threshold, allowed_neg_range)
+  if pos_strategy == "semihard" and neg_strategy != "all":
+    n_hot, n_val, n_found = pick_neg()
+    p_hot, _, p_found = pick_pos(n_val)
+  elif neg_strategy == "semihard" and pos_strategy != "all":
+    p_hot, p_val, p_found = pick_pos()
+    n_hot, _, n_found = pick_neg(p_val)
+  else:
+    if pos_strategy != "all":
+      p_hot, _, p_found = pick_pos()
+    if neg_strategy != "all":
+      n_hot, _, n_found = pick_neg()
+  if "all" not in (pos_strategy, neg_strategy):
+    both = (p_found & n_found)[:, None]
+    return Pairs(p_hot & both, n_hot & both)
+  return Pairs(pos if pos_strategy == "all" else p_hot,
+               neg if neg_strategy == "all" else n_hot)
+
+
+def batch_hard(mat, pos, neg, distance: Distance) -> Triplets:
+  """BatchHardMiner: per anchor its farthest positive and closest negative,
+  anchors lacking either dropped; one triplet per kept anchor."""
+  p = batch_easy_hard(mat, pos, neg, distance, pos_strategy="hard",
+                      neg_strategy="hard")
+  return Triplets(p.pos, p.neg)
+
+
+class Miner(NamedTuple):
+  fn: Callable[..., Pairs | Triplets]
+  default_distance: Callable[[], Distance]
+
+
+REGISTRY: dict[str, Miner] = {
+    "multi_similarity": Miner(multi_similarity, distances_lib.cosine),
+    "pair_margin": Miner(pair_margin, distances_lib.lp),
+    "triplet_margin": Miner(triplet_margin, distances_lib.lp),
+    "batch_hard": Miner(batch_hard, distances_lib.lp),
+    "batch_easy_hard": Miner(batch_easy_hard, distances_lib.lp),
+}
