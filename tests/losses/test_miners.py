@@ -1,0 +1,144 @@
+"""Distances and miners against pytorch-metric-learning: the distance
+matrices and their gradients, and each deterministic miner's output exactly
+(PML's index tuples turned into our masks)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metricjax.losses import compose
+from metricjax.losses import miners
+from metricjax.ops import similarity
+from loss_harness import import_pml
+from loss_harness import random_batch
+
+N, DIM = 32, 8
+
+DISTANCES = [
+    ("lp", {}, "LpDistance", {}),
+    ("lp", {"p": 1}, "LpDistance", {"p": 1}),
+    ("lp", {"power": 2}, "LpDistance", {"power": 2}),
+    ("lp", {"normalize_embeddings": False}, "LpDistance",
+     {"normalize_embeddings": False}),
+    ("cosine", {}, "CosineSimilarity", {}),
+    ("dot_product", {"normalize_embeddings": False}, "DotProductSimilarity",
+     {"normalize_embeddings": False}),
+    ("snr", {}, "SNRDistance", {}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,pml_name,pml_kwargs", DISTANCES)
+def test_distance_matches_pml(name, kwargs, pml_name, pml_kwargs):
+  torch, distances, _, _ = import_pml()
+  x, _ = random_batch(0, n=N, dim=DIM)
+  w = np.random.default_rng(1).normal(size=(N, N))
+  dist = compose.make_distance({"name": name, **kwargs})
+  mat = np.asarray(dist.fn(jnp.asarray(x), jnp.asarray(x)))
+  grad = np.asarray(jax.grad(lambda e: jnp.sum(dist.fn(e, e) * w))(
+      jnp.asarray(x)))
+  pml = getattr(distances, pml_name)(**pml_kwargs)
+  t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+  theirs = pml(t)
+  torch.sum(theirs * torch.tensor(w)).backward()
+  assert dist.is_inverted == pml.is_inverted
+  # Off the diagonal: cdist's gradient at a zero distance is its own choice.
+  off = ~np.eye(N, dtype=bool)
+  np.testing.assert_allclose(mat[off], theirs.detach().numpy()[off],
+                             rtol=1e-4, atol=1e-5)
+  if name == "lp" and kwargs.get("p") == 1:
+    return  # |x - x| at the diagonal: subgradients differ, values agree
+  np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def _masks_from_pairs(a1, p, a2, n, size=N):
+  pos, neg = np.zeros((size, size), bool), np.zeros((size, size), bool)
+  pos[a1.numpy(), p.numpy()] = True
+  neg[a2.numpy(), n.numpy()] = True
+  return pos, neg
+
+
+def _triplet_set(t: miners.Triplets):
+  """Our Triplets expanded to (N, N, N), in the test only."""
+  pos, neg = np.asarray(t.pos), np.asarray(t.neg)
+  valid = pos[:, :, None] & neg[:, None, :]
+  if t.mat is not None:
+    for a in range(valid.shape[0]):
+      valid[a] &= np.asarray(miners.anchor_window(t, t.mat[a]))
+  return valid
+
+
+def _pml_triplet_set(a, p, n, size=N):
+  valid = np.zeros((size, size, size), bool)
+  valid[a.numpy(), p.numpy(), n.numpy()] = True
+  # PML never lists a triplet twice; a set compares them.
+  assert valid.sum() == len(a)
+  return valid
+
+
+MINERS = [
+    ("multi_similarity", {}, "MultiSimilarityMiner", {}),
+    ("multi_similarity", {"epsilon": 0.3}, "MultiSimilarityMiner",
+     {"epsilon": 0.3}),
+    ("pair_margin", {}, "PairMarginMiner", {}),
+    ("pair_margin", {"pos_margin": 0.9, "neg_margin": 0.3,
+                     "distance": "cosine"}, "PairMarginMiner",
+     {"pos_margin": 0.9, "neg_margin": 0.3}),
+    ("batch_hard", {}, "BatchHardMiner", {}),
+    ("batch_easy_hard", {}, "BatchEasyHardMiner", {}),
+    ("batch_easy_hard", {"pos_strategy": "semihard", "neg_strategy": "hard"},
+     "BatchEasyHardMiner", {"pos_strategy": "semihard", "neg_strategy": "hard"}),
+    ("batch_easy_hard", {"pos_strategy": "all", "neg_strategy": "easy",
+                         "allowed_neg_range": (0.5, 1.5)},
+     "BatchEasyHardMiner", {"pos_strategy": "all", "neg_strategy": "easy",
+                            "allowed_neg_range": (0.5, 1.5)}),
+    ("batch_easy_hard", {"pos_strategy": "hard", "neg_strategy": "all"},
+     "BatchEasyHardMiner", {"pos_strategy": "hard", "neg_strategy": "all"}),
+] + [("triplet_margin", {"type_of_triplets": kind}, "TripletMarginMiner",
+      {"type_of_triplets": kind})
+     for kind in ("all", "hard", "semihard", "easy")] + [
+    ("triplet_margin", {"type_of_triplets": "semihard", "margin": 0.5,
+                        "distance": "cosine"}, "TripletMarginMiner",
+     {"type_of_triplets": "semihard", "margin": 0.5}),
+    ("batch_hard", {"distance": "cosine"}, "BatchHardMiner", {}),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name,kwargs,pml_name,pml_kwargs", MINERS)
+def test_miner_matches_pml_exactly(seed, name, kwargs, pml_name, pml_kwargs):
+  torch, distances, _, pml_miners = import_pml()
+  x, labels = random_batch(seed, n=N, dim=DIM)
+  bound = compose.make_miner({"name": name, **kwargs})
+  if "distance" in kwargs:
+    pml_kwargs = {**pml_kwargs, "distance": distances.CosineSimilarity()}
+  pml = getattr(pml_miners, pml_name)(**pml_kwargs)
+  out = pml(torch.tensor(x), torch.tensor(labels, dtype=torch.long))
+  pos, neg = similarity.label_masks(jnp.asarray(labels))
+  xj = jnp.asarray(x)
+  ours = bound.fn(bound.distance.fn(xj, xj), pos, neg, bound.distance)
+  if len(out) == 4:
+    assert isinstance(ours, miners.Pairs)
+    want_pos, want_neg = _masks_from_pairs(*out)
+    np.testing.assert_array_equal(np.asarray(ours.pos), want_pos)
+    np.testing.assert_array_equal(np.asarray(ours.neg), want_neg)
+  else:
+    assert isinstance(ours, miners.Triplets)
+    np.testing.assert_array_equal(_triplet_set(ours), _pml_triplet_set(*out))
+
+
+def test_pair_counts_are_pml_list_multiplicities():
+  torch, _, _, pml_miners = import_pml()
+  x, labels = random_batch(3, n=N, dim=DIM)
+  bound = compose.make_miner({"name": "triplet_margin"})
+  a, p, n = pml_miners.TripletMarginMiner()(torch.tensor(x),
+                                            torch.tensor(labels))
+  pos, neg = similarity.label_masks(jnp.asarray(labels))
+  xj = jnp.asarray(x)
+  mined = bound.fn(bound.distance.fn(xj, xj), pos, neg, bound.distance)
+  pos_count, neg_count = miners.pair_counts(mined)
+  want_pos, want_neg = np.zeros((N, N)), np.zeros((N, N))
+  np.add.at(want_pos, (a.numpy(), p.numpy()), 1)
+  np.add.at(want_neg, (a.numpy(), n.numpy()), 1)
+  np.testing.assert_array_equal(np.asarray(pos_count), want_pos)
+  np.testing.assert_array_equal(np.asarray(neg_count), want_neg)
