@@ -59,7 +59,13 @@ def avg_non_zero() -> Reducer:
 
 
 def class_weighted(*, weights) -> Reducer:
-  """ClassWeightedReducer: mean of loss x weights[label of the anchor]."""
+  """ClassWeightedReducer: mean of loss x weights[label of the anchor].
+
+  PML's equals this where a loss's values are 1-D (contrastive, NT-Xent,
+  triplet margin); the (N, 1) values of its logsumexp-based losses (multi-
+  similarity, circle, lifted) broadcast against the (N,) weights there into
+  mean(losses) x mean(weights[labels]), which is not what it documents.
+  """
   return Reducer("class_weighted", class_weights=jnp.asarray(weights,
                                                              jnp.float32))
 
