@@ -303,3 +303,48 @@ def test_refused_combinations_are_user_errors(call, words):
   with pytest.raises(UserError, match=words) as e:
     call()
   assert "\n" not in str(e.value)
+
+
+class _EmbeddingModel:
+  """A model whose embeddings are its input: make_loss sees the batch."""
+
+  def apply(self, variables, images, *, train, mutable):
+    del variables, train, mutable
+    return {"embedding": images}, {}
+
+
+def _retrieval_loss(**loss_config):
+  ml_collections = pytest.importorskip("ml_collections")
+  # pylint: disable-next=g-import-not-at-top
+  from metricjax.tasks import retrieval
+  config = ml_collections.ConfigDict({"classification_head": False,
+                                      "loss": {"kwargs": {}, **loss_config}})
+  loss = mj_losses.get_loss(config.loss.name)
+  return retrieval.make_loss(config, _EmbeddingModel(), loss)
+
+
+def test_retrieval_make_loss_reads_config_loss_pieces():
+  x, labels = random_batch(7, n=N, dim=DIM, classes=CLASSES)
+  batch = {"images": jnp.asarray(x), "labels": jnp.asarray(labels)}
+  pieces = {"miner": {"name": "multi_similarity", "epsilon": 0.1},
+            "reducer": "mean"}
+  loss_fn = _retrieval_loss(name="contrastive", distance="", **pieces,
+                            kwargs={"neg_margin": 0.8})
+  value, _ = loss_fn({}, {}, {}, batch)
+  want = mj_losses.build("contrastive", neg_margin=0.8, **pieces)(
+      batch["images"], batch["labels"])
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  # PML's name, no pieces: the composed default.
+  value, _ = _retrieval_loss(name="triplet_margin")({}, {}, {}, batch)
+  np.testing.assert_allclose(
+      value, assert_matches_pml("triplet_margin", seed=7), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_config", [
+    {"name": "supcon", "miner": "batch_hard"},
+    {"name": "ms", "miner": "batch_hard", "kwargs": {"epsilon": 0.1}},
+    {"name": "circle", "distance": "snr"},
+])
+def test_retrieval_make_loss_refuses_before_compiling(loss_config):
+  with pytest.raises(UserError):
+    _retrieval_loss(**loss_config)
