@@ -144,38 +144,31 @@ TRIPLET_HYPERPARAMETERS = {"margin": 0.05, "swap": False,
 ALIASES = {"ms": "multi_similarity", "triplet": "triplet_margin"}
 
 
-def _anchor_batch(m: int) -> int:
-  """Anchors per step of a triplet walk: (batch, M, M) <= 2^24 floats."""
-  return max(1, min(m, (1 << 24) // max(m * m, 1)))
-
-
 def _triplet_margin(mat, t: miners_lib.Triplets, d: Distance, labels,
                     reducer: reducers_lib.Reducer, *, margin_: float,
                     smooth_loss: bool) -> jax.Array:
   """TripletMarginLoss over the triplets t, reduced, in O(N M) memory."""
-  if (t.mat is None and reducer.name == "avg_non_zero" and not smooth_loss):
+  if t.window is None and reducer.name == "avg_non_zero" and not smooth_loss:
     # Every (p, n) of an anchor: the sort-based walk of triplet.py.
     total, count = triplet_lib.violation_sum_count(
         -mat if d.is_inverted else mat, t.pos, t.neg, margin_,
         semihard=False)
     return total / jnp.maximum(count, 1.0)
-  window_mat = mat if t.mat is None else t.mat
 
   def one_anchor(args):
-    row, p, n, w_row, label = args
+    a, row, p, n, label = args
     # PML: distance.margin(ap, an) + margin, [p, n].
     viol = margin(d, row[:, None], row[None, :]) + margin_
     losses = jax.nn.softplus(viol) if smooth_loss else jax.nn.relu(viol)
     valid = p[:, None] & n[None, :]
-    if t.mat is not None:
-      valid &= miners_lib.anchor_window(t, w_row)
+    if t.window is not None:
+      valid &= t.window(a)
     return reducers_lib.sum_count(reducer, losses, valid.astype(losses.dtype),
                                   label)
   # Rematerialised: the backward pass keeps no (N, M, M) residuals either.
-  totals, counts = jax.lax.map(
+  totals, counts = miners_lib.walk_anchors(
       jax.checkpoint(one_anchor),
-      (mat, t.pos, t.neg, jax.lax.stop_gradient(window_mat), labels),
-      batch_size=_anchor_batch(mat.shape[1]))
+      (jnp.arange(mat.shape[0]), mat, t.pos, t.neg, labels), mat.shape[1])
   return reducers_lib.finish(reducer, jnp.sum(totals), jnp.sum(counts))
 
 
@@ -232,8 +225,10 @@ def make_reducer(piece) -> reducers_lib.Reducer:
 
 class BoundMiner(NamedTuple):
   name: str
-  fn: Callable  # (mat, pos, neg, distance) -> Pairs | Triplets
+  # (mat, pos, neg, distance[, x=the rows]) -> Pairs | Triplets
+  fn: Callable
   distance: Distance
+  takes_x: bool = False
 
 
 def make_miner(piece) -> BoundMiner:
@@ -241,16 +236,31 @@ def make_miner(piece) -> BoundMiner:
   distance = kwargs.pop("distance", None)
   _construct(miners_lib.REGISTRY, name, kwargs, "miner")
   miner = miners_lib.REGISTRY[name]
+  if miner.fixed_distance and distance is not None and _spec(
+      distance, "distance") not in (("lp", {}), ("lp", {"p": 2}),
+                                    ("lp", {"p": 2, "power": 1})):
+    raise UserError(
+        f"The miner {name!r} works only on the default lp distance (p=2, "
+        "power=1, normalised; pytorch-metric-learning asserts it): drop the "
+        "miner's distance, or use a miner that takes one (triplet_margin, "
+        "batch_hard, pair_margin, multi_similarity, ...).")
   distance = miner.default_distance() if distance is None else make_distance(
       distance)
   fn = functools.partial(miner.fn, **kwargs)
   # A bad keyword value (type_of_triplets="x") fails here, not under jit.
   try:
     fn(jnp.zeros((2, 2)), jnp.zeros((2, 2), bool), jnp.zeros((2, 2), bool),
-       distance)
+       distance, **({"x": jnp.ones((2, 2))} if miner.fixed_distance else {}))
   except ValueError as e:
     raise UserError(f"The miner {name!r}: {e} (config.loss.miner).") from None
-  return BoundMiner(name, fn, distance)
+  return BoundMiner(name, fn, distance, miner.fixed_distance)
+
+
+def mine(bound: BoundMiner, x, pos, neg):
+  """The miner's output on rows x (no gradient, as PML mines)."""
+  x = jax.lax.stop_gradient(x)
+  extra = {"x": x} if bound.takes_x else {}
+  return bound.fn(bound.distance.fn(x, x), pos, neg, bound.distance, **extra)
 
 
 def _check_reducer(name: str, reducer: reducers_lib.Reducer) -> None:
@@ -406,8 +416,7 @@ def _composed(name, spec: Composable, dist: Distance, bound, red, hp, x,
   mat = dist.fn(x, x)
   mined = None
   if bound is not None:
-    mined = bound.fn(jax.lax.stop_gradient(bound.distance.fn(x, x)), pos, neg,
-                     bound.distance)
+    mined = mine(bound, x, pos, neg)
   if spec.core is None:
     t = (miners_lib.Triplets(pos, neg) if mined is None
          else miners_lib.as_triplets(mined))

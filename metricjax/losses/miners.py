@@ -5,17 +5,18 @@ PML's miners return variable-length index tuples; under jit every shape is
 fixed, so a miner here returns masks over the (N, M) anchor-reference pairs:
 - `Pairs(pos, neg)`: the mined positive and negative pairs, PML's
   (a1, p, a2, n);
-- `Triplets(pos, neg, mat, ...)`: PML's (a, p, n), as every (a, p, n) with
-  pos[a, p] and neg[a, n] and, when `mat` is set, low < gap <= high where
-  gap is how much farther n is from a than p in the miner's distance. That
-  describes every PML triplet miner's output in O(N M) memory; a triplet loss
-  walks it anchor by anchor, never forming the (N, M, M) tensor.
+- `Triplets(pos, neg, window)`: PML's (a, p, n), as every (a, p, n) with
+  pos[a, p] and neg[a, n] and, when `window` is set, window(a)[p, n]: an
+  (M, M) tile computed per anchor from O(N M) data. A triplet loss walks the
+  anchors a few at a time, never forming the (N, M, M) tensor.
 
 A miner is `fn(mat, pos, neg, distance, **kwargs)` on its own distance's
 (N, M) matrix (no gradient: PML mines under no_grad) and the batch's label
 masks (padding already out). To add one: the function and one REGISTRY line.
 """
 
+import fractions
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -35,26 +36,19 @@ class Pairs(NamedTuple):
 class Triplets(NamedTuple):
   pos: jax.Array  # (N, M) bool: candidate positives per anchor
   neg: jax.Array  # (N, M) bool: candidate negatives per anchor
-  mat: jax.Array | None = None  # the miner's (N, M) matrix; None: no window
-  is_inverted: bool = False
-  low: float = -INF  # exclusive
-  high: float = INF  # inclusive
+  # anchor index -> (M, M) bool [p, n]: which of its (p, n) are mined;
+  # None: all of them (the pos x neg product).
+  window: Callable[[jax.Array], jax.Array] | None = None
 
 
-def gap(t: Triplets, a_to_p: jax.Array, a_to_n: jax.Array) -> jax.Array:
-  """How much farther n is than p, as TripletMarginMiner writes it."""
-  return a_to_p - a_to_n if t.is_inverted else a_to_n - a_to_p
+def anchor_batch(m: int) -> int:
+  """Anchors per step of a walk over (M, M) tiles: at most 2^24 entries."""
+  return max(1, min(m, (1 << 24) // max(m * m, 1)))
 
 
-def anchor_window(t: Triplets, row: jax.Array) -> jax.Array:
-  """(M, M) bool [p, n]: the window of one anchor's row of t.mat."""
-  g = gap(t, row[:, None], row[None, :])
-  keep = jnp.ones(g.shape, bool)
-  if t.low > -INF:
-    keep &= g > t.low
-  if t.high < INF:
-    keep &= g <= t.high
-  return keep
+def walk_anchors(fn, xs, num_refs: int):
+  """lax.map over anchors, a few at a time, so (N, M, M) never exists."""
+  return jax.lax.map(fn, xs, batch_size=anchor_batch(num_refs))
 
 
 def pair_counts(mined: Pairs | Triplets) -> tuple[jax.Array, jax.Array]:
@@ -63,17 +57,18 @@ def pair_counts(mined: Pairs | Triplets) -> tuple[jax.Array, jax.Array]:
   if isinstance(mined, Pairs):
     return mined.pos.astype(jnp.float32), mined.neg.astype(jnp.float32)
   pos, neg = mined.pos, mined.neg
-  if mined.mat is None:
+  if mined.window is None:
     num_pos = jnp.sum(pos, axis=1, keepdims=True)
     num_neg = jnp.sum(neg, axis=1, keepdims=True)
     return ((pos * num_neg).astype(jnp.float32),
             (neg * num_pos).astype(jnp.float32))
 
   def one_anchor(args):
-    p, n, row = args
-    valid = p[:, None] & n[None, :] & anchor_window(mined, row)
+    a, p, n = args
+    valid = p[:, None] & n[None, :] & mined.window(a)
     return jnp.sum(valid, axis=1), jnp.sum(valid, axis=0)
-  pos_count, neg_count = jax.lax.map(one_anchor, (pos, neg, mined.mat))
+  pos_count, neg_count = walk_anchors(
+      one_anchor, (jnp.arange(pos.shape[0]), pos, neg), pos.shape[1])
   return pos_count.astype(jnp.float32), neg_count.astype(jnp.float32)
 
 
@@ -116,7 +111,86 @@ def triplet_margin(mat, pos, neg, distance: Distance, *, margin: float = 0.2,
   if type_of_triplets not in windows:
     raise ValueError(f"type_of_triplets {type_of_triplets!r}")
   low, high = windows[type_of_triplets]
-  return Triplets(pos, neg, mat, distance.is_inverted, low, high)
+
+  def window(a):
+    row = mat[a]
+    # How much farther n is than p, written as PML writes it.
+    g = (row[:, None] - row[None, :] if distance.is_inverted
+         else row[None, :] - row[:, None])
+    keep = jnp.ones(g.shape, bool)
+    if low > -INF:
+      keep &= g > low
+    if high < INF:
+      keep &= g <= high
+    return keep
+  return Triplets(pos, neg, window)
+
+
+def angular(mat, pos, neg, distance: Distance, *, angle: float = 20,
+            x=None) -> Triplets:
+  """AngularMiner: triplets whose angle atan(d(a,p) / (2 d(n, (a+p)/2)))
+  exceeds `angle` degrees (Wang et al. 2017), on the rows x.
+
+  As PML's: on the rows as given (its pairwise_distance does not normalise,
+  whatever its asserted LpDistance says), as |u - v + 1e-6| (torch's
+  pairwise_distance). Both distances expand over the Gram matrix: O(N M).
+  """
+  del mat, distance  # PML asserts the default LpDistance, then skips it
+  eps = 1e-6
+  dim = x.shape[1]
+  gram = x @ x.T
+  sq = jnp.diagonal(gram)
+  sums = jnp.sum(x, axis=1)
+  threshold = math.radians(angle)
+
+  def window(a):
+    ap2 = (sq[a] + sq - 2.0 * gram[a] + 2.0 * eps * (sums[a] - sums)
+           + dim * eps * eps)
+    # |n - c|^2 with c = (a + p) / 2, [p, n].
+    cc = (sq[a] + 2.0 * gram[a] + sq) / 4.0
+    nc2 = (sq[None, :] - gram[a][None, :] - gram + cc[:, None]
+           + 2.0 * eps * (sums[None, :] - (sums[a] + sums[:, None]) / 2.0)
+           + dim * eps * eps)
+    ap = jnp.sqrt(jnp.maximum(ap2, 0.0))[:, None]
+    nc = jnp.sqrt(jnp.maximum(nc2, 0.0))
+    return jnp.arctan(ap / (2.0 * nc)) > threshold
+  return Triplets(pos, neg, window)
+
+
+def _ceil_times(f: float, count: jax.Array) -> jax.Array:
+  """ceil(f x count) as PML's float64 math.ceil gives it, in int32.
+
+  float32 would give ceil(0.2 x 250) = 51; a fraction num / den (den <=
+  1000) is exact in integers, count split as q den + r so nothing
+  overflows. Other f: float32, which can differ by one at exact integers.
+  """
+  frac = fractions.Fraction(f).limit_denominator(1000)
+  if float(frac) != f:
+    return jnp.ceil(f * count).astype(jnp.int32)
+  num, den = frac.numerator, frac.denominator
+  q, r = count // den, count % den
+  return q * num + (r * num + den - 1) // den
+
+
+def hdc(mat, pos, neg, distance: Distance, *,
+        filter_percentage: float = 0.5) -> Pairs:
+  """HDCMiner: the hardest ceil(filter_percentage x count) of the batch's
+  positive pairs and of its negative pairs.
+
+  The k-th hardest value is a threshold, so pairs tied with it are all
+  kept; PML's torch.topk keeps an arbitrary k of them (a self-compared
+  batch's (a, b) and (b, a) tie, so one more pair can be kept here).
+  """
+
+  def hardest(keep, largest):
+    score = mat if largest else -mat
+    values = jnp.where(keep, score, -INF).ravel()
+    k = _ceil_times(filter_percentage, jnp.sum(keep))
+    kth = jnp.sort(values)[::-1][jnp.maximum(k - 1, 0)]
+    return keep & (score >= kth) & (k > 0)
+  # Farthest positives, closest negatives (flipped for a similarity).
+  return Pairs(hardest(pos, not distance.is_inverted),
+               hardest(neg, distance.is_inverted))
 
 
 _STRATEGIES = ("hard", "semihard", "easy", "all")
@@ -189,6 +263,9 @@ def batch_hard(mat, pos, neg, distance: Distance) -> Triplets:
 class Miner(NamedTuple):
   fn: Callable[..., Pairs | Triplets]
   default_distance: Callable[[], Distance]
+  # PML asserts the default distance (AngularMiner), and the miner takes
+  # the rows themselves as x=.
+  fixed_distance: bool = False
 
 
 REGISTRY: dict[str, Miner] = {
@@ -197,4 +274,6 @@ REGISTRY: dict[str, Miner] = {
     "triplet_margin": Miner(triplet_margin, distances_lib.lp),
     "batch_hard": Miner(batch_hard, distances_lib.lp),
     "batch_easy_hard": Miner(batch_easy_hard, distances_lib.lp),
+    "angular": Miner(angular, distances_lib.lp, fixed_distance=True),
+    "hdc": Miner(hdc, distances_lib.lp),
 }

@@ -1,8 +1,8 @@
 """losses.build against pytorch-metric-learning 2.9: every composable loss x
 every miner x its default and a non-default distance and reducer, values and
-gradients (PML in float64 on the indices its miner finds in float32, the
-precision we mine in); every reducer; padding; jit; today's names; and the
-combinations PML refuses."""
+gradients (PML in float32, as ours); every reducer; padding; jit; today's
+names; the retrieval task's config.loss pieces; and the combinations PML
+refuses."""
 
 import functools
 
@@ -28,6 +28,7 @@ PML_LOSSES = {
 PML_DISTANCES = {"lp": "LpDistance", "cosine": "CosineSimilarity",
                  "dot_product": "DotProductSimilarity", "snr": "SNRDistance"}
 PML_MINERS = {"multi_similarity": "MultiSimilarityMiner",
+              "angular": "AngularMiner", "hdc": "HDCMiner",
               "batch_hard": "BatchHardMiner",
               "batch_easy_hard": "BatchEasyHardMiner",
               "triplet_margin": "TripletMarginMiner",
@@ -91,8 +92,10 @@ def _theirs(name, x, labels, *, distance=None, miner=None, reducer=None,
   loss = getattr(losses, PML_LOSSES[name])(**kwargs)
   tl = torch.tensor(labels, dtype=torch.long)
   m = _pml_miner(distances, miners, miner)
-  indices = None if m is None else m(torch.tensor(x), tl)
-  t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+  # float32 as ours: which losses are > 0 (AvgNonZeroReducer) is a float32
+  # question (float64 sees log1p(e^-45) > 0, float32 and we see 0).
+  t = torch.tensor(x, requires_grad=True)
+  indices = None if m is None else m(t, tl)
   value = loss(t, tl, indices)
   value.backward()
   grad = t.grad.numpy() if t.grad is not None else np.zeros_like(x)
@@ -131,7 +134,7 @@ def _lists_pairs_twice(miner):
   PerAnchorReducer then scatters a pair's loss once (its value) but sends
   the gradient back to every listing (index_put's backward), so its gradient
   is the pair's times its multiplicity. We keep the gradient of the value."""
-  return _split(miner)[0] == "triplet_margin"
+  return _split(miner)[0] in ("triplet_margin", "angular")
 
 
 MINERS = [
@@ -142,6 +145,8 @@ MINERS = [
     {"name": "triplet_margin", "margin": 0.2, "type_of_triplets": "semihard"},
     "pair_margin",
     "batch_easy_hard",
+    {"name": "angular", "angle": 30},
+    {"name": "hdc", "filter_percentage": 0.3},
 ]
 NON_DEFAULT = {  # loss: (a distance, a reducer) other than PML's defaults
     "contrastive": ({"name": "cosine"}, "mean"),

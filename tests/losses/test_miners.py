@@ -58,13 +58,21 @@ def _masks_from_pairs(a1, p, a2, n, size=N):
   return pos, neg
 
 
+def _ties_kept(ours, theirs):
+  """HDC keeps the pairs at least as hard as its k-th: a self-compared batch
+  lists (a, b) and (b, a) with one value, and where the k-th falls between
+  them torch.topk keeps one of the two, we both. Returns theirs with such a
+  pair completed, where ours has it."""
+  return theirs | (ours & theirs.T)
+
+
 def _triplet_set(t: miners.Triplets):
   """Our Triplets expanded to (N, N, N), in the test only."""
   pos, neg = np.asarray(t.pos), np.asarray(t.neg)
   valid = pos[:, :, None] & neg[:, None, :]
-  if t.mat is not None:
+  if t.window is not None:
     for a in range(valid.shape[0]):
-      valid[a] &= np.asarray(miners.anchor_window(t, t.mat[a]))
+      valid[a] &= np.asarray(t.window(a))
   return valid
 
 
@@ -101,6 +109,11 @@ MINERS = [
                         "distance": "cosine"}, "TripletMarginMiner",
      {"type_of_triplets": "semihard", "margin": 0.5}),
     ("batch_hard", {"distance": "cosine"}, "BatchHardMiner", {}),
+    ("angular", {}, "AngularMiner", {}),
+    ("angular", {"angle": 40}, "AngularMiner", {"angle": 40}),
+    ("hdc", {}, "HDCMiner", {}),
+    ("hdc", {"filter_percentage": 0.2, "distance": "cosine"}, "HDCMiner",
+     {"filter_percentage": 0.2}),
 ]
 
 
@@ -115,11 +128,13 @@ def test_miner_matches_pml_exactly(seed, name, kwargs, pml_name, pml_kwargs):
   pml = getattr(pml_miners, pml_name)(**pml_kwargs)
   out = pml(torch.tensor(x), torch.tensor(labels, dtype=torch.long))
   pos, neg = similarity.label_masks(jnp.asarray(labels))
-  xj = jnp.asarray(x)
-  ours = bound.fn(bound.distance.fn(xj, xj), pos, neg, bound.distance)
+  ours = compose.mine(bound, jnp.asarray(x), pos, neg)
   if len(out) == 4:
     assert isinstance(ours, miners.Pairs)
     want_pos, want_neg = _masks_from_pairs(*out)
+    if name == "hdc":  # ties at its k-th value: see _ties_kept
+      want_pos = _ties_kept(np.asarray(ours.pos), want_pos)
+      want_neg = _ties_kept(np.asarray(ours.neg), want_neg)
     np.testing.assert_array_equal(np.asarray(ours.pos), want_pos)
     np.testing.assert_array_equal(np.asarray(ours.neg), want_neg)
   else:
@@ -134,8 +149,7 @@ def test_pair_counts_are_pml_list_multiplicities():
   a, p, n = pml_miners.TripletMarginMiner()(torch.tensor(x),
                                             torch.tensor(labels))
   pos, neg = similarity.label_masks(jnp.asarray(labels))
-  xj = jnp.asarray(x)
-  mined = bound.fn(bound.distance.fn(xj, xj), pos, neg, bound.distance)
+  mined = compose.mine(bound, jnp.asarray(x), pos, neg)
   pos_count, neg_count = miners.pair_counts(mined)
   want_pos, want_neg = np.zeros((N, N)), np.zeros((N, N))
   np.add.at(want_pos, (a.numpy(), p.numpy()), 1)
