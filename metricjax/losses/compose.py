@@ -20,6 +20,7 @@ all; here such a batch gets the formula's value.
 
 import functools
 import inspect
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -113,6 +114,22 @@ def _lifted_structure_core(mat, pos_w, neg_w, d, row_w, *, neg_margin=1.0,
   return {"loss": (losses, jnp.where(jnp.any(neg_w > 0), pos_w, 0.0))}
 
 
+def _tuplet_margin_core(mat, pos_w, neg_w, d, row_w, *, margin=5.73,
+                        scale=64.0):
+  """Per positive pair log(1 + sum_n exp(scale (s_an - cos(theta_ap - m))))
+  over the negatives listed for its anchor; cos(theta - m) as tuplet.py
+  writes it (finite at cos = 1, where PML's acos is not)."""
+  del d, row_w  # CosineSimilarity only, as PML asserts
+  m = math.radians(margin)
+  c = jnp.clip(mat, -1.0, 1.0)
+  cos_minus = c * math.cos(m) + similarity.safe_sqrt(1.0 - c * c) * math.sin(m)
+  has_neg = jnp.any(neg_w > 0, axis=1, keepdims=True)
+  losses = jnp.where(
+      has_neg, jax.nn.softplus(_wlse(scale * mat, neg_w)[:, None]
+                               - scale * cos_minus), 0.0)
+  return {"loss": (losses, jnp.where(jnp.any(neg_w > 0), pos_w, 0.0))}
+
+
 class Composable(NamedTuple):
   core: Callable | None  # None: the triplet loss (see _triplet_margin)
   default_distance: Callable[[], Distance]
@@ -135,6 +152,8 @@ COMPOSABLE: dict[str, Composable] = {
         reducers_lib.mean),
     "lifted_structure": Composable(_lifted_structure_core, distances_lib.lp,
                                    reducers_lib.mean),
+    "tuplet_margin": Composable(_tuplet_margin_core, distances_lib.cosine,
+                                reducers_lib.mean, only_distance="cosine"),
     "triplet_margin": Composable(None, distances_lib.lp,
                                  reducers_lib.avg_non_zero),
 }

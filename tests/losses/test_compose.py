@@ -24,6 +24,7 @@ PML_LOSSES = {
     "triplet_margin": "TripletMarginLoss",
     "lifted_structure": "LiftedStructureLoss",
     "generalized_lifted_structure": "GeneralizedLiftedStructureLoss",
+    "tuplet_margin": "TupletMarginLoss",
 }
 PML_DISTANCES = {"lp": "LpDistance", "cosine": "CosineSimilarity",
                  "dot_product": "DotProductSimilarity", "snr": "SNRDistance"}
@@ -159,6 +160,7 @@ NON_DEFAULT = {  # loss: (a distance, a reducer) other than PML's defaults
     # the (N,) weights there (see reducers.class_weighted).
     "generalized_lifted_structure": ({"name": "snr"},
                                      {"name": "threshold", "low": 5.0}),
+    "tuplet_margin": (None, "sum"),  # cosine only, as circle
 }
 GRID = [(loss, miner, setting) for loss in PML_LOSSES
         for miner in MINERS for setting in ("default", "non_default")]
@@ -259,6 +261,7 @@ def test_jit_and_padding(name):
 @pytest.mark.parametrize("name,kwargs", [
     ("contrastive", {}), ("ntxent", {"temperature": 0.5}), ("circle", {}),
     ("lifted_structure", {}), ("generalized_lifted_structure", {}),
+    ("tuplet_margin", {"margin": 10.0}),
     ("ms", {}), ("ms", {"epsilon": None, "alpha": 3.0}),
     ("triplet", {}), ("triplet", {"mining": "hard", "margin": 0.1}),
     ("triplet", {"mining": "semihard", "distance": "cosine"}),
