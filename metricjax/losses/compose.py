@@ -167,7 +167,8 @@ def _triplet_margin(mat, t: miners_lib.Triplets, d: Distance, labels,
                     reducer: reducers_lib.Reducer, *, margin_: float,
                     smooth_loss: bool) -> jax.Array:
   """TripletMarginLoss over the triplets t, reduced, in O(N M) memory."""
-  if t.window is None and reducer.name == "avg_non_zero" and not smooth_loss:
+  if (t.window is None and t.pos.dtype == bool and t.neg.dtype == bool
+      and reducer.name == "avg_non_zero" and not smooth_loss):
     # Every (p, n) of an anchor: the sort-based walk of triplet.py.
     total, count = triplet_lib.violation_sum_count(
         -mat if d.is_inverted else mat, t.pos, t.neg, margin_,
@@ -179,11 +180,8 @@ def _triplet_margin(mat, t: miners_lib.Triplets, d: Distance, labels,
     # PML: distance.margin(ap, an) + margin, [p, n].
     viol = margin(d, row[:, None], row[None, :]) + margin_
     losses = jax.nn.softplus(viol) if smooth_loss else jax.nn.relu(viol)
-    valid = p[:, None] & n[None, :]
-    if t.window is not None:
-      valid &= t.window(a)
-    return reducers_lib.sum_count(reducer, losses, valid.astype(losses.dtype),
-                                  label)
+    return reducers_lib.sum_count(reducer, losses,
+                                  miners_lib.tile(t, a, p, n), label)
   # Rematerialised: the backward pass keeps no (N, M, M) residuals either.
   totals, counts = miners_lib.walk_anchors(
       jax.checkpoint(one_anchor),
@@ -248,6 +246,7 @@ class BoundMiner(NamedTuple):
   fn: Callable
   distance: Distance
   takes_x: bool = False
+  random: bool = False  # takes key=
 
 
 def make_miner(piece) -> BoundMiner:
@@ -267,18 +266,25 @@ def make_miner(piece) -> BoundMiner:
       distance)
   fn = functools.partial(miner.fn, **kwargs)
   # A bad keyword value (type_of_triplets="x") fails here, not under jit.
+  extra = {"x": jnp.ones((2, 2))} if miner.fixed_distance else {}
+  if miner.random:
+    extra["key"] = jax.random.key(0)
   try:
     fn(jnp.zeros((2, 2)), jnp.zeros((2, 2), bool), jnp.zeros((2, 2), bool),
-       distance, **({"x": jnp.ones((2, 2))} if miner.fixed_distance else {}))
+       distance, **extra)
   except ValueError as e:
     raise UserError(f"The miner {name!r}: {e} (config.loss.miner).") from None
-  return BoundMiner(name, fn, distance, miner.fixed_distance)
+  return BoundMiner(name, fn, distance, miner.fixed_distance, miner.random)
 
 
-def mine(bound: BoundMiner, x, pos, neg):
+def mine(bound: BoundMiner, x, pos, neg, key=None):
   """The miner's output on rows x (no gradient, as PML mines)."""
   x = jax.lax.stop_gradient(x)
   extra = {"x": x} if bound.takes_x else {}
+  if bound.random:
+    if key is None:
+      raise ValueError(f"miner {bound.name!r} is random: pass key=")
+    extra["key"] = key
   return bound.fn(bound.distance.fn(x, x), pos, neg, bound.distance, **extra)
 
 
@@ -344,7 +350,8 @@ def _legacy(name, distance, miner, hyperparameters):
 
 def build(name: str, *, distance=None, miner=None, reducer=None,
           regularizer=None, **hyperparameters) -> Callable[..., jax.Array]:
-  """The pure loss `fn(x, labels, *, mask=None, **learnable) -> scalar`.
+  """The pure loss `fn(x, labels, *, mask=None, key=None) -> scalar`
+  (key: a jax PRNG key, needed by the random miners only).
 
   Args:
     name: the loss, the snake case of PML's class without `Loss`, or one of
@@ -423,7 +430,7 @@ def _pad_row(dim: int, dtype) -> jax.Array:
 
 
 def _composed(name, spec: Composable, dist: Distance, bound, red, hp, x,
-              labels, *, mask=None, **learnable):
+              labels, *, mask=None, key=None, **learnable):
   if learnable:
     raise TypeError(f"loss {name!r} has no learnable {sorted(learnable)}")
   hp = dict(hp)
@@ -435,7 +442,7 @@ def _composed(name, spec: Composable, dist: Distance, bound, red, hp, x,
   mat = dist.fn(x, x)
   mined = None
   if bound is not None:
-    mined = mine(bound, x, pos, neg)
+    mined = mine(bound, x, pos, neg, key)
   if spec.core is None:
     t = (miners_lib.Triplets(pos, neg) if mined is None
          else miners_lib.as_triplets(mined))

@@ -29,16 +29,23 @@ INF = float("inf")
 
 
 class Pairs(NamedTuple):
-  pos: jax.Array  # (N, M) bool
-  neg: jax.Array  # (N, M) bool
+  # (N, M) bool, or int counts where a random miner lists a pair repeatedly
+  pos: jax.Array
+  neg: jax.Array
 
 
 class Triplets(NamedTuple):
-  pos: jax.Array  # (N, M) bool: candidate positives per anchor
-  neg: jax.Array  # (N, M) bool: candidate negatives per anchor
-  # anchor index -> (M, M) bool [p, n]: which of its (p, n) are mined;
-  # None: all of them (the pos x neg product).
+  pos: jax.Array  # (N, M) bool: candidate positives per anchor (or counts)
+  neg: jax.Array  # (N, M) bool: candidate negatives per anchor (or counts)
+  # anchor index -> (M, M) [p, n]: which of its (p, n) are mined (bool), or
+  # how often (int); None: all of them, the pos x neg product.
   window: Callable[[jax.Array], jax.Array] | None = None
+
+
+def tile(t: Triplets, a, p_row, n_row) -> jax.Array:
+  """(M, M) float [p, n]: how often anchor a's (a, p, n) is mined."""
+  w = (p_row[:, None].astype(jnp.float32) * n_row[None, :].astype(jnp.float32))
+  return w if t.window is None else w * t.window(a).astype(jnp.float32)
 
 
 def anchor_batch(m: int) -> int:
@@ -56,20 +63,18 @@ def pair_counts(mined: Pairs | Triplets) -> tuple[jax.Array, jax.Array]:
   convert_to_pairs lists them: a triplet (a, p, n) lists (a, p) and (a, n)."""
   if isinstance(mined, Pairs):
     return mined.pos.astype(jnp.float32), mined.neg.astype(jnp.float32)
-  pos, neg = mined.pos, mined.neg
+  pos = mined.pos.astype(jnp.float32)
+  neg = mined.neg.astype(jnp.float32)
   if mined.window is None:
-    num_pos = jnp.sum(pos, axis=1, keepdims=True)
-    num_neg = jnp.sum(neg, axis=1, keepdims=True)
-    return ((pos * num_neg).astype(jnp.float32),
-            (neg * num_pos).astype(jnp.float32))
+    return (pos * jnp.sum(neg, axis=1, keepdims=True),
+            neg * jnp.sum(pos, axis=1, keepdims=True))
 
   def one_anchor(args):
     a, p, n = args
-    valid = p[:, None] & n[None, :] & mined.window(a)
-    return jnp.sum(valid, axis=1), jnp.sum(valid, axis=0)
-  pos_count, neg_count = walk_anchors(
-      one_anchor, (jnp.arange(pos.shape[0]), pos, neg), pos.shape[1])
-  return pos_count.astype(jnp.float32), neg_count.astype(jnp.float32)
+    counts = tile(mined, a, p, n)
+    return jnp.sum(counts, axis=1), jnp.sum(counts, axis=0)
+  return walk_anchors(one_anchor, (jnp.arange(pos.shape[0]), pos, neg),
+                      pos.shape[1])
 
 
 def as_triplets(mined: Pairs | Triplets) -> Triplets:
@@ -196,6 +201,76 @@ def hdc(mat, pos, neg, distance: Distance, *,
 _STRATEGIES = ("hard", "semihard", "easy", "all")
 
 
+def _histogram_sample(mat, keep, num_bins, per_bin, key):
+  """UniformHistogramMiner's draw on one side: the kept pairs' values cut
+  into num_bins equal bins, per_bin pairs drawn with replacement from each
+  non-empty bin. Returns (N, M) int counts."""
+  values, kept = mat.ravel(), keep.ravel()
+  lo = jnp.min(jnp.where(kept, values, INF))
+  hi = jnp.max(jnp.where(kept, values, -INF))
+  edges = jnp.linspace(lo, hi, num_bins + 1)
+  # [s, e) per bin, the last one [s, e], as PML's loop.
+  bins = jnp.clip(jnp.searchsorted(edges, values, side="right") - 1, 0,
+                  num_bins - 1)
+  bins = jnp.where(kept, bins, num_bins)  # the dropped: a bin of their own
+  order = jnp.argsort(bins, stable=True)
+  sizes = jnp.bincount(bins, length=num_bins + 1)[:num_bins]
+  starts = jnp.cumsum(sizes) - sizes
+  u = jax.random.uniform(key, (num_bins, per_bin))
+  j = jnp.minimum((u * sizes[:, None]).astype(jnp.int32),
+                  jnp.maximum(sizes[:, None] - 1, 0))
+  picks = order[starts[:, None] + j]
+  counts = jnp.zeros(values.shape, jnp.int32).at[picks.ravel()].add(
+      jnp.broadcast_to(sizes[:, None] > 0, picks.shape).ravel())
+  return counts.reshape(mat.shape)
+
+
+def uniform_histogram(mat, pos, neg, distance: Distance, *,
+                      num_bins: int = 100, pos_per_bin: int = 10,
+                      neg_per_bin: int = 10, key) -> Pairs:
+  """UniformHistogramMiner: pairs drawn evenly across the range of their
+  distances, per_bin from each of num_bins bins (random: needs key)."""
+  del distance
+  key_pos, key_neg = jax.random.split(key)
+  return Pairs(_histogram_sample(mat, pos, num_bins, pos_per_bin, key_pos),
+               _histogram_sample(mat, neg, num_bins, neg_per_bin, key_neg))
+
+
+def distance_weighted(mat, pos, neg, distance: Distance, *,
+                      cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
+                      key, x=None) -> Triplets:
+  """DistanceWeightedMiner (Wu et al. 2017): per anchor as many triplets as
+  its class has members, each a uniform positive and a negative drawn with
+  probability ~ 1 / q(d), q the density of distances between points on the
+  unit sphere in dim D, d clamped to cutoff, none at nonzero_loss_cutoff or
+  beyond (random: needs key). The draws are (N, M) index arrays; an
+  anchor's (M, M) tile counts them."""
+  del distance
+  dim = float(x.shape[1])
+  d = jnp.maximum(mat, cutoff)
+  log_w = (2.0 - dim) * jnp.log(d) - ((dim - 3.0) / 2.0) * jnp.log(
+      1.0 - 0.25 * d * d)
+  ok = neg & (mat < nonzero_loss_cutoff) & jnp.isfinite(log_w)
+  # Row-wise max shift (PML shifts by a global max: the same probabilities).
+  shift = jnp.max(jnp.where(ok, log_w, -INF), axis=1, keepdims=True)
+  logits = jnp.where(ok, log_w - jnp.where(jnp.isfinite(shift), shift, 0.0),
+                     -INF)
+  num_refs = mat.shape[1]
+  draws = jnp.arange(num_refs)[None, :] <= jnp.sum(pos, axis=1,
+                                                   keepdims=True)
+  valid = jnp.any(pos, axis=1) & jnp.any(ok, axis=1)
+  key_p, key_n = jax.random.split(key)
+  p_idx = jax.random.categorical(key_p, jnp.where(pos, 0.0, -INF)[:, None, :],
+                                 shape=(mat.shape[0], num_refs))
+  n_idx = jax.random.categorical(key_n, logits[:, None, :],
+                                 shape=(mat.shape[0], num_refs))
+
+  def window(a):
+    return jnp.zeros((num_refs, num_refs), jnp.int32).at[
+        p_idx[a], n_idx[a]].add(draws[a].astype(jnp.int32))
+  return Triplets(pos & valid[:, None], neg & valid[:, None], window)
+
+
 def _pick(mat, keep, take_max, threshold=None, val_range=None):
   """Per row the max (or min) of mat over keep: (one-hot (N, M), value,
   any), as BatchEasyHardMiner's get_x_per_row. threshold: semi-hard, only
@@ -266,6 +341,7 @@ class Miner(NamedTuple):
   # PML asserts the default distance (AngularMiner), and the miner takes
   # the rows themselves as x=.
   fixed_distance: bool = False
+  random: bool = False  # takes key=
 
 
 REGISTRY: dict[str, Miner] = {
@@ -276,4 +352,8 @@ REGISTRY: dict[str, Miner] = {
     "batch_easy_hard": Miner(batch_easy_hard, distances_lib.lp),
     "angular": Miner(angular, distances_lib.lp, fixed_distance=True),
     "hdc": Miner(hdc, distances_lib.lp),
+    "uniform_histogram": Miner(uniform_histogram, distances_lib.lp,
+                               random=True),
+    "distance_weighted": Miner(distance_weighted, distances_lib.lp,
+                               fixed_distance=True, random=True),
 }
