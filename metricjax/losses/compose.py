@@ -13,9 +13,25 @@ A composable loss is its per-element / per-pair / per-triplet values on one
 Mined tuples arrive as masks (miners.py): a pair loss gets each pair's
 multiplicity in PML's index lists, a triplet loss walks the anchors.
 
-Deliberate difference, as in multi_similarity.py: PML's GenericPairLoss
-returns 0 whenever at most one positive and one negative pair were mined in
-all; here such a batch gets the formula's value.
+Random miners (uniform_histogram, distance_weighted) make the loss take
+`key=`, a jax PRNG key.
+
+Not here yet: regularizers, a reference set (ref_emb; cross-batch memory is
+`losses.xbm_loss`), TripletMarginLoss's swap and triplets_per_anchor, the
+do_nothing reducer (a training step needs a scalar) and PML's other losses
+(they build with their defaults from REGISTRY, without pieces).
+
+Deliberate differences from PML:
+- as in multi_similarity.py, PML's GenericPairLoss returns 0 whenever at
+  most one positive and one negative pair were mined in all; here such a
+  batch gets the formula's value;
+- per_anchor with a miner that lists a pair more than once (a triplet miner
+  feeding a pair loss): PML's value counts the pair once and its gradient
+  once per listing; here the gradient is the value's;
+- class_weighted on losses whose PML values are (N, 1) (see reducers.py),
+  and per_anchor on lifted_structure / tuplet_margin (PML fails on their
+  (P, 1) values): here the documented reduction;
+- HDC keeps every pair tied with its k-th value (miners.hdc).
 """
 
 import functools

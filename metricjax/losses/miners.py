@@ -12,7 +12,9 @@ fixed, so a miner here returns masks over the (N, M) anchor-reference pairs:
 
 A miner is `fn(mat, pos, neg, distance, **kwargs)` on its own distance's
 (N, M) matrix (no gradient: PML mines under no_grad) and the batch's label
-masks (padding already out). To add one: the function and one REGISTRY line.
+masks (padding already out). Random miners also take `key=` (a jax PRNG
+key) and may list a tuple several times: their masks are then int counts.
+To add one: the function and one REGISTRY line.
 """
 
 import fractions

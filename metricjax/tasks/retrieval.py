@@ -231,6 +231,13 @@ def make_loss(config, model, loss: losses.Loss):
     # the keywords now, before anything compiles.
     loss = loss._replace(fn=losses.build(config.loss.name, **pieces, **kwargs))
     kwargs = {}
+    if "miner" in pieces and losses.compose.make_miner(pieces["miner"]).random:
+      raise UserError(
+          f"The miner in config.loss.miner is random and the training step "
+          "passes the loss no key yet; use a deterministic miner "
+          "(multi_similarity, batch_hard, batch_easy_hard, triplet_margin, "
+          "pair_margin, angular, hdc), or call losses.build(...) with "
+          "key= in your own step.")
   else:
     losses.check_hyperparameters(config.loss.name, config.loss.kwargs)
   kwargs.pop("num_classes", None)  # Only sizes the loss's parameters.

@@ -352,6 +352,7 @@ def test_retrieval_make_loss_reads_config_loss_pieces():
     {"name": "supcon", "miner": "batch_hard"},
     {"name": "ms", "miner": "batch_hard", "kwargs": {"epsilon": 0.1}},
     {"name": "circle", "distance": "snr"},
+    {"name": "contrastive", "miner": "uniform_histogram"},
 ])
 def test_retrieval_make_loss_refuses_before_compiling(loss_config):
   with pytest.raises(UserError):
