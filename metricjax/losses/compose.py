@@ -16,7 +16,8 @@ multiplicity in PML's index lists, a triplet loss walks the anchors.
 Random miners (uniform_histogram, distance_weighted) make the loss take
 `key=`, a jax PRNG key.
 
-Not here yet: regularizers, a reference set (ref_emb; cross-batch memory is
+Not here yet: weight regularizers (the composable losses have no weights),
+a reference set (ref_emb; cross-batch memory is
 `losses.xbm_loss`), TripletMarginLoss's swap and triplets_per_anchor, the
 do_nothing reducer (a training step needs a scalar) and PML's other losses
 (they build with their defaults from REGISTRY, without pieces).
@@ -48,6 +49,7 @@ from metricjax.losses import distances as distances_lib
 from metricjax.losses import miners as miners_lib
 from metricjax.losses import pairs
 from metricjax.losses import reducers as reducers_lib
+from metricjax.losses import regularizers as regularizers_lib
 from metricjax.losses import triplet as triplet_lib
 from metricjax.losses.distances import Distance, margin
 from metricjax.ops import similarity
@@ -374,7 +376,9 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
       today's names (REGISTRY), e.g. "ms", "triplet".
     distance, miner, reducer: a name or {"name": ..., **kwargs}; None is the
       loss's PML default (no miner).
-    regularizer: not yet supported (None).
+    regularizer: an embedding regularizer (lp, zero_mean,
+      center_invariant), as PML's embedding_regularizer; its weight is the
+      hyper-parameter embedding_reg_weight (default 1).
     **hyperparameters: the loss's keywords, PML's names.
 
   Raises:
@@ -382,9 +386,6 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
   """
   # pylint: disable-next=g-import-not-at-top
   from metricjax.losses import REGISTRY  # its module imports this one
-  if regularizer is not None:
-    raise UserError("config.loss.regularizer is not supported yet; leave it "
-                    "None (metricjax issue 31).")
   if name in ALIASES:
     distance, miner, hyperparameters = _legacy(name, distance, miner,
                                                hyperparameters)
@@ -395,7 +396,8 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
           f"Unknown loss {name!r} (config.loss.name). Known losses: "
           f"{', '.join(sorted(set(REGISTRY) | set(COMPOSABLE)))}.")
     given = [w for w, p in (("distance", distance), ("miner", miner),
-                            ("reducer", reducer)) if p is not None]
+                            ("reducer", reducer),
+                            ("regularizer", regularizer)) if p is not None]
     if given:
       raise UserError(
           f"Loss {name!r} takes no {' or '.join(given)} here: it computes its "
@@ -410,10 +412,14 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
   defaults = (TRIPLET_HYPERPARAMETERS if spec.core is None else {
       p.name: p.default for p in inspect.signature(spec.core).parameters.values()
       if p.kind == inspect.Parameter.KEYWORD_ONLY})
-  unknown = sorted(set(hyperparameters) - set(defaults))
+  unknown = sorted(set(hyperparameters) - set(defaults)
+                  - ({"embedding_reg_weight"} if regularizer is not None
+                     else set()))
   if unknown:
     raise UserError(f"Loss {name!r} takes no hyper-parameter "
                     f"{', '.join(unknown)}. It takes: {', '.join(defaults)}.")
+  if regularizer is not None:
+    defaults = {**defaults, "embedding_reg_weight": 1.0}
   hp = {**defaults, **hyperparameters}
   if spec.core is None:
     if hp["swap"] or hp["triplets_per_anchor"] != "all":
@@ -435,8 +441,19 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
   red = spec.default_reducer() if reducer is None else make_reducer(reducer)
   _check_reducer(name, red)
   bound = None if miner is None else make_miner(miner)
-  return functools.partial(_composed, name, spec, dist, bound, red,
+  reg = None if regularizer is None else make_regularizer(regularizer)
+  return functools.partial(_composed, name, spec, dist, bound, red, reg,
                            tuple(sorted(hp.items())))
+
+
+def make_regularizer(piece):
+  """(per-row penalty fn, its reducer) from a name or dict; the dict may name
+  the regularizer's own "reducer" (PML's default: mean)."""
+  name, kwargs = _spec(piece, "regularizer")
+  reducer = kwargs.pop("reducer", None)
+  _construct(regularizers_lib.REGISTRY, name, kwargs, "regularizer")
+  return (regularizers_lib.REGISTRY[name](**kwargs),
+          reducers_lib.mean() if reducer is None else make_reducer(reducer))
 
 
 def _pad_row(dim: int, dtype) -> jax.Array:
@@ -445,11 +462,25 @@ def _pad_row(dim: int, dtype) -> jax.Array:
   return jnp.arange(1, dim + 1, dtype=dtype)
 
 
-def _composed(name, spec: Composable, dist: Distance, bound, red, hp, x,
-              labels, *, mask=None, key=None, **learnable):
+def _composed(name, spec: Composable, dist: Distance, bound, red, reg, hp,
+              x, labels, *, mask=None, key=None, **learnable):
   if learnable:
     raise TypeError(f"loss {name!r} has no learnable {sorted(learnable)}")
   hp = dict(hp)
+  reg_weight = hp.pop("embedding_reg_weight", None)
+  value = _loss_value(spec, dist, bound, red, hp, x, labels, mask, key)
+  if reg is None:
+    return value
+  # PML's embedding_reg_loss: already reduced, added as a sub-loss.
+  fn, reducer = reg
+  valid = (jnp.ones(labels.shape, bool) if mask is None else mask)
+  rows = x if mask is None else jnp.where(mask[:, None], x, 0.0)
+  penalty = reducers_lib.reduce(reducer, fn(rows, valid),
+                                valid.astype(x.dtype), labels, valid)
+  return value + reg_weight * penalty
+
+
+def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key):
   if mask is not None:
     x = jnp.where(mask[:, None], x, _pad_row(x.shape[1], x.dtype))
   pos, neg = similarity.label_masks(labels, mask=mask)

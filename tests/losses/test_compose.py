@@ -34,6 +34,8 @@ PML_MINERS = {"multi_similarity": "MultiSimilarityMiner",
               "batch_easy_hard": "BatchEasyHardMiner",
               "triplet_margin": "TripletMarginMiner",
               "pair_margin": "PairMarginMiner"}
+PML_REGULARIZERS = {"lp": "LpRegularizer", "zero_mean": "ZeroMeanRegularizer",
+                    "center_invariant": "CenterInvariantRegularizer"}
 PML_REDUCERS = {"mean": "MeanReducer", "sum": "SumReducer",
                 "avg_non_zero": "AvgNonZeroReducer",
                 "threshold": "ThresholdReducer",
@@ -81,11 +83,17 @@ def _pml_miner(distances, miners, spec):
 
 
 def _theirs(name, x, labels, *, distance=None, miner=None, reducer=None,
-            **hyperparameters):
+            regularizer=None, **hyperparameters):
   torch, distances, losses, miners = import_pml()
   # pylint: disable-next=g-import-not-at-top
-  from pytorch_metric_learning import reducers
+  from pytorch_metric_learning import reducers, regularizers
   kwargs = dict(hyperparameters)
+  if regularizer is not None:
+    reg_name, reg_kwargs = _split(regularizer)
+    if "reducer" in reg_kwargs:
+      reg_kwargs["reducer"] = _pml_reducer(reducers, reg_kwargs["reducer"])
+    kwargs["embedding_regularizer"] = getattr(
+        regularizers, PML_REGULARIZERS[reg_name])(**reg_kwargs)
   if distance is not None:
     kwargs["distance"] = _pml_distance(distances, distance)
   if reducer is not None:
@@ -235,18 +243,39 @@ def test_multi_similarity_element_reducers(reducer):
                      miner="multi_similarity")
 
 
+@pytest.mark.parametrize("loss,regularizer,kwargs", [
+    ("contrastive", "lp", {}),
+    ("contrastive", {"name": "lp", "p": 1, "power": 2}, {"reducer": "mean"}),
+    ("triplet_margin", "zero_mean", {"embedding_reg_weight": 0.3,
+                                     "miner": "batch_hard"}),
+    ("multi_similarity", {"name": "center_invariant",
+                          "reducer": "avg_non_zero"},
+     {"embedding_reg_weight": 0.1}),
+    ("circle", {"name": "lp", "power": 2}, {"miner": "multi_similarity"}),
+])
+def test_embedding_regularizers(loss, regularizer, kwargs):
+  assert_matches_pml(loss, regularizer=regularizer, **kwargs)
+
+
 def test_triplet_smooth_loss_and_miner_distance():
   assert_matches_pml("triplet_margin", smooth_loss=True, margin=0.1,
                      miner={"name": "triplet_margin", "margin": 0.3,
                             "distance": "cosine"})
 
 
-@pytest.mark.parametrize("name", ["contrastive", "triplet_margin",
-                                  "multi_similarity", "ntxent", "circle"])
-def test_jit_and_padding(name):
+@pytest.mark.parametrize("name,pieces", [
+    ("contrastive", {"miner": "batch_hard"}),
+    ("triplet_margin", {"miner": "batch_hard"}),
+    ("multi_similarity", {"miner": "batch_hard"}),
+    ("ntxent", {"miner": "batch_hard"}),
+    ("circle", {"miner": "batch_hard"}),
+    ("contrastive", {"miner": "angular", "regularizer": "center_invariant"}),
+    ("triplet_margin", {"miner": "triplet_margin", "distance": "snr"}),
+])
+def test_jit_and_padding(name, pieces):
   """jax.jit(build(...)) runs, and padded rows (even NaN) change nothing."""
   x, labels = random_batch(4, n=N, dim=DIM, classes=CLASSES)
-  fn = mj_losses.build(name, miner="batch_hard")
+  fn = mj_losses.build(name, **pieces)
   full = jax.jit(fn)(jnp.asarray(x), jnp.asarray(labels))
   padded = np.concatenate([x, np.full((4, DIM), np.nan, np.float32)])
   plabels = np.concatenate([labels, np.zeros(4, np.int32)])
@@ -305,7 +334,11 @@ def test_other_registered_losses_build_with_defaults_only():
     (lambda: mj_losses.build("no_such_loss"), "Known losses"),
     (lambda: mj_losses.build("ms", epsilon=0.1, miner="batch_hard"),
      "epsilon"),
-    (lambda: mj_losses.build("contrastive", regularizer="lp"), "regularizer"),
+    (lambda: mj_losses.build("supcon", regularizer="lp"), "regularizer"),
+    (lambda: mj_losses.build("contrastive", regularizer="regular_face"),
+     "Known regularizers"),
+    (lambda: mj_losses.build("contrastive", embedding_reg_weight=0.5),
+     "embedding_reg_weight"),
 ])
 def test_refused_combinations_are_user_errors(call, words):
   with pytest.raises(UserError, match=words) as e:
