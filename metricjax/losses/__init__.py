@@ -8,6 +8,10 @@ batch; "triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`;
 caption task). Configs select it with `config.loss.name` and pass
 `config.loss.kwargs`.
 
+`build` (compose.py) composes the pair and triplet losses with a distance
+(distances.py), a miner (miners.py) and a reducer (reducers.py), as
+pytorch-metric-learning does: `build("contrastive", miner="multi_similarity")`.
+
 A loss with learnable parameters (proxies, class weights, margins) takes
 them as keyword arrays, in pytorch-metric-learning's layout, and registers
 an `init(rng, *, num_classes, embedding_dim, **hyperparameters)` returning
@@ -20,6 +24,8 @@ from typing import Any, Callable, NamedTuple
 from metricjax.errors import UserError
 from metricjax.losses.classification import softmax_cross_entropy
 from metricjax.losses.circle import circle_loss
+from metricjax.losses.compose import build
+from metricjax.losses.compose import COMPOSABLE
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
 from metricjax.losses.fastap import fastap_loss
@@ -96,14 +102,28 @@ REGISTRY: dict[str, Loss] = {
 
 
 def get_loss(name: str) -> Loss:
-  try:
+  if name in REGISTRY:
     return REGISTRY[name]
-  except KeyError:
-    raise UserError(
-        f"Unknown loss {name!r} (config.loss.name). Known losses: "
-        f"{', '.join(sorted(REGISTRY))}. To add one, write it in "
-        "metricjax/losses/ and register it in metricjax/losses/__init__.py."
-    ) from None
+  if name in COMPOSABLE:  # PML's names only `build` knows, e.g. triplet_margin
+    return Loss(build(name), "embedding")
+  raise UserError(
+      f"Unknown loss {name!r} (config.loss.name). Known losses: "
+      f"{', '.join(sorted(set(REGISTRY) | set(COMPOSABLE)))}. To add one, "
+      "write it in metricjax/losses/ and register it in "
+      "metricjax/losses/__init__.py.")
+
+
+def composed_pieces(loss_config) -> dict[str, Any]:
+  """The distance / miner / reducer / regularizer `config.loss` sets (None,
+  "" or {} is unset), as `build`'s keywords."""
+  pieces = {}
+  for key in ("distance", "miner", "reducer", "regularizer"):
+    value = loss_config.get(key)
+    if hasattr(value, "to_dict"):
+      value = value.to_dict()
+    if value:
+      pieces[key] = value
+  return pieces
 
 
 # Keyword arguments a training task fills in, not hyper-parameters.

@@ -37,7 +37,7 @@ def _batch_hard(d, pos, neg, margin):
   return pairs.avg_nonzero(d_ap - d_an + margin, has_triplet)
 
 
-def _violation_sum_count(d, pos, neg, margin, semihard):
+def violation_sum_count(d, pos, neg, margin, semihard):
   """Sum and count of the positive triplet losses, in O(N M) memory.
 
   Per anchor the negatives' distances are sorted once; each positive p then
@@ -92,7 +92,7 @@ def mined_triplet_loss(d: jax.Array, pos: jax.Array, neg: jax.Array, *,
   if mining not in MININGS:
     raise ValueError(f"unknown mining {mining!r}; expected one of "
                      f"{', '.join(MININGS)}")
-  total, count = _violation_sum_count(d, pos, neg, margin,
+  total, count = violation_sum_count(d, pos, neg, margin,
                                       semihard=mining == "semihard")
   return total / jnp.maximum(count, 1.0)
 

@@ -224,8 +224,22 @@ def make_loss(config, model, loss: losses.Loss):
   if loss.input == "logits" and not config.classification_head:
     raise UserError(f"Loss {config.loss.name!r} needs logits: set "
                     "config.classification_head=True.")
-  losses.check_hyperparameters(config.loss.name, config.loss.kwargs)
   kwargs = config.loss.kwargs.to_dict()
+  pieces = losses.composed_pieces(config.loss)
+  if pieces or config.loss.name not in losses.REGISTRY:
+    # config.loss.{distance,miner,reducer}: build checks the combination and
+    # the keywords now, before anything compiles.
+    loss = loss._replace(fn=losses.build(config.loss.name, **pieces, **kwargs))
+    kwargs = {}
+    if "miner" in pieces and losses.compose.make_miner(pieces["miner"]).random:
+      raise UserError(
+          f"The miner in config.loss.miner is random and the training step "
+          "passes the loss no key yet; use a deterministic miner "
+          "(multi_similarity, batch_hard, batch_easy_hard, triplet_margin, "
+          "pair_margin, angular, hdc), or call losses.build(...) with "
+          "key= in your own step.")
+  else:
+    losses.check_hyperparameters(config.loss.name, config.loss.kwargs)
   kwargs.pop("num_classes", None)  # Only sizes the loss's parameters.
 
   def loss_fn(params, loss_params, batch_stats, batch):
