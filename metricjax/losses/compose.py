@@ -52,6 +52,8 @@ from metricjax.losses import reducers as reducers_lib
 from metricjax.losses import regularizers as regularizers_lib
 from metricjax.losses import triplet as triplet_lib
 from metricjax.losses.distances import Distance, margin
+from metricjax.losses.registry import check_loss_hyperparameters
+from metricjax.losses.registry import REGISTRY
 from metricjax.ops import similarity
 
 
@@ -384,8 +386,6 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
   Raises:
     UserError: an unknown piece or keyword, or a combination PML refuses.
   """
-  # pylint: disable-next=g-import-not-at-top
-  from metricjax.losses import REGISTRY  # its module imports this one
   if name in ALIASES:
     distance, miner, hyperparameters = _legacy(name, distance, miner,
                                                hyperparameters)
@@ -404,8 +404,7 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
           "own. The losses that compose with a distance, a miner and a "
           f"reducer are {', '.join(sorted(COMPOSABLE))} (and the aliases "
           f"{', '.join(sorted(ALIASES))}); or drop config.loss.{given[0]}.")
-    from metricjax.losses import check_hyperparameters  # pylint: disable=g-import-not-at-top
-    check_hyperparameters(name, hyperparameters)
+    check_loss_hyperparameters(name, REGISTRY[name], hyperparameters)
     return functools.partial(REGISTRY[name].fn, **hyperparameters)
 
   spec = COMPOSABLE[name]
