@@ -23,6 +23,7 @@ bisection on compiles.
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -162,6 +163,9 @@ def compile_config(config, target: accelerators.Target) -> dict:
   try:
     compiled, task, state, k = compile_train_step(config, mesh)
   except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" in str(e):
+      return _out_of_memory(config, target, mesh, e,
+                            time.perf_counter() - start)
     if "ptxas" in str(e).lower():
       raise UserError(
           f"Compiling for {target.name} failed in ptxas: "
@@ -193,6 +197,29 @@ def compile_config(config, target: accelerators.Target) -> dict:
   report["embed"]["fits"] = (report["embed"]["peak_bytes"]
                              <= target.usable_bytes)
   return report
+
+
+# The TPU compiler refuses a program that cannot fit (where the GPU one
+# rematerialises and reports its peak), with the memory it needed.
+_NEEDED = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\)")
+
+
+def _out_of_memory(config, target, mesh, error, seconds) -> dict:
+  """The report of a step the target's compiler refused for its memory."""
+  needed = _NEEDED.search(str(error))
+  temp = (int(float(needed.group(1)) * 2**(10 * "KMGT".index(
+      needed.group(2)) + 10)) if needed else None)
+  examples = config.batch_size * (3 if config.sampler == "triplets" else 1)
+  return dict(
+      target=target.name, devices=mesh.devices.size,
+      device_kind=mesh.devices.flat[0].device_kind, global_batch=examples,
+      steps_per_call=config.steps_per_call,
+      compute_dtype=config.compute_dtype, argument_bytes=None,
+      output_bytes=None, alias_bytes=None, temp_bytes=temp, peak_bytes=temp,
+      memory_bytes=target.memory_bytes, usable_bytes=target.usable_bytes,
+      fits=False, compiler_error=errors.one_line(error, 400), flops=None,
+      bytes_accessed=None, bound_seconds=None, images_per_second=None,
+      compile_seconds=round(seconds, 2), embed=dict(fits=False))
 
 
 def with_batch(config, multiple: int):
@@ -231,8 +258,9 @@ def max_batch(config, target: accelerators.Target, *, limit: int = 1 << 16,
       report = compile_config(with_batch(config, m * scale), target)
       peaks[m] = (report["fits"] and report["embed"]["fits"],
                   report["peak_bytes"])
+      peak = report["peak_bytes"]
       print(f"  {target.name}: global batch {report['global_batch']}: peak "
-            f"{report['peak_bytes'] / 2**30:.2f} GiB per device, "
+            f"{peak / 2**30 if peak else float('nan'):.2f} GiB per device, "
             f"{'fits' if peaks[m][0] else 'does not fit'}", flush=True)
     return peaks[m][0]
 
@@ -243,7 +271,7 @@ def max_batch(config, target: accelerators.Target, *, limit: int = 1 << 16,
   low, high = 1, None  # fits(low); not fits(high), when known.
   if top >= 2 and fits(2):
     low = 2
-    per_unit = peaks[2][1] - peaks[1][1]
+    per_unit = peaks[2][1] - peaks[1][1] if peaks[1][1] else 0
     guess = (top if per_unit <= 0 else
              2 + int((target.usable_bytes - peaks[2][1]) // per_unit))
     guess = max(2, min(guess, top))
@@ -273,6 +301,13 @@ def max_batch(config, target: accelerators.Target, *, limit: int = 1 << 16,
 
 def format_report(r: dict) -> str:
   gib = lambda b: f"{b / 2**30:.2f} GiB"
+  if r.get("compiler_error"):
+    needs = (f"needs {gib(r['temp_bytes'])} of temporaries, "
+             if r["temp_bytes"] else "")
+    return (f"{r['target']} ({r['devices']} x {r['device_kind']}), global "
+            f"batch {r['global_batch']}, {r['compute_dtype']}: DOES NOT FIT: "
+            f"{needs}of {gib(r['usable_bytes'])} (the compiler refused it: "
+            f"{r['compiler_error']})")
   return (
       f"{r['target']} ({r['devices']} x {r['device_kind']}), global batch "
       f"{r['global_batch']}, {r['compute_dtype']}:\n"

@@ -115,6 +115,23 @@ def test_a_config_that_does_not_fit_is_a_result():
   assert report["peak_bytes"] > 2**20
 
 
+def test_a_step_the_tpu_compiler_refuses_is_a_result(monkeypatch):
+  """TPU's compiler refuses a program that cannot fit (GPU's reports its
+  peak): the report says so, with the memory it needed."""
+  def refuse(config, mesh):
+    raise jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+        "required for HLO temporaries (25.58G) exceeds available HBM "
+        "(15.75G).")
+  monkeypatch.setattr(aot, "compile_train_step", refuse)
+  monkeypatch.setattr(accelerators, "devices",
+                      lambda target: jax.devices()[:target.num_devices])
+  report = aot.compile_config(quickstart(), accelerators.get("v5e:8"))
+  assert report["fits"] is False and report["devices"] == 8
+  assert report["temp_bytes"] == int(25.58 * 2**30)
+  assert "DOES NOT FIT: needs 25.58 GiB" in aot.format_report(report)
+
+
 @needs_gpu
 def test_max_batch_bisects_to_the_edge_of_memory():
   small = dataclasses.replace(accelerators.get("h100"),

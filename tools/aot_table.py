@@ -81,6 +81,12 @@ def render(results: dict) -> str:
                                              k.split("|")[1], k.split("|")[2])):
     r = results[key]
     row, dtype, target = key.split("|")
+    if r.get("compiler_error"):  # The TPU compiler refused it: too big.
+      lines.append(
+          f"| {row} | {'bf16' if dtype == 'bfloat16' else 'f32'} | {target} "
+          f"| {r['global_batch']} | {gib(r['temp_bytes'] or 0)}+ | **no** "
+          f"(refused) | | | | | {r['compile_seconds']:.0f} |")
+      continue
     lines.append(
         f"| {row} | {'bf16' if dtype == 'bfloat16' else 'f32'} | {target} "
         f"| {r['global_batch']} | {gib(r['peak_bytes'])} | "
@@ -93,8 +99,10 @@ def render(results: dict) -> str:
               "|---|---|---|---|"]
     for key, r in sorted(batches):
       row, _, target, _ = key.split("|")
-      lines.append(f"| {row} | {target} | {r['max_global_batch']} | "
-                   f"{r['compiles']} |")
+      best = r["max_global_batch"]
+      if r.get("refused_at"):  # A search cut short: its bracket.
+        best = f"{best} fits, {r['refused_at']} does not"
+      lines.append(f"| {row} | {target} | {best} | {r['compiles']} |")
   return "\n".join(lines)
 
 
