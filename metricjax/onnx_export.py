@@ -20,6 +20,7 @@ import numpy as np
 
 from metricjax.errors import UserError
 from metricjax.files import atomic_write
+from metricjax.ops import pooling
 
 HOW_TO_INSTALL = ("pip install 'metricjax[onnx]' (jax2onnx and onnxruntime, "
                   "the versions setup.cfg pins)")
@@ -43,9 +44,10 @@ def export_onnx(model, variables, image_shape, *, batch: int | None):
   spec = jax.ShapeDtypeStruct(("B" if batch is None else batch, h, w, c),
                               jnp.uint8)
   try:
-    proto = jax2onnx.to_onnx(embed, [spec], model_name="metricjax_embedding",
-                             input_names=["images"],
-                             output_names=["embedding"])
+    with pooling.portable():
+      proto = jax2onnx.to_onnx(embed, [spec], model_name="metricjax_embedding",
+                               input_names=["images"],
+                               output_names=["embedding"])
   except (NotImplementedError, TypeError, ValueError) as e:
     raise UserError(
         f"jax2onnx cannot convert this model ({type(e).__name__}: "

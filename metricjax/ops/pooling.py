@@ -15,13 +15,44 @@ activations across a window, and splitting their gradient instead (the
 gradient of a plain `max`) changes training.
 """
 
+import contextlib
+import contextvars
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
 def max_pool_2x2(x: jax.Array, padding: str = "SAME") -> jax.Array:
   """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C) ("SAME": an odd last row or
-  column is pooled alone) or (B, H//2, W//2, C) ("VALID": it is dropped)."""
+  column is pooled alone) or (B, H//2, W//2, C) ("VALID": it is dropped).
+
+  On TPU, whose select-and-scatter is native, flax's max_pool moves fewer
+  bytes (docs/accelerators.md): the compiled program picks it there, unless
+  traced inside `portable()`."""
+  if _PORTABLE.get():
+    return _max_pool_2x2(x, padding)
+  return jax.lax.platform_dependent(
+      x, tpu=lambda x: nn.max_pool(x, (2, 2), (2, 2), padding),
+      default=lambda x: _max_pool_2x2(x, padding))
+
+
+# Converters that read the traced program (jax2onnx for --format=onnx)
+# know no platform_dependent: they trace the one formulation.
+_PORTABLE = contextvars.ContextVar("portable_pooling", default=False)
+
+
+@contextlib.contextmanager
+def portable():
+  """Traces max_pool_2x2 without its per-platform choice (same values)."""
+  token = _PORTABLE.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE.reset(token)
+
+
+def _max_pool_2x2(x: jax.Array, padding: str) -> jax.Array:
   _, h, w, _ = x.shape
   if padding == "SAME":
     if h % 2 or w % 2:

@@ -40,3 +40,17 @@ def test_no_select_and_scatter_in_the_gradient():
   text = jax.jit(jax.grad(lambda x: ops.max_pool_2x2(x).sum())).lower(
       jnp.zeros((2, 8, 8, 3))).as_text()
   assert "select_and_scatter" not in text and "reduce_window" not in text
+
+
+def test_tpu_programs_pool_with_flax_and_others_without_select_and_scatter():
+  """The choice per platform, read from the lowered program: TPU keeps
+  flax's max_pool (its select-and-scatter is native), the rest the
+  reshape form."""
+  grad = jax.jit(jax.grad(lambda x: ops.max_pool_2x2(x).sum()))
+  x = jnp.zeros((2, 8, 8, 3))
+  both = grad.trace(x).lower(lowering_platforms=("cpu", "tpu")).as_text()
+  assert "select_and_scatter" in both or "reduce_window" in both
+  with ops.pooling.portable():
+    cpu_only = jax.jit(jax.grad(lambda x: ops.max_pool_2x2(x).sum())).lower(
+        x).as_text()
+  assert "select_and_scatter" not in cpu_only
