@@ -121,9 +121,12 @@ _NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 
 def _compile(lowered):
   # jax's persistent cache would store these executables but cannot load
-  # an executable for devices it has no client of: it is left out.
-  cached = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
+  # an executable for devices it has no client of: none is written (the
+  # minimum compile time is read at every write; whether the cache is on
+  # at all, only once a process).
+  key = "jax_persistent_cache_min_compile_time_secs"
+  cached = getattr(jax.config, key)
+  jax.config.update(key, float("inf"))
   try:
     return lowered.compile()
   except jax.errors.JaxRuntimeError as e:
@@ -131,7 +134,7 @@ def _compile(lowered):
       raise
     return lowered.compile(compiler_options=_NO_TRITON_GEMM)
   finally:
-    jax.config.update("jax_enable_compilation_cache", cached)
+    jax.config.update(key, cached)
 
 
 def compile_embed_step(config, mesh, task, state):
