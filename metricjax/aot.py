@@ -6,25 +6,25 @@ a lower bound on the step time, from the target's own compiler.
       [--max_batch]
 
 The training step compiled is the very program `metricjax.train` runs
-(train.compile_steps over the step of metricjax/step.py, config.steps_per_call
+(train.lower_steps over the step of metricjax/step.py, config.steps_per_call
 steps a call, the state donated, sharded over all of the target's devices),
 and the evaluation step the one `metricjax.evaluate` runs, from shapes alone
 (tasks/shapes.py). Per target it reports, per device: argument, output,
 aliased (donated) and temporary bytes and their peak; whether that fits the
-device's memory (a GPU's: the 75% jax preallocates); flops and bytes accessed per training step (the target
-compiler's cost analysis; on GPU with cuDNN / cuBLAS calls counted from
-their shapes, metricjax/hlo_costs.py); `bound_seconds` = max(flops / peak
-compute, bytes / bandwidth), a lower bound on the step time, and the
-images/s it allows. A config that does not fit is a result (fits: false,
-exit 0). --max_batch finds the largest global batch that fits, by
-bisection on compiles.
+memory a program may use (a GPU's: the 75% jax preallocates); flops and
+bytes accessed per training step (the target compiler's cost analysis; on
+GPU with cuDNN / cuBLAS calls counted from their shapes,
+metricjax/hlo_costs.py); `bound_seconds` = max(flops / peak compute,
+bytes / bandwidth), a lower bound on the step time, and the images/s it
+allows. A config that does not fit is a result (fits: false, exit 0).
+--max_batch finds the largest global batch that fits, from a few compiles
+(docs/accelerators.md).
 """
 
 import json
 import math
 import os
 import re
-import sys
 import time
 
 # jax's CUDA plugin registers on a machine without CUDA only when jax's
@@ -56,15 +56,15 @@ from metricjax.errors import UserError
 from metricjax.tasks import shapes
 
 FLAGS = flags.FLAGS
-MEMORY_KEYS = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes",
-               "peak_bytes")
 
 
 def _define_flags():
   config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file, e.g. configs/compact_involution.py.")
-  flags.DEFINE_string("target", "v5e:1,h100",
-                      f"Comma-separated targets: {', '.join(accelerators.TARGETS)}.")
+      "config", None,
+      "Experiment config file, e.g. configs/compact_involution.py.")
+  flags.DEFINE_string(
+      "target", "v5e:1,h100",
+      f"Comma-separated targets: {', '.join(accelerators.TARGETS)}.")
   flags.DEFINE_string("json", None, "Also write the results to this file.")
   flags.DEFINE_bool("max_batch", False,
                     "Find the largest global batch that fits each target.")
@@ -85,11 +85,6 @@ def memory(compiled) -> dict:
   return out
 
 
-def _abstract(tree, sharding):
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def compile_train_step(config, mesh):
   """(compiled k-step call, task, k) of config's training on mesh."""
   tx = state_lib.create_optimizer(config)
@@ -97,7 +92,8 @@ def compile_train_step(config, mesh):
   replicated = parallel.replicated(mesh)
   state = checkpoint.abstract_like(
       jax.eval_shape(task.init, jax.random.key(config.seed)), replicated)
-  seed_key = _abstract(jax.eval_shape(lambda: jax.random.key(0)), replicated)
+  seed_key = shapes.placed(jax.eval_shape(lambda: jax.random.key(0)),
+                           replicated)
   train_step = step_lib.make_train_step(
       task.sample, task.loss, tx, skip_nonfinite=config.skip_nonfinite_steps)
   k = config.steps_per_call

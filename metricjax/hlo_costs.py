@@ -88,7 +88,8 @@ def _gemm_flops(attributes, args, results) -> int:
   dims = json.loads(config.group(1))["gemm_backend_config"][
       "dot_dimension_numbers"]
   lhs = args[0][0][1]
-  contracted = np.prod([lhs[int(i)] for i in dims["lhs_contracting_dimensions"]])
+  contracted = np.prod([lhs[int(i)]
+                        for i in dims["lhs_contracting_dimensions"]])
   return int(2 * np.prod(results[0][1]) * contracted)
 
 

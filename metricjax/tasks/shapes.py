@@ -103,7 +103,7 @@ def build(config, mesh, tx) -> Task:
                                             np.uint8),
              "labels": jax.ShapeDtypeStruct((examples,), np.int32)}
     return Task(sample=retrieval.make_stream_sample(config),
-                data=_placed(batch, parallel.batch_sharding(mesh)),
+                data=placed(batch, parallel.batch_sharding(mesh)),
                 stream=lambda start: iter(()), **common)
   per_class = -(-size // shape.num_classes)
   data = retrieval.DeviceData(
@@ -116,7 +116,7 @@ def build(config, mesh, tx) -> Task:
           num_nonempty=shape.num_classes))
   return Task(sample=retrieval.make_sample(config, loss, mesh,
                                            shape.num_classes),
-              data=_placed(data, parallel.replicated(mesh)), **common)
+              data=placed(data, parallel.replicated(mesh)), **common)
 
 
 def _build_vse(config, mesh, tx) -> Task:
@@ -150,7 +150,7 @@ def _build_vse(config, mesh, tx) -> Task:
   return Task(meta=meta, model=model, init=init,
               sample=vse.make_sample(config, mesh),
               loss=vse.make_loss(config, model),
-              data=_placed(data, parallel.replicated(mesh)),
+              data=placed(data, parallel.replicated(mesh)),
               examples_per_step=config.batch_size, epoch_size=size)
 
 
@@ -165,6 +165,7 @@ def _streamed(config, shape: SplitShape, size: int) -> bool:
   return chosen == "stream"
 
 
-def _placed(tree, sharding):
+def placed(tree, sharding):
+  """Abstract arrays (anything with shape and dtype) carrying `sharding`."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
