@@ -53,6 +53,7 @@ from metricjax import state as state_lib
 from metricjax import step as step_lib
 from metricjax import train as train_lib
 from metricjax.errors import UserError
+from metricjax.tasks import retrieval
 from metricjax.tasks import shapes
 
 FLAGS = flags.FLAGS
@@ -208,10 +209,10 @@ def _out_of_memory(config, target, mesh, error, seconds) -> dict:
   needed = _NEEDED.search(str(error))
   temp = (int(float(needed.group(1)) * 2**(10 * "KMGT".index(
       needed.group(2)) + 10)) if needed else None)
-  examples = config.batch_size * (3 if config.sampler == "triplets" else 1)
   return dict(
       target=target.name, devices=mesh.devices.size,
-      device_kind=mesh.devices.flat[0].device_kind, global_batch=examples,
+      device_kind=mesh.devices.flat[0].device_kind,
+      global_batch=retrieval.images_per_step(config),
       steps_per_call=config.steps_per_call,
       compute_dtype=config.compute_dtype, argument_bytes=None,
       output_bytes=None, alias_bytes=None, temp_bytes=temp, peak_bytes=temp,
@@ -293,8 +294,7 @@ def max_batch(config, target: accelerators.Target, *, limit: int = 1 << 16,
     low, high = (mid, high) if fits(mid) else (low, mid)
   best = with_batch(config, low * scale)
   return dict(target=target.name,
-              max_global_batch=best.batch_size * (
-                  3 if config.sampler == "triplets" else 1),
+              max_global_batch=retrieval.images_per_step(best),
               reached_limit=low == top, compiles=compiles)
 
 

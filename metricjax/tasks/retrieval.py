@@ -105,6 +105,11 @@ def _val_classes(config) -> float:
   return data.get("val_classes", 0) if config.get("eval_every") else 0
 
 
+def images_per_step(config) -> int:
+  """Images a training step embeds: batch_size, or 3 per explicit triplet."""
+  return config.batch_size * (3 if config.sampler == "triplets" else 1)
+
+
 def make_model_and_init(config, meta: Meta, tx):
   model = models.create_model(
       config.model,
@@ -306,7 +311,7 @@ def build(config, mesh, tx) -> Task:
   if held_out is not None:
     validate = (make_photo_validation if photos else make_validation)(
         config, model, held_out, mesh)
-  examples_per_step = config.batch_size * (3 if config.sampler == "triplets" else 1)
+  examples_per_step = images_per_step(config)
   common = dict(meta=meta, model=model, init=init, epoch_size=len(ds),
                 loss=make_loss(config, model, loss), validate=validate,
                 examples_per_step=examples_per_step)

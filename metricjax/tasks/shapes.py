@@ -91,7 +91,7 @@ def build(config, mesh, tx) -> Task:
       class_names=tuple(map(str, range(shape.num_classes))),
       image_shape=image_shape(config))
   model, init = retrieval.make_model_and_init(config, meta, tx)
-  examples = config.batch_size * (3 if config.sampler == "triplets" else 1)
+  examples = retrieval.images_per_step(config)
   common = dict(meta=meta, model=model, init=init, epoch_size=size,
                 loss=retrieval.make_loss(config, model, loss),
                 examples_per_step=examples)
