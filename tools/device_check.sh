@@ -8,16 +8,18 @@
 # and scikit-learn, and no internet: metricjax's other requirements travel
 # with the checkout as wheels in .whl/, made here beforehand by
 #   bash tools/device_check.sh --download_wheels
-# (ml-collections, grain and what they need that such an image lacks;
+# (ml-collections, grain and what they need that such an image lacks,
+# pinned to the versions this project is tested with; .whl/ is git-ignored,
+# so name it in the device run's `carry`;
 # Python 3.12 manylinux wheels). --dry_run checks the script on this CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--download_wheels" ]; then
   rm -rf .whl && mkdir -p .whl
-  for pkg in ml-collections==1.1.0 grain==0.2.15 array-record==0.8.3 \
-             dm-tree==0.1.9 simple-parsing==0.1.8 docstring-parser==0.17.0 \
-             importlib-resources==6.5.2; do
+  for pkg in ml-collections==1.1.0 grain==0.2.18 array-record==0.8.6 \
+             dm-tree==0.1.10 simple-parsing==0.1.9 docstring-parser==0.18.0 \
+             importlib-resources==7.1.0; do
     python3 -m pip download -q --no-deps --only-binary=:all: \
       --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
