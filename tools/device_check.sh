@@ -30,14 +30,18 @@ if [ "${1:-}" = "--download_wheels" ]; then
   exit 0
 fi
 
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+dry_run=false
+[[ " $* " == *" --dry_run "* ]] && dry_run=true
+# The wheels are the GPU machine's (Python 3.12): a dry run here uses this
+# machine's own packages.
+if ! $dry_run && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/metricjax-site .whl/*.whl
   export PYTHONPATH="/tmp/metricjax-site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 export PYTHONUNBUFFERED=1
-if [[ " $* " == *" --dry_run "* ]]; then
+if $dry_run; then
   export JAX_PLATFORMS=cpu
 fi
 exec timeout 480 python3 tools/device_check.py "$@"
