@@ -10,9 +10,7 @@ fc6. Trained with cross-entropy through the retrieval task; a few minutes
 on a CPU: it only needs to be a real trained CNN, not a good one.
 """
 
-import ml_collections
-
-from metricjax.config_utils import add_shared_fields
+from metricjax.config_utils import base_config
 from metricjax.config_utils import parse_arg
 
 # 8 to 64 channels instead of 64 to 512: about 5M multiply-adds per 32x32
@@ -22,33 +20,19 @@ SLIM_BLOCKS = ((8, 8), (16, 16), (32, 32, 32), (64, 64, 64), (64, 64, 64))
 
 def get_config(arg=None):
   arg = parse_arg(arg, dataset="cifar10")
-  config = ml_collections.ConfigDict()
-  add_shared_fields(config)
+  config = base_config()
   config.dataset = arg.dataset
-  config.train_split = "train"
-  config.eval_split = "test"
 
   config.model = dict(name="vgg", blocks=SLIM_BLOCKS, fc_dims=(256, 256),
                       pool_size=(1, 1), preprocess="torch")
+  # A classifier trained with cross-entropy on uniform batches of 128.
   config.classification_head = True
-  config.loss = dict(name="ce", kwargs={})
+  config.loss.name = "ce"
   config.sampler = "uniform"
-  # Training data on the devices (sampled there) or streamed from the host;
-  # auto: on the devices when the split fits device_budget_mb.
-  config.data = dict(placement="auto", device_budget_mb=1024.0)
-  config.batch_size = 128
   config.augment = True
 
   config.total_steps = 1500  # ~4 epochs.
-  config.learning_rate = 1e-3
-  config.warmup_steps = 100
-  config.weight_decay = 1e-4
-
   config.log_every = 100
-  config.checkpoint_every = 500
   config.keep_checkpoints = 1
-
-  config.eval = dict(batch_size=1000, ks=(1, 5, 10))
-  config.eval_every = 0
-  config.val_size = 2000
+  config.val_size = 2000  # Held out when validating (--config.eval_every=N).
   return config

@@ -74,9 +74,7 @@ at the best validated checkpoint:
       --workdir=/tmp/cub_pa
 """
 
-import ml_collections
-
-from metricjax.config_utils import add_shared_fields
+from metricjax.config_utils import base_config
 from metricjax.config_utils import parse_arg
 from metricjax.errors import UserError
 from metricjax.tasks.retrieval import recall_ks
@@ -107,56 +105,35 @@ def get_config(arg=None):
                     "vit_s16 or efficientnet_lite0).")
   if not arg.image_size:
     arg.image_size = 227 if arg.protocol == "reality_check" else 224
-  config = ml_collections.ConfigDict()
-  add_shared_fields(config)
+  config = base_config()
   config.dataset = arg.dataset  # cub | cars196 | sop | inshop | csv:FILE
-  config.train_split = "train"
-  config.eval_split = "test"
   config.image_size = arg.image_size
 
   config.model = dict(BACKBONES[arg.backbone], embedding_dim=arg.embedding_dim)
   if arg.weights:
     config.model.weights = arg.weights
   config.classification_head = arg.loss == "ce"
-  config.loss = dict(name=arg.loss, kwargs={}, param_lr_multiplier=1.0)
+  config.loss.name = arg.loss
   if arg.loss == "ms":
     # pytorch-metric-learning defaults.
     config.loss.kwargs = dict(alpha=2.0, beta=50.0, base=0.5, epsilon=0.1)
 
-  # P x K class-balanced batches (K = 4, as most of the field): 32 classes.
+  # P x K class-balanced batches of 128 (K = 4, as most of the field): 32
+  # classes.
   config.sampler = "balanced" if arg.loss != "ce" else "uniform"
-  config.batch_size = 128
-  config.samples_per_class = 4
-  config.data = dict(
-      placement="stream",  # Photo benchmarks always stream from the host.
-      boxes=False,  # Crop CUB / Cars196 to their bounding boxes first.
-      crop_scale=(0.16, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True,
-      # Evaluation: shorter side to eval_resize (0: image_size * 256 / 224),
-      # then the centre image_size crop.
-      eval_resize=0,
-      draft=True,  # Reduced-DCT JPEG decoding when the view loses nothing.
-      skip_corrupt=False,  # True: skip (and count) undecodable images.
-      num_threads=8, prefetch=256,  # grain's decode threads and queue.
-      workers=0,  # > 0: decode in that many processes (grain mp_prefetch).
-      # Validation (eval_every > 0): this fraction (or count) of the
-      # training classes held out, every image of them.
-      val_classes=0.25)
-  config.augment = False  # The host pipeline augments.
-
+  # Photo benchmarks stream from the host, whose pipeline decodes and
+  # augments them (config.data's crop_scale, crop_ratio, flip, eval_resize,
+  # boxes, skip_corrupt, num_threads, ...: base_config() has them).
+  config.data.placement = "stream"
+  # Validation (--config.eval_every=N): a quarter of the training classes
+  # held out, every image of them.
+  config.data.val_classes = 0.25
   config.total_steps = 3000
-  config.learning_rate = 1e-3
-  config.warmup_steps = 100
-  config.weight_decay = 1e-4
-  config.lr_schedule = "cosine"
 
-  config.log_every = 50
-  config.checkpoint_every = 500
-  config.keep_checkpoints = 3
-
-  config.eval = dict(batch_size=256, ks=recall_ks(arg.dataset),
-                     clustering=True, kmeans_max_iter=100)
-  config.eval_every = 0
-  config.val_size = 0
+  # The benchmark's Recall@K convention, and k-means NMI / AMI.
+  config.eval.batch_size = 256
+  config.eval.ks = recall_ks(arg.dataset)
+  config.eval.clustering = True
   if arg.protocol == "reality_check":
     config.batch_size, config.samples_per_class = 32, 4
     config.data.crop_scale, config.data.crop_ratio = (0.16, 1.0), (0.75, 1.33)

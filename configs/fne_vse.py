@@ -23,9 +23,7 @@ Arguments:
   embed_dim       joint space width.
 """
 
-import ml_collections
-
-from metricjax.config_utils import add_shared_fields
+from metricjax.config_utils import base_config
 from metricjax.config_utils import parse_arg
 from metricjax.errors import UserError
 
@@ -37,33 +35,27 @@ _STEPS = {"flickr8k": 1400, "flickr30k": 6800, "coco": 26500}
 def get_config(arg=None):
   arg = parse_arg(arg, dataset="flickr8k", image_features="fne", loss="sum",
                   weights="vgg16.npz", backbone="vgg16", embed_dim=2048)
-  config = ml_collections.ConfigDict()
-  add_shared_fields(config)
-  config.task = "vse"
+  config = base_config("vse")
   config.dataset = arg.dataset
   coco = arg.dataset in ("coco", "tfds:coco_captions")
   config.train_split = "train+restval" if coco else "train"
-  config.val_split = "val"
-  config.eval_split = "test"
 
   config.image_features = arg.image_features
-  # preprocess and image_size None: what the weights file records ("torch"
-  # or "caffe"; the training size of a VGG trained here), else torch, 224.
-  config.backbone = dict(name=arg.backbone, weights=arg.weights,
-                         preprocess=None, image_size=None, batch_size=64)
-  config.features_cache_dir = ""  # "": $METRICJAX_CACHE_DIR/features.
+  # The backbone's preprocessing and image size: what its weights file
+  # records (base_config's backbone.preprocess, backbone.image_size).
+  config.backbone.name = arg.backbone
+  config.backbone.weights = arg.weights
 
-  # Joint dim 2048 as in the FNE runs (Kiros et al.: 1024); word dim 300.
+  # Joint dim 2048 as in the FNE runs (Kiros et al.: 1024); word dim 300;
+  # VSE++'s vocabulary (words seen 4 times in the training captions) and
+  # 50-word captions are base_config's.
   config.model = dict(name="vse", embed_dim=arg.embed_dim, word_dim=300)
-  config.vocab_min_count = 4  # VSE++'s; from the training captions only.
-  config.max_caption_length = 50  # Words; longer captions are truncated.
 
   if arg.loss not in ("sum", "max"):
     raise UserError(f"loss={arg.loss!r}: use sum (VSE, every in-batch "
                     "negative) or max (VSE++, the hardest).")
-  config.loss = dict(name="vse", kwargs=dict(
-      margin=0.2, max_violation=arg.loss == "max"))
-  config.batch_size = 128
+  config.loss.kwargs = dict(margin=0.2, max_violation=arg.loss == "max")
+  config.batch_size = 128  # VSE++'s.
   config.total_steps = _STEPS.get("coco" if coco else arg.dataset, 1400)
   # Adam 2e-4 (VSE++ drops it 10x halfway; here cosine decay), clip 2.
   config.learning_rate = 2e-4
@@ -74,11 +66,9 @@ def get_config(arg=None):
   # Model selection by validation rsum: a checkpoint at every validation,
   # all kept (references: overriding eval_every or total_steps follows);
   # evaluate with --select=val_rsum.
-  config.log_every = 50
   config.eval_every = 1000 if coco else 200
   config.checkpoint_every = config.get_ref("eval_every")
   config.keep_checkpoints = (config.get_ref("total_steps")
                              // config.get_ref("eval_every") + 1)
   config.val_size = 1000  # COCO validates on 1,000 of its 5,000 (VSE++).
-  config.eval = dict(batch_size=1000)
   return config

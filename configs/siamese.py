@@ -19,9 +19,7 @@ Arguments:
   keep       fraction of the examples kept in classes 0-4 (1 = balanced).
 """
 
-import ml_collections
-
-from metricjax.config_utils import add_shared_fields
+from metricjax.config_utils import base_config
 from metricjax.config_utils import parse_arg
 
 
@@ -29,25 +27,20 @@ def get_config(arg=None):
   arg = parse_arg(arg, dataset="fashion_mnist", loss="shadow", mining="random",
                   normalize=True, margin=0.2, distance="euclidean", keep=1.0,
                   variant="hybrid1")
-  config = ml_collections.ConfigDict()
-  add_shared_fields(config)
+  config = base_config()
   config.dataset = arg.dataset
-  config.train_split = "train"
-  config.eval_split = "test"
-  config.imbalance = dict(classes=tuple(range(5)) if arg.keep < 1 else (),
-                          keep_fraction=arg.keep, seed=0)
+  if arg.keep < 1:  # Classes 0-4 keep `keep` of their examples.
+    config.imbalance.classes = tuple(range(5))
+    config.imbalance.keep_fraction = arg.keep
 
   # Embedding size 64 as in the paper's v2; the backbone is paper 1's.
   config.model = dict(name="compact", variant=arg.variant, activation="gelu",
                       widths=(32, 64, 64, 96), embedding_dim=64,
                       normalize_embedding=arg.normalize)
-  config.classification_head = False
 
   explicit = arg.mining == "random"
-  config.loss = dict(
-      name=f"{arg.loss}_explicit" if explicit else arg.loss,
-      kwargs=dict(margin=arg.margin, normalize=arg.normalize),
-      param_lr_multiplier=1.0)
+  config.loss.name = f"{arg.loss}_explicit" if explicit else arg.loss
+  config.loss.kwargs = dict(margin=arg.margin, normalize=arg.normalize)
   if not explicit:
     config.loss.kwargs.mining = arg.mining
   if arg.loss == "triplet":
@@ -55,23 +48,13 @@ def get_config(arg=None):
   config.sampler = "triplets" if explicit else "balanced"
   # Explicit: 88 triplets = 264 images a step; mined: 8 classes x 32 = 256.
   config.batch_size = 88 if explicit else 256
-  # Training data on the devices (sampled there) or streamed from the host;
-  # auto: on the devices when the split fits device_budget_mb.
-  config.data = dict(placement="auto", device_budget_mb=1024.0)
   config.samples_per_class = 32
   config.augment = arg.dataset == "cifar10"
 
   config.total_steps = 1500
-  config.learning_rate = 1e-3
-  config.warmup_steps = 100
-  config.weight_decay = 1e-4
-
-  config.log_every = 50
-  config.checkpoint_every = 500
   config.keep_checkpoints = 2
   # Learning curves for "epochs to converge": validation every 100 steps on
   # 2000 training images held out of training (stratified by class).
   config.eval_every = 100
   config.val_size = 2000
-  config.eval = dict(batch_size=1000, ks=(1, 5, 10))
   return config

@@ -46,6 +46,7 @@ from ml_collections import config_flags
 from metricjax import accelerators
 from metricjax import checkpoint
 from metricjax import cli
+from metricjax import config_check
 from metricjax import errors
 from metricjax import hlo_costs
 from metricjax import parallel
@@ -98,8 +99,6 @@ def compile_train_step(config, mesh):
   train_step = step_lib.make_train_step(
       task.sample, task.loss, tx, skip_nonfinite=config.skip_nonfinite_steps)
   k = config.steps_per_call
-  if k < 1:
-    raise UserError(f"config.steps_per_call={k} must be >= 1.")
   data = (task.data,) * k if task.stream else task.data
   # XLA:CPU routing options mean nothing to a TPU or GPU compiler.
   lowered = train_lib.lower_steps(
@@ -330,6 +329,7 @@ def main(argv):
     raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}.")
   cli.quiet_logging()
   config = FLAGS.config
+  config_check.validate(config)
   results = []
   for target in accelerators.parse(FLAGS.target):
     report = compile_config(config, target)

@@ -17,6 +17,8 @@ from jax.sharding import Mesh
 import ml_collections
 
 from metricjax import checkpoint
+from metricjax import config_check
+from metricjax import config_utils
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import tasks
@@ -38,7 +40,13 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   mngr = checkpoint.manager(workdir, create=False)
   step = checkpoint.resolve_step(mngr, step)
   saved = checkpoint.restore_meta(mngr, step)
-  config = ml_collections.ConfigDict(saved["config"])
+  # Fields added since the checkpoint was written take their defaults.
+  config = config_utils.with_defaults(saved["config"])
+  try:
+    config_check.validate(config)
+  except UserError as e:
+    raise UserError(f"The config saved with {workdir} (step {step}) is not "
+                    f"valid for this version of metricjax: {e}") from None
   task = tasks.of(config)
   meta = task.Meta.from_dict(saved)
 

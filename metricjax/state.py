@@ -28,19 +28,23 @@ def trainable(state: TrainState) -> dict:
   return {"model": state.params, "loss": state.loss_params}
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warm-up, then cosine decay to 1% of the peak at total_steps;
   config.lr_schedule="constant" (the Reality Check's): the peak after the
   warm-up."""
   lr = config.learning_rate
   warmup = min(config.warmup_steps, config.total_steps - 1)
-  kind = config.get("lr_schedule", "cosine")
+  kind = config.lr_schedule
   if kind == "constant":
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
         [warmup]) if warmup else optax.constant_schedule(lr)
   if kind != "cosine":
-    raise UserError(f"config.lr_schedule={kind!r}; use cosine or constant.")
+    raise UserError(f"config.lr_schedule={kind!r}; use one of "
+                    f"{', '.join(SCHEDULES)}.")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=lr, warmup_steps=warmup,
       decay_steps=config.total_steps, end_value=0.01 * lr)
@@ -74,7 +78,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   schedule = learning_rate_schedule(config)
   multipliers = {"model": 1.0,
                  "trunk": config.backbone_lr_multiplier,
-                 "loss": config.loss.get("param_lr_multiplier", 1.0)}
+                 "loss": config.loss.param_lr_multiplier}
   if set(multipliers.values()) == {1.0}:
     update = _optimizer(config, schedule)
   else:

@@ -305,8 +305,8 @@ def _train_size(dataset: str, split: str, imbalance: str, val_size: int) -> int:
 def epoch_size(config: ml_collections.ConfigDict) -> int:
   """Training examples of a retrieval config after its imbalance and its
   held-out validation, as tasks.retrieval builds them."""
-  imbalance = (config.imbalance.to_dict() if "imbalance" in config and
-               config.imbalance.classes else None)
+  imbalance = (config.imbalance.to_dict() if config.imbalance.classes
+               else None)
   return _train_size(config.dataset, config.train_split,
                      json.dumps(imbalance) if imbalance else "",
                      config.val_size)

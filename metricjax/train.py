@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 from metricjax import checkpoint
 from metricjax import cli
+from metricjax import config_check
+from metricjax import config_utils
 from metricjax import files
 from metricjax import parallel
 from metricjax import state as state_lib
@@ -136,9 +138,10 @@ def _check_same_run(saved_config: dict, config: ml_collections.ConfigDict,
                     task_module, workdir: str) -> None:
   """Refuses to resume a checkpoint with another task identity."""
   normalise = lambda x: json.loads(json.dumps(x))
-  saved = ml_collections.ConfigDict(saved_config)
-  if saved.get("task", "retrieval") != config.task:
-    then, now = saved.get("task", "retrieval"), config.task
+  # Fields added since the checkpoint was written take their defaults.
+  saved = config_utils.with_defaults(saved_config)
+  if saved.task != config.task:
+    then, now = saved.task, config.task
     raise UserError(f"{workdir} holds a run of task {then!r}, but this config "
                     f"is for task {now!r}. Use a new --workdir.")
   then = normalise(task_module.identity(saved))
@@ -157,8 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   Raises Preempted when SIGTERM stopped it early (after a checkpoint), and
   UserError on bad input or a non-finite step.
   """
-  if config.total_steps < 1:
-    raise UserError(f"config.total_steps={config.total_steps} must be >= 1.")
+  config_check.validate(config)  # Before any data is read.
   parallel.check_same_everywhere(config.to_json_best_effort(sort_keys=True),
                                  "configs")
   mesh = parallel.create_mesh()
@@ -180,6 +182,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   if start_step:
     saved = checkpoint.restore_meta(mngr, start_step)
     _check_same_run(saved["config"], config, task_module, workdir)
+    # Checkpoint meta, not config: absent from checkpoints of runs older
+    # than the count.
     skipped = saved.get("nonfinite_steps", 0)
     abstract = checkpoint.abstract_like(
         jax.eval_shape(init, jax.random.key(config.seed)), replicated)
@@ -197,9 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   seed_key = jax.jit(lambda: jax.random.key(config.seed),
                      out_shardings=replicated)()
   steps_per_call = config.steps_per_call
-  if steps_per_call < 1:
-    raise UserError(f"config.steps_per_call={steps_per_call} must be >= 1.")
-  routing = xla_routing.check(config.xla_cpu_routing)
+  routing = config.xla_cpu_routing
   compiled = {}
 
   def steps_fn(k):
@@ -211,7 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     return compiled[k]
 
   schedule = state_lib.learning_rate_schedule(config)
-  eval_every = config.get("eval_every") if task.validate else 0
+  eval_every = config.eval_every if task.validate else 0
   # Calls end where something happens (a log, a validation, a checkpoint),
   # so the cadence stays in steps whatever steps_per_call is.
   every = [config.log_every, config.checkpoint_every] + (

@@ -38,7 +38,10 @@ LAYERS = (
         "fne",  # Backbone features of a VGG (models.vgg).
     )),
     ("metrics", ("metrics", "clustering")),
-    ("tasks", ("tasks",)),
+    ("tasks", (
+        "tasks",
+        "config_check",  # validate(config): the base config and the tasks' rules.
+    )),
     ("restore", ("restore",)),
     ("train / evaluate", (
         "train", "evaluate",

@@ -309,7 +309,7 @@ def train_step(model, objective, config, threads):
                                 weight_decay=config.weight_decay)
   scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser,
                                                 _warmup_cosine(config))
-  clip = config.get("grad_clip_norm")
+  clip = config.grad_clip_norm
 
   def step():
     torch.set_num_threads(threads)

@@ -58,11 +58,9 @@ def view_from_config(config, *, train: bool) -> View:
   data = config.data
   size = int(config.image_size)
   return View(size=size, train=train,
-              resize=int(data.get("eval_resize") or round(size * 256 / 224)),
-              scale=tuple(data.get("crop_scale", (0.16, 1.0))),
-              ratio=tuple(data.get("crop_ratio", (3 / 4, 4 / 3))),
-              flip=bool(data.get("flip", True)),
-              draft=bool(data.get("draft", True)))
+              resize=int(data.eval_resize or round(size * 256 / 224)),
+              scale=tuple(data.crop_scale), ratio=tuple(data.crop_ratio),
+              flip=data.flip, draft=data.draft)
 
 
 def crop_draws(rng: np.random.Generator, n: int) -> np.ndarray:

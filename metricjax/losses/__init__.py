@@ -77,7 +77,7 @@ def composed_pieces(loss_config) -> dict[str, Any]:
   "" or {} is unset), as `build`'s keywords."""
   pieces = {}
   for key in ("distance", "miner", "reducer", "regularizer"):
-    value = loss_config.get(key)
+    value = loss_config[key]
     if hasattr(value, "to_dict"):
       value = value.to_dict()
     if value:

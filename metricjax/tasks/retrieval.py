@@ -85,24 +85,19 @@ class Meta:
 
 def identity(config) -> dict:
   """What a resumed run must share with the checkpoint's (JSON-able)."""
-  imbalance = config.get("imbalance")
-  # A ConfigDict (configs/siamese.py's) is no JSON; compared as a dict.
-  if hasattr(imbalance, "to_dict"):
-    imbalance = imbalance.to_dict()
   return dict(dataset=config.dataset, model=config.model.to_dict(),
               classification_head=config.classification_head,
-              imbalance=imbalance, held_out=_val_size(config),
+              imbalance=config.imbalance.to_dict(), held_out=_val_size(config),
               held_out_classes=_val_classes(config))
 
 
 def _val_size(config) -> int:
-  return config.val_size if config.get("eval_every") else 0
+  return config.val_size if config.eval_every else 0
 
 
 def _val_classes(config) -> float:
   """config.data.val_classes when validating (photo benchmarks), else 0."""
-  data = config.get("data") or {}
-  return data.get("val_classes", 0) if config.get("eval_every") else 0
+  return config.data.val_classes if config.eval_every else 0
 
 
 def images_per_step(config) -> int:
@@ -116,7 +111,8 @@ def make_model_and_init(config, meta: Meta, tx):
       num_classes=meta.num_classes if config.classification_head else None,
       compute_dtype=config.compute_dtype)
   image = jnp.zeros((1, *meta.image_shape), jnp.uint8)
-  init_loss = _make_loss_init(config, meta)
+  init_loss = _make_loss_init(config, meta,
+                              getattr(model, "embedding_dim", None))
 
   def init(rng):
     # The model keeps `rng` itself, so adding a loss changes no model init.
@@ -127,8 +123,9 @@ def make_model_and_init(config, meta: Meta, tx):
   return model, init
 
 
-def _make_loss_init(config, meta: Meta):
-  """rng -> the loss's initial learnable parameters ({} for most losses)."""
+def _make_loss_init(config, meta: Meta, dim: int | None):
+  """rng -> the loss's initial learnable parameters ({} for most losses),
+  for embeddings of `dim` features (the model's)."""
   loss = losses.get_loss(config.loss.name)
   kwargs = config.loss.kwargs.to_dict()
   if loss.init is None:
@@ -140,12 +137,6 @@ def _make_loss_init(config, meta: Meta):
         f"{meta.num_classes} classes: loss {config.loss.name!r} would learn "
         "parameters for classes that do not exist (or miss some). Drop "
         "num_classes from config.loss.kwargs: it comes from the data.")
-  if config.sampler == "triplets":
-    raise UserError(
-        f"Loss {config.loss.name!r} learns per-class parameters and takes a "
-        "labelled batch, not explicit triplets (config.sampler='triplets'); "
-        "use sampler 'balanced' or 'uniform'.")
-  dim = config.model.get("embedding_dim")
   return lambda rng: loss.init(rng, num_classes=num_classes,
                                embedding_dim=dim, **kwargs)
 
@@ -204,11 +195,7 @@ def placement(config, ds) -> str:
   """"device" or "stream": config.data.placement, "auto" choosing by the
   split's size against config.data.device_budget_mb (the dataset is
   replicated, so it costs its size on every device)."""
-  data = config.get("data") or {}
-  chosen = data.get("placement", "auto")
-  if chosen not in ("device", "stream", "auto"):
-    raise UserError(f"config.data.placement={chosen!r}: use device, stream "
-                    "or auto.")
+  chosen = config.data.placement
   if isinstance(ds, PhotoDataset):
     if chosen == "device":
       raise UserError(f"{ds.name} is a photo collection decoded on the host "
@@ -216,35 +203,20 @@ def placement(config, ds) -> str:
                       "stream or auto.")
     return "stream"
   if chosen == "auto":
-    budget = data.get("device_budget_mb", 1024) * 2**20
+    budget = config.data.device_budget_mb * 2**20
     chosen = "device" if ds.nbytes <= budget else "stream"
   return chosen
 
 
 def make_loss(config, model, loss: losses.Loss):
-  """(params, loss_params, batch_stats, batch) -> (loss, new batch_stats)."""
-  if loss.input not in ("embedding", "logits", "triplets"):
-    raise UserError(f"Loss {config.loss.name!r} takes {loss.input!r}, not a "
-                    "labelled image batch; it belongs to another task.")
-  if loss.input == "logits" and not config.classification_head:
-    raise UserError(f"Loss {config.loss.name!r} needs logits: set "
-                    "config.classification_head=True.")
+  """(params, loss_params, batch_stats, batch) -> (loss, new batch_stats).
+  The config is valid (metricjax.config_check.validate)."""
   kwargs = config.loss.kwargs.to_dict()
   pieces = losses.composed_pieces(config.loss)
   if pieces or config.loss.name not in losses.REGISTRY:
-    # config.loss.{distance,miner,reducer}: build checks the combination and
-    # the keywords now, before anything compiles.
+    # config.loss.{distance,miner,reducer,regularizer}.
     loss = loss._replace(fn=losses.build(config.loss.name, **pieces, **kwargs))
     kwargs = {}
-    if "miner" in pieces and losses.compose.make_miner(pieces["miner"]).random:
-      raise UserError(
-          f"The miner in config.loss.miner is random and the training step "
-          "passes the loss no key yet; use a deterministic miner "
-          "(multi_similarity, batch_hard, batch_easy_hard, triplet_margin, "
-          "pair_margin, angular, hdc), or call losses.build(...) with "
-          "key= in your own step.")
-  else:
-    losses.check_hyperparameters(config.loss.name, config.loss.kwargs)
   kwargs.pop("num_classes", None)  # Only sizes the loss's parameters.
 
   def loss_fn(params, loss_params, batch_stats, batch):
@@ -293,7 +265,7 @@ def build(config, mesh, tx) -> Task:
   ds = _load(config, config.train_split)
   photos = isinstance(ds, PhotoDataset)
   _check_hold_out(config, ds, photos)
-  if config.get("imbalance") and config.imbalance.classes:
+  if config.imbalance.classes:
     ds = data_lib.imbalanced(ds, **config.imbalance.to_dict())
   held_out = None
   if _val_size(config):
@@ -321,7 +293,7 @@ def build(config, mesh, tx) -> Task:
     sample_indices = stream_lib.make_index_sampler(
         config.sampler, ds.labels, ds.num_classes,
         batch_size=config.batch_size,
-        samples_per_class=config.get("samples_per_class", 0))
+        samples_per_class=config.samples_per_class)
     if photos:
       return _photo_task(config, ds, sample_indices, examples_per_step, mesh,
                          meta.image_shape, common)
@@ -350,7 +322,7 @@ def _check_hold_out(config, ds, photos):
           f"benchmarks; {ds.name} validates on config.val_size held-out "
           "examples: set config.data.val_classes=0.")
     return
-  if config.get("imbalance"):
+  if config.imbalance.classes:
     raise UserError(f"{ds.name} is a photo benchmark: config.imbalance is "
                     "not available for it; drop config.imbalance.")
   if _val_size(config):
@@ -359,7 +331,7 @@ def _check_hold_out(config, ds, photos):
         "classes held out of the training classes (config.data.val_classes), "
         "not on held-out images of the training classes: set "
         "config.val_size=0.")
-  if config.get("eval_every") and not _val_classes(config):
+  if config.eval_every and not _val_classes(config):
     raise UserError(
         f"config.eval_every={config.eval_every} validates on held-out "
         f"training classes of {ds.name}: set config.data.val_classes (a "
@@ -368,9 +340,8 @@ def _check_hold_out(config, ds, photos):
 
 
 def _load(config, split):
-  data = config.get("data") or {}
   return data_lib.load_dataset(config.dataset, split,
-                               boxes=bool(data.get("boxes", False)))
+                               boxes=config.data.boxes)
 
 
 def _photo_task(config, ds, sample_indices, examples_per_step, mesh,
@@ -388,10 +359,8 @@ def _photo_task(config, ds, sample_indices, examples_per_step, mesh,
     return stream_lib.device_batches(photo_pipeline.train_batches(
         ds, sample_indices, view, seed=config.seed, start_step=start,
         total_steps=config.total_steps, batch_size=examples_per_step,
-        skip_corrupt=bool(data.get("skip_corrupt", False)),
-        num_threads=data.get("num_threads", 8),
-        prefetch=data.get("prefetch", 256),
-        workers=data.get("workers", 0)), mesh)
+        skip_corrupt=data.skip_corrupt, num_threads=data.num_threads,
+        prefetch=data.prefetch, workers=data.workers), mesh)
   return Task(sample=make_stream_sample(config), stream=stream,
               data=stream_lib.abstract_batch(ds, examples_per_step, mesh,
                                              image_shape), **common)
@@ -404,9 +373,8 @@ def _embed_photos(config, apply, state, ds, mesh):
   images = photo_pipeline.DecodedSplit(
       ds, photo_pipeline.view_from_config(config, train=False),
       batch_size=config.eval.batch_size,
-      skip_corrupt=bool(data.get("skip_corrupt", False)),
-      num_threads=data.get("num_threads", 8),
-      prefetch=data.get("prefetch", 256))
+      skip_corrupt=data.skip_corrupt, num_threads=data.num_threads,
+      prefetch=data.prefetch)
   outputs = inference.batched_apply(
       apply, _variables(state), (images,), mesh=mesh,
       batch_size=config.eval.batch_size, desc=f"embed {ds.name}/{ds.split}")
@@ -439,10 +407,10 @@ def _photo_metrics(config, ds, embedding, keep) -> dict:
   else:
     metrics = metrics_lib.retrieval_metrics(embedding[keep], labels[keep],
                                             ks=ks)
-  if config.eval.get("clustering", True):
+  if config.eval.clustering:
     metrics.update(clustering.clustering_metrics(
         embedding[keep], labels[keep], seed=config.seed,
-        max_iter=config.eval.get("kmeans_max_iter", 100)))
+        max_iter=config.eval.kmeans_max_iter))
   metrics["num_skipped_corrupt"] = int(np.sum(~keep))
   return metrics
 
@@ -460,9 +428,10 @@ def evaluate(config, meta: Meta, model, state, split: str, mesh):
                               routing=_routing(config))
     metrics = metrics_lib.retrieval_metrics(
         outputs["embedding"], ds.labels, ks=tuple(config.eval.ks))
-    if config.eval.get("clustering", False):
+    if config.eval.clustering:
       metrics.update(clustering.clustering_metrics(
-          outputs["embedding"], ds.labels, seed=config.seed))
+          outputs["embedding"], ds.labels, seed=config.seed,
+          max_iter=config.eval.kmeans_max_iter))
   if "logits" in outputs and not isinstance(ds, PhotoDataset):
     metrics["accuracy"] = metrics_lib.accuracy(outputs["logits"], ds.labels)
   sizes = {meta.split: meta.size, split: len(ds)}

@@ -82,7 +82,7 @@ def build(config, mesh, tx) -> Task:
   parallel.check_divisible(config.batch_size, mesh, "config.batch_size")
   shape = split_shape(config)
   loss = losses.get_loss(config.loss.name)
-  held_out = (config.val_size if config.get("eval_every")
+  held_out = (config.val_size if config.eval_every
               and shape.image_shape else 0)
   size = shape.size - held_out
   meta = retrieval.Meta(
@@ -120,7 +120,6 @@ def build(config, mesh, tx) -> Task:
 
 
 def _build_vse(config, mesh, tx) -> Task:
-  vse._check_config(config)  # pylint: disable=protected-access
   parallel.check_divisible(config.batch_size, mesh, "config.batch_size")
   if config.dataset not in CAPTION_DATASETS:
     raise UserError(
@@ -158,9 +157,9 @@ def _streamed(config, shape: SplitShape, size: int) -> bool:
   """retrieval.placement's choice, from the split's shape."""
   if shape.image_shape is None:
     return True
-  chosen = (config.get("data") or {}).get("placement", "auto")
+  chosen = config.data.placement
   if chosen == "auto":
-    budget = config.data.get("device_budget_mb", 1024) * 2**20
+    budget = config.data.device_budget_mb * 2**20
     return size * int(np.prod(shape.image_shape)) > budget
   return chosen == "stream"
 

@@ -81,17 +81,6 @@ def identity(config) -> dict:
               backbone=config.backbone.to_dict())
 
 
-def _check_config(config):
-  if config.image_features not in FEATURES:
-    raise UserError(f"config.image_features={config.image_features!r}; use "
-                    f"one of {', '.join(FEATURES)}.")
-  if losses.get_loss(config.loss.name).input != "image_text":
-    raise UserError(f"config.loss.name={config.loss.name!r} does not take "
-                    "(image, caption) embedding pairs; use 'vse' "
-                    "(config.loss.kwargs.max_violation: False sums over all "
-                    "negatives as VSE, True takes the hardest as VSE++).")
-
-
 def _weights_path(weights: str) -> str:
   path = os.path.abspath(os.path.expanduser(weights or ""))
   if not weights or not os.path.isfile(path):
@@ -138,7 +127,7 @@ class Backbone:
                stats: fne.FNEStats | None = None) -> np.ndarray:
     """(N, D) features of kind "fne_raw", "fne" or "fc7"; one backbone pass
     per split, cached, serves every kind."""
-    root = self.config.get("features_cache_dir") or os.path.join(
+    root = self.config.features_cache_dir or os.path.join(
         cache_dir(), "features")
     tag = hashlib.sha256(f"{split.source}|{self.path}".encode()).hexdigest()[:12]
     cache = os.path.join(root, f"{split.name}-{split.split}-"
@@ -236,7 +225,7 @@ def _eval_inputs(config, meta, backbone: Backbone, split: str, limit=None):
 def make_validation(config, meta, model, backbone, mesh):
   """Cross-modal metrics (rsum for model selection) of the first
   config.val_size images of config.val_split, every config.eval_every steps."""
-  if not config.get("eval_every"):
+  if not config.eval_every:
     return None
   ds, features, ids, lengths = _eval_inputs(config, meta, backbone,
                                             config.val_split, config.val_size)
@@ -251,7 +240,7 @@ def make_validation(config, meta, model, backbone, mesh):
 
 
 def build(config, mesh, tx) -> Task:
-  _check_config(config)
+  """The config is valid (metricjax.config_check.validate)."""
   parallel.check_divisible(config.batch_size, mesh, "config.batch_size")
   backbone = Backbone(config, mesh)
   train = backbone.load_split(config.train_split)
