@@ -305,8 +305,8 @@ def _compare(config, base, path: str, task: str, errors: list[str]) -> None:
     else:
       kind = base.get_ref(key).get_type()
       if not _is(value, kind, placeholder=default is None):
-        errors.append(f"{where}={value!r} is a {type(value).__name__}; it "
-                      f"wants {_describe(kind)} (default {default!r}).")
+        errors.append(f"{where}={value!r} has type {type(value).__name__}; "
+                      f"it wants {_describe(kind)} (default {default!r}).")
 
 
 def _has(base, path: str, key: str) -> bool:

@@ -2,20 +2,18 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from metricjax import state as state_lib
-from metricjax.config_utils import add_shared_fields
+from metricjax.config_utils import base_config
 from metricjax.errors import UserError
 
 
 def _config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      learning_rate=1e-2, warmup_steps=0, total_steps=10, weight_decay=0.0,
-      loss=dict(param_lr_multiplier=1.0)))
-  add_shared_fields(config)
+  config = base_config()
+  config.update(dict(learning_rate=1e-2, warmup_steps=0, total_steps=10,
+                     weight_decay=0.0))
   config.update(overrides)
   return config
 

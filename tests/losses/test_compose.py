@@ -354,12 +354,20 @@ class _EmbeddingModel:
     return {"embedding": images}, {}
 
 
+def _retrieval_config(**loss_config):
+  pytest.importorskip("ml_collections")
+  # pylint: disable-next=g-import-not-at-top
+  from metricjax.config_utils import base_config
+  config = base_config()
+  config.dataset = "mnist"
+  config.loss.update(loss_config)
+  return config
+
+
 def _retrieval_loss(**loss_config):
-  ml_collections = pytest.importorskip("ml_collections")
   # pylint: disable-next=g-import-not-at-top
   from metricjax.tasks import retrieval
-  config = ml_collections.ConfigDict({"classification_head": False,
-                                      "loss": {"kwargs": {}, **loss_config}})
+  config = _retrieval_config(**loss_config)
   loss = mj_losses.get_loss(config.loss.name)
   return retrieval.make_loss(config, _EmbeddingModel(), loss)
 
@@ -387,6 +395,8 @@ def test_retrieval_make_loss_reads_config_loss_pieces():
     {"name": "circle", "distance": "snr"},
     {"name": "contrastive", "miner": "uniform_histogram"},
 ])
-def test_retrieval_make_loss_refuses_before_compiling(loss_config):
+def test_config_loss_pieces_are_refused_before_anything_runs(loss_config):
+  # pylint: disable-next=g-import-not-at-top
+  from metricjax.config_check import validate
   with pytest.raises(UserError):
-    _retrieval_loss(**loss_config)
+    validate(_retrieval_config(**loss_config))

@@ -1,17 +1,18 @@
 """The retrieval task's photo-benchmark conventions: recall ks per
 benchmark, In-Shop query -> gallery, skipped rows out of the metrics."""
 
-import ml_collections
 import numpy as np
 
 import replicas
+from metricjax.config_utils import base_config
 from metricjax.data import load_dataset
 from metricjax.tasks import retrieval
 
 
 def _config(ks):
-  return ml_collections.ConfigDict(dict(
-      seed=0, eval=dict(ks=ks, clustering=True, kmeans_max_iter=50)))
+  config = base_config()
+  config.eval.update(dict(ks=ks, clustering=True, kmeans_max_iter=50))
+  return config
 
 
 def test_conventions():
