@@ -54,7 +54,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 
-TASKS = ("retrieval", "vse")  # metricjax/tasks' TASKS (a test keeps them equal).
+# metricjax/tasks' TASKS (tests/test_config.py keeps them equal).
+TASKS = ("retrieval", "vse")
 
 # Sections whose keys belong to the code they configure, not to the base:
 # any keys, checked by that code (models.create_model for the model's
@@ -78,7 +79,7 @@ def base_config(task: str = "retrieval") -> ml_collections.ConfigDict:
   # sop, inshop, flickr8k, ...) or a spec (idx:DIR, folder:PATH, csv:FILE,
   # tfds:NAME, karpathy:FILE.json); docs/data.md.
   c.dataset = config_dict.placeholder(str)
-  c.train_split = "train"
+  c.train_split = "train"  # What training reads (and holds validation out of).
   c.eval_split = "test"  # What metricjax.evaluate reads by default.
   c.seed = 0  # Every step's randomness derives from (seed, step).
 
@@ -96,11 +97,11 @@ def base_config(task: str = "retrieval") -> ml_collections.ConfigDict:
   c.loss.param_lr_multiplier = 1.0
 
   c.batch_size = 128  # Global: images (triplets for sampler=triplets) a step.
-  c.total_steps = 1000
+  c.total_steps = 1000  # Training steps (a run resumed goes on to them).
   # Optimiser: "adamw" or "rmsprop" (with momentum, PyTorch's semantics).
   c.optimizer = "adamw"
   c.learning_rate = 1e-3  # Peak, after warmup_steps of linear warm-up.
-  c.warmup_steps = 100
+  c.warmup_steps = 100  # Linear warm-up from 0 to learning_rate.
   # "cosine" (to 1% of the peak at total_steps) or "constant".
   c.lr_schedule = "cosine"
   c.weight_decay = 1e-4  # AdamW's decoupled; RMSprop's coupled L2.
@@ -125,16 +126,16 @@ def base_config(task: str = "retrieval") -> ml_collections.ConfigDict:
   c.xla_cpu_routing = "conv_eigen"
 
   c.log_every = 50  # Steps between rows of metrics.jsonl.
-  c.checkpoint_every = 500
+  c.checkpoint_every = 500  # Steps between checkpoints (and at the end).
   c.keep_checkpoints = 3  # The newest kept; older ones are deleted.
   # Validation every eval_every steps (0: off). retrieval: on val_size
   # examples held out of train_split (stratified by class), or, on the
   # photo benchmarks, on data.val_classes classes held out; vse: on the
   # first val_size images of val_split (0: all).
-  c.eval_every = 0
-  c.val_size = 0
+  c.eval_every = 0  # Steps between validations; 0: none.
+  c.val_size = 0  # Examples (retrieval) or images (vse) validated on.
 
-  c.eval = ml_collections.ConfigDict()
+  c.eval = ml_collections.ConfigDict()  # Validation and metricjax.evaluate.
   c.eval.batch_size = 1000  # Images embedded per call (validation, evaluate).
   if task == "retrieval":
     _add_retrieval_fields(c)
@@ -157,28 +158,28 @@ def _add_retrieval_fields(c: ml_collections.ConfigDict) -> None:
   c.augment = False
   # Photo benchmarks: the side of the square views decoded on the host.
   c.image_size = 224
-  # Keep keep_fraction of the examples of `classes` (an imbalanced training
-  # set; () = off), drawn with `seed`.
+  # An imbalanced training set: keep_fraction of the examples of `classes`
+  # kept, drawn with `seed` (packed datasets only).
   c.imbalance = ml_collections.ConfigDict()
-  c.imbalance.classes = ()
-  c.imbalance.keep_fraction = 1.0
-  c.imbalance.seed = 0
+  c.imbalance.classes = ()  # Class ids; () = off.
+  c.imbalance.keep_fraction = 1.0  # Of each listed class's examples.
+  c.imbalance.seed = 0  # Which examples are kept.
 
   c.data = ml_collections.ConfigDict()
   # Training data on the devices (sampled there), streamed from the host,
   # or auto: on the devices when the split fits device_budget_mb (the split
   # is replicated, so it costs its size on every device).
   c.data.placement = "auto"
-  c.data.device_budget_mb = 1024.0
+  c.data.device_budget_mb = 1024.0  # auto's limit for the device.
   # Validation on the photo benchmarks (eval_every > 0): this fraction (or
   # count) of the training classes held out, every image of them.
   c.data.val_classes = 0.0
   # The photo benchmarks' host pipeline (data/photo_pipeline.py):
   c.data.boxes = False  # Crop CUB / Cars196 to their bounding boxes first.
   # Training views: RandomResizedCrop's area scale and aspect ratio, flip.
-  c.data.crop_scale = (0.16, 1.0)
-  c.data.crop_ratio = (3 / 4, 4 / 3)
-  c.data.flip = True
+  c.data.crop_scale = (0.16, 1.0)  # Fraction of the image's area.
+  c.data.crop_ratio = (3 / 4, 4 / 3)  # Width / height.
+  c.data.flip = True  # Random horizontal flip.
   # Evaluation views: shorter side to eval_resize (0: image_size * 256 /
   # 224), then the centre image_size crop.
   c.data.eval_resize = 0
@@ -190,7 +191,7 @@ def _add_retrieval_fields(c: ml_collections.ConfigDict) -> None:
 
   c.eval.ks = (1, 5, 10)  # Recall@k reported.
   c.eval.clustering = False  # k-means NMI / AMI of the evaluated split too.
-  c.eval.kmeans_max_iter = 100
+  c.eval.kmeans_max_iter = 100  # k-means iterations of the clustering metrics.
 
 
 def _add_vse_fields(c: ml_collections.ConfigDict) -> None:
@@ -210,15 +211,15 @@ def _add_vse_fields(c: ml_collections.ConfigDict) -> None:
   c.features_cache_dir = ""  # "": $METRICJAX_CACHE_DIR/features.
   c.vocab_min_count = 4  # A word's count in the training captions to be kept.
   c.max_caption_length = 50  # Words; longer captions are truncated.
-  c.model = dict(name="vse")
-  c.loss.name = "vse"
+  c.model = dict(name="vse")  # Open: models.VSEModel's fields.
+  c.loss.name = "vse"  # The ranking loss (kwargs: margin, max_violation).
 
 
 def with_defaults(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A config saved with a checkpoint (a dict, from JSON) over the base
-  config of its task: a field added since it was saved gets its default,
-  which is what the code did before the field existed. Fields the base no
-  longer has are kept (validate reports them)."""
+  config of its task: a field added since it was saved gets its default
+  (the library's fallback for it before the base existed). Fields the base
+  no longer has are kept (validate reports them)."""
   # Checkpoints from before config.task (all of the retrieval task) have
   # no task field: the one place a saved config is read with a default.
   config = base_config(saved.get("task", "retrieval"))
@@ -269,7 +270,8 @@ def _compare(config, base, path: str, task: str, errors: list[str]) -> None:
     if key not in base:
       close = difflib.get_close_matches(key, list(base.keys()), n=1)
       hint = f" (did you mean {path}.{close[0]}?)" if close else ""
-      other = [t for t in TASKS if t != task and _has(base_config(t), path, key)]
+      other = [t for t in TASKS
+               if t != task and _has(base_config(t), path, key)]
       if other:
         hint += (f"; it is a field of task {other[0]!r}, not of {task!r}")
       errors.append(f"{path}.{key} is not a config field{hint}. The fields "
