@@ -180,7 +180,8 @@ def test_cli_writes_the_report(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (("--target=h300",), "Unknown target 'h300'"),
-    (("--target=h100:8", "--config.batch_size=100"), "does not split evenly"),
+    (("--target=h100:8", "--config.sampler=uniform", "--config.batch_size=100"),
+     "does not split evenly"),
     (("--target=h100", "--config.dataset=idx:/nowhere"),
      "compiling without the data"),
 ])
