@@ -34,7 +34,7 @@ from metricjax import state as state_lib
 from metricjax.data.image_folder import cache_dir
 from metricjax.errors import UserError
 from metricjax.models import convert
-from metricjax.models import weights
+from metricjax.models import weights as weights_lib
 from metricjax.tasks.task import Task
 from metricjax.text import Vocabulary
 
@@ -121,7 +121,7 @@ class Backbone:
     if name not in models.TAPPED:
       raise UserError(f"Unknown backbone {name!r} (config.backbone.name); "
                       f"known: {', '.join(models.TAPPED)}.")
-    npz_meta = weights.read_meta(self.path)
+    npz_meta = weights_lib.read_meta(self.path)
     if npz_meta.get("arch", name) != name:
       raise UserError(f"{self.path} holds a {npz_meta['arch']!r} backbone, "
                       f"not {name!r}; set config.backbone.name to match.")
