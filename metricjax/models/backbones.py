@@ -62,7 +62,7 @@ TAPPED: dict[str, Callable[..., nn.Module]] = {
 
 
 def trunk(name: str, **kwargs) -> nn.Module:
-  """TRUNKS[name](**kwargs), unbound; a UserError names the known ones."""
+  """`TRUNKS[name](**kwargs)`, unbound; a UserError names the known ones."""
   if name not in TRUNKS:
     raise UserError(f"Unknown backbone {name!r}; known: "
                     f"{', '.join(TRUNKS)}.")
