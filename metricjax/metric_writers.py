@@ -28,12 +28,6 @@ import os
 import time
 from typing import Any, Mapping
 
-from tensorboard.backend.event_processing import event_file_loader
-from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.proto import summary_pb2
-from tensorboard.summary.writer import event_file_writer
-from tensorboard.summary.writer import record_writer
-
 from metricjax import errors
 from metricjax import files
 from metricjax.errors import UserError
@@ -89,9 +83,18 @@ def rows_up_to(path: str, step: int) -> list[str]:
 class SummaryWriter:
   """Scalars as TensorBoard events in a new event file of logdir, flushed
   at every write; on resume (resume_step > 0), the events of earlier files
-  past resume_step are dropped first (events_up_to)."""
+  past resume_step are dropped first (events_up_to).
+
+  TensorBoard is imported here, not with the module: what imports
+  metricjax.train without training (metricjax.aot on an accelerator
+  machine's bare image, tools/device_check.py) needs none of it."""
 
   def __init__(self, logdir: str, resume_step: int = 0):
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.summary.writer import event_file_writer
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     self.logdir = logdir
     try:
       if resume_step:
@@ -103,12 +106,12 @@ class SummaryWriter:
       raise _cannot_write(f"an event file in {logdir}", e) from e
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+    summary = self._summary(value=[
+        self._summary.Value(tag=tag, simple_value=float(value))
         for tag, value in scalars.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)])
     try:
-      self._writer.add_event(event_pb2.Event(
+      self._writer.add_event(self._event(
           step=int(step), wall_time=time.time(), summary=summary))
       self._writer.flush()
     except OSError as e:
@@ -128,6 +131,10 @@ def events_up_to(path: str, step: int) -> None:
   """Rewrites an event file without its events past step and without a torn
   last record (a run killed while writing); a file with neither is left
   as it is."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.compat.proto import event_pb2
+  from tensorboard.summary.writer import record_writer
   records = list(event_file_loader.RawEventFileLoader(path).Load())
   kept = [r for r in records if event_pb2.Event.FromString(r).step <= step]
   # A record is its data and 16 bytes of length and checksums.
