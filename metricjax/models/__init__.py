@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from metricjax.errors import UserError
+from metricjax.models.backbones import TAPPED
+from metricjax.models.backbones import TRUNKS
 from metricjax.models.compact import CompactNet
 from metricjax.models.embedding import EmbeddingNet
 from metricjax.models.involution import Involution
@@ -32,8 +34,6 @@ from metricjax.models.vgg import VGG
 from metricjax.models.vgg import vgg16
 from metricjax.models.vgg import VGGNet
 from metricjax.models.vse import VSEModel
-from metricjax.models.backbones import TAPPED
-from metricjax.models.backbones import TRUNKS
 from metricjax.models.weights import load_backbone
 from metricjax.models.weights import load_pretrained
 
