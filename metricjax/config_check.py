@@ -214,10 +214,15 @@ def _vse_model(config) -> list[str]:
 
 
 def _vse_features(config) -> list[str]:
+  errors = []
   if config.image_features not in vse.FEATURES:
-    return [f"config.image_features={config.image_features!r}; use one of "
-            f"{', '.join(vse.FEATURES)}."]
-  return []
+    errors.append(f"config.image_features={config.image_features!r}; use "
+                  f"one of {', '.join(vse.FEATURES)}.")
+  if config.backbone.name not in models.TAPPED:
+    errors.append(f"Unknown backbone {config.backbone.name!r} "
+                  f"(config.backbone.name); known: "
+                  f"{', '.join(models.TAPPED)}.")
+  return errors
 
 
 def _vse_loss(config) -> list[str]:

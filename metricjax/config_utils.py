@@ -201,7 +201,7 @@ def _add_vse_fields(c: ml_collections.ConfigDict) -> None:
   c.image_features = "fne"  # "fne" (full-network embedding) or "fc7".
   # The frozen CNN whose features the model reads.
   c.backbone = ml_collections.ConfigDict()
-  c.backbone.name = "vgg16"  # models.BACKBONES: vgg16 (ImageNet) or vgg.
+  c.backbone.name = "vgg16"  # models.TAPPED: vgg16 (ImageNet) or vgg.
   c.backbone.weights = ""  # Its .npz (tools/convert_vgg16.py); required.
   # None: what the weights file records ("torch" or "caffe" preprocessing;
   # the image size of a VGG trained here), else torch and 224.

@@ -179,8 +179,10 @@ def test_vse_checks():
   config.image_features = "fc8"
   config.loss.name = "ms"
   config.loss.miner = "batch_hard"
+  config.backbone.name = "vgg19"
   message = _error(config)
   assert "config.image_features='fc8'; use one of fne, fc7" in message
+  assert "Unknown backbone 'vgg19' (config.backbone.name)" in message
   assert "config.loss.name='ms' does not take (image, caption)" in message
   assert "config.loss.miner: the vse task's ranking loss composes" in message
   config = load_config("fne_vse")
