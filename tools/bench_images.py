@@ -46,6 +46,7 @@ from metricjax import parallel
 from metricjax.data import benchmarks
 from metricjax.data import photo_pipeline as pp
 from metricjax.data import stream
+from metricjax.data.samplers import HostSampler
 
 flags.DEFINE_string("images", None, "DIR/CLASS/*.jpg (default: generated).")
 flags.DEFINE_integer("num_images", 2000, "Images of the generated folder.")
@@ -94,7 +95,7 @@ def link_folder(source_ds, directory: str, n: int):
 
 
 def metricjax_rate(ds, mesh, steps: int, start: int, workers: int = 0) -> float:
-  sampler = stream.make_index_sampler(
+  sampler = HostSampler.from_labels(
       "balanced", ds.labels, ds.num_classes, batch_size=FLAGS.batch_size,
       samples_per_class=4)
   view = pp.View(size=FLAGS.image_size, train=True)

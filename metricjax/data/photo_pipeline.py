@@ -18,11 +18,13 @@ float32 size.
 Batches are grain pipelines over single images (grain's threads decode in
 parallel: Pillow releases the GIL while it decodes and resamples), then
 batched. The training stream is a pure function of (seed, step): step s's
-example indices come from stream.make_index_sampler with the generator of
-(seed, s), its crops from the generator of (seed, s, 1), for the global
-batch, so every process draws the same and reads only its own rows, and a
-resumed run reads exactly the batches an uninterrupted one reads. At most
-`prefetch` decoded images wait in the pipeline, whatever the split's size.
+example indices come from the training sampler of data/samplers.py run on
+the host's CPU (HostSampler: the indices the on-device sampler draws for
+that step), its crops from the numpy generator of (seed, s, 1), for the
+global batch, so every process draws the same and reads only its own rows,
+and a resumed run reads exactly the batches an uninterrupted one reads. At
+most `prefetch` decoded images wait in the pipeline, whatever the split's
+size.
 """
 
 import dataclasses
@@ -36,6 +38,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from metricjax.data.samplers import host_only_worker_init
 from metricjax.errors import UserError
 
 # (area scale, aspect ratio) uniforms drawn per example and try.
@@ -205,6 +208,9 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
   """Iterator of this process's rows of the batches of steps start_step + 1
   .. total_steps, as numpy {"images": uint8 (b, S, S, 3), "labels"}.
 
+  sample_indices: (seed, step) -> the global batch's example indices
+  (samplers.HostSampler), step counted from 0 as the train state does.
+
   A corrupt image, with skip_corrupt, is replaced by the next row of its
   batch with the same label (another view of the same class: the batch
   keeps its P x K shape) and counted in `skipped` (with workers > 0, in
@@ -225,8 +231,9 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
 
   def plan(step):
     if step not in plans:
-      rows = sample_indices(np.random.default_rng((seed, step)))
-      draws = crop_draws(np.random.default_rng((seed, step, 1)), len(rows))
+      rows = sample_indices(seed, step)
+      draws = crop_draws(np.random.default_rng((seed, step + 1, 1)),
+                         len(rows))
       part = slice(index * local, (index + 1) * local)
       if len(plans) > 64:
         plans.clear()
@@ -235,7 +242,7 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
 
   def read(element):
     step, position = divmod(int(element), local)
-    rows, draws = plan(step + 1)
+    rows, draws = plan(step)
     label = ds.labels[rows[position]]
     order = [position] + [p for p in range(local) if p != position
                           and ds.labels[rows[p]] == label]
@@ -266,7 +273,8 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
     return grain.MapDataset.range(start_step, total_steps).map(
         read_batch).to_iter_dataset(grain.ReadOptions(
             num_threads=1, prefetch_buffer_size=1)).mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=workers))
+                grain.MultiprocessingOptions(num_workers=workers),
+                worker_init_fn=host_only_worker_init)
   batches = grain.MapDataset.range(
       start_step * local, total_steps * local).map(read).to_iter_dataset(
           grain.ReadOptions(num_threads=num_threads,

@@ -151,26 +151,18 @@ def _make_loss_init(config, meta: Meta):
 
 
 def _make_index_sampler(config, loss: losses.Loss, num_classes: int):
-  """-> sample(rng, data): the step's example indices, drawn on device."""
+  """-> sample_indices(key, class_index): the step's example indices, the
+  same function on the devices and (HostSampler) on the host."""
   if (loss.input == "triplets") != (config.sampler == "triplets"):
     raise UserError(
         f"config.sampler={config.sampler!r} does not fit loss "
         f"{config.loss.name!r}: explicit-triplet losses (*_explicit) need "
         "sampler 'triplets', the others 'balanced' or 'uniform'.")
-  if config.sampler == "triplets":
-    # batch_size counts triplets: a step embeds 3 * batch_size images.
-    return lambda rng, data: jnp.concatenate(
-        data_lib.random_triplets(rng, data.class_index, config.batch_size))
-  if config.sampler == "balanced":
-    p, k = data_lib.check_batch_shape(config.batch_size, config.samples_per_class,
-                                      num_classes)
-    return lambda rng, data: data_lib.class_balanced_batch(
-        rng, data.class_index, classes_per_batch=p, samples_per_class=k)
-  if config.sampler == "uniform":
-    return lambda rng, data: data_lib.uniform_batch(
-        rng, data.labels.shape[0], config.batch_size)
-  raise UserError(f"config.sampler={config.sampler!r}: use 'balanced' (P classes "
-                  "x K images), 'uniform', or 'triplets' (explicit triplets).")
+  # batch_size counts triplets with sampler 'triplets': 3 x images a step.
+  return data_lib.make_index_sampler(
+      config.sampler, batch_size=config.batch_size, num_classes=num_classes,
+      samples_per_class=(config.samples_per_class
+                         if config.sampler == "balanced" else None))
 
 
 def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
@@ -180,8 +172,8 @@ def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
   batch_sharding = parallel.batch_sharding(mesh)
 
   def sample(rng, data: DeviceData):
-    rng_sample, rng_augment = jax.random.split(rng)
-    idx = sample_indices(rng_sample, data)
+    rng_sample, rng_augment = data_lib.batch_keys(rng)
+    idx = sample_indices(rng_sample, data.class_index)
     # Sharding the indices makes each device gather only its own rows.
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     return _augment(config, rng_augment,
@@ -197,7 +189,8 @@ def _augment(config, rng, batch):
 
 def make_stream_sample(config):
   """(rng, batch) -> the streamed batch, augmented as on the device path."""
-  return lambda rng, batch: _augment(config, jax.random.split(rng)[1], batch)
+  return lambda rng, batch: _augment(config, data_lib.batch_keys(rng)[1],
+                                     batch)
 
 
 def placement(config, ds) -> str:
@@ -317,11 +310,10 @@ def build(config, mesh, tx) -> Task:
                 examples_per_step=examples_per_step)
   if placement(config, ds) == "stream":
     parallel.check_divisible(examples_per_step, mesh, "config.batch_size")
-    _make_index_sampler(config, loss, ds.num_classes)  # Checks the batch shape.
-    sample_indices = stream_lib.make_index_sampler(
-        config.sampler, ds.labels, ds.num_classes,
-        batch_size=config.batch_size,
-        samples_per_class=config.get("samples_per_class", 0))
+    # The device path's sampler, run on the host: the same batches.
+    sample_indices = data_lib.HostSampler(
+        _make_index_sampler(config, loss, ds.num_classes),
+        data_lib.ClassIndex.from_labels(ds.labels, ds.num_classes))
     if photos:
       return _photo_task(config, ds, sample_indices, examples_per_step, mesh,
                          meta.image_shape, common)
