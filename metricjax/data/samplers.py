@@ -219,9 +219,10 @@ class HostSampler:
   numpy example indices the devices would draw at that step.
 
   The streaming paths call it once per step from their reader threads: the
-  program is compiled once (small inputs: the class index and the keys)
-  and is thread-safe. Pickled (grain's worker processes), it carries the
-  index as numpy and compiles again on first use, with the parent's PRNG
+  program is compiled once, here (so an impossible batch is an error before
+  any data is read), on small inputs (the class index and the keys), and
+  is thread-safe. Pickled (grain's worker processes), it carries the index
+  as numpy and compiles again on first use, with the parent's PRNG
   settings; such a process must compute on the CPU only
   (`host_only_worker_init`).
 
@@ -237,6 +238,7 @@ class HostSampler:
     self._impl = str(jax.config.jax_default_prng_impl)
     self._partitionable = bool(jax.config.jax_threefry_partitionable)
     self.__setstate__({})
+    self._compile()
 
   @classmethod
   def from_labels(cls, sampler: str, labels: np.ndarray, num_classes: int, *,
