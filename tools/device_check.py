@@ -41,9 +41,9 @@ from metricjax import data as data_lib
 from metricjax import hlo_costs
 from metricjax import parallel
 from metricjax.config_utils import load_config
-from metricjax.data import benchmarks
 from metricjax.data import photo_pipeline
 from metricjax.data import stream
+from metricjax.data.photos import photo_folder
 
 import benchmark  # tools/benchmark.py
 
@@ -150,7 +150,7 @@ def photo_pipeline_rate() -> dict:
   n, size, batch = (64, 32, 16) if FLAGS.dry_run else (1024, 224, 256)
   folder = os.path.join(tempfile.mkdtemp(prefix="device_check-"), "photos")
   bench_images.generate_folder(folder, n, 16)
-  ds = benchmarks.photo_folder(folder)
+  ds = photo_folder(folder)
   sampler = stream.make_index_sampler("balanced", ds.labels, ds.num_classes,
                                       batch_size=batch, samples_per_class=4)
   steps = 3 if FLAGS.dry_run else 12

@@ -8,11 +8,14 @@ from metricjax.data.dataset import ArrayDataset
 from metricjax.data.dataset import Dataset
 from metricjax.data.dataset import LabelledSplit
 from metricjax.data.dataset import hold_out
+from metricjax.data.dataset import hold_out_classes
 from metricjax.data.dataset import imbalanced
+from metricjax.data.dataset import query_gallery
 from metricjax.data.idx import read_idx
 from metricjax.data.samplers import check_batch_shape
 from metricjax.data.samplers import class_balanced_batch
 from metricjax.data.samplers import ClassIndex
 from metricjax.data.samplers import random_triplets
 from metricjax.data.samplers import uniform_batch
+from metricjax.data.sources import convention
 from metricjax.data.sources import load_dataset

@@ -119,7 +119,7 @@ def test_missing_data_lists_every_place(tmp_path, monkeypatch):
     assert hint in msg
   with pytest.raises(UserError) as e:
     load_dataset("cifar10", "test")
-  for entry in sources.KNOWN["cifar10"].entries:
+  for entry in sources.REGISTRY["cifar10"].entries:
     assert str(env / entry) in str(e.value)
 
 
@@ -160,7 +160,7 @@ def test_real_cifar10_test(monkeypatch):
   monkeypatch.setenv("METRICJAX_DATA_DIR", REAL_DATA)
   ds = load_dataset("cifar10", "test")
   assert ds.images.shape == (10000, 32, 32, 3)
-  assert ds.class_names == sources.CIFAR10_CLASSES
+  assert ds.class_names == sources.REGISTRY["cifar10"].class_names
   assert np.bincount(ds.labels).tolist() == [1000] * 10
   assert ds.source.endswith("cifar10-jpeg.zip")
 
