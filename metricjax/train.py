@@ -16,6 +16,7 @@ state is written, or, with config.skip_nonfinite_steps, skips the step and
 counts it (`nonfinite_steps` in metrics.jsonl).
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from metricjax import checkpoint
 from metricjax import cli
 from metricjax import files
+from metricjax import metric_writers
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import step as step_lib
@@ -92,44 +94,23 @@ def step_memory(compiled) -> dict:
 
 
 class MetricsLog:
-  """DIR/metrics.jsonl; on resume, rows past the restored step are dropped so
-  a run killed between a log and a checkpoint does not log steps twice.
-  Only process 0 writes."""
+  """DIR/metrics.jsonl and TensorBoard event files in DIR, one row a log
+  step (metricjax/metric_writers.py); on resume, metrics.jsonl's rows past
+  the restored step are dropped and TensorBoard is told to drop them, so a
+  run killed between a log and a checkpoint does not log steps twice. Only
+  process 0 writes."""
 
   def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = jax.process_index() == 0
-    if not self.enabled:
-      return
-    rows = []
-    if resume_step and os.path.exists(self.path):
-      rows = _rows_up_to(self.path, resume_step)
-    files.write_text(self.path, "".join(rows))
+    self.writer = metric_writers.create_run_writer(workdir, resume_step,
+                                                   enabled=self.enabled)
 
   def write(self, row: dict) -> None:
-    if self.enabled:
-      try:
-        with open(self.path, "a") as f:
-          f.write(json.dumps(row) + "\n")
-      except OSError as e:
-        raise UserError(f"Cannot append to {self.path}: {errors.one_line(e)}. "
-                        "Free disk space or fix the permissions, then run "
-                        "again: it resumes from the last checkpoint.") from e
+    self.writer.write_scalars(
+        row["step"], {k: v for k, v in row.items() if k != "step"})
 
-
-def _rows_up_to(path: str, step: int) -> list[str]:
-  """metrics.jsonl's lines of steps <= step, without a torn last line (a run
-  killed while appending)."""
-  rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if row["step"] <= step:
-        rows.append(line if line.endswith("\n") else line + "\n")
-  return rows
+  def close(self) -> None:
+    self.writer.close()
 
 
 def _check_same_run(saved_config: dict, config: ml_collections.ConfigDict,
@@ -232,8 +213,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   # Checkpoints are written in the background; however the loop ends
   # (finished, preempted, an error), the last one started is waited for.
   with (failures.stop_on_sigterm() as stop_requested,
-        checkpoint.finishing(mngr)):
-    log = MetricsLog(workdir, start_step)
+        checkpoint.finishing(mngr),
+        contextlib.closing(MetricsLog(workdir, start_step)) as log):
     bar = tqdm(total=config.total_steps, initial=start_step, desc="train",
                unit="step", dynamic_ncols=True, mininterval=1.0,
                disable=jax.process_index() != 0)
@@ -264,6 +245,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
                    if name != "finite"}
         if guard.skip:
           metrics["nonfinite_steps"] = guard.skipped
+        # clu.periodic_actions.ReportProgress would time this, but clu
+        # cannot be imported without TensorFlow (metric_writers.py).
         now = time.perf_counter()
         rate = (step - last_step) / (now - last_time)
         last_time, last_step = now, step

@@ -4,16 +4,23 @@ toy sizes (its figures mean nothing on a CPU)."""
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
 from helpers import REPO
 
 
+def _env(**extra):
+  # The script runs `python3`: the one of this test run, venv or not.
+  return dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+              + os.environ.get("PATH", ""), **extra)
+
+
 @pytest.mark.slow
 def test_dry_run_measures_every_workload(tmp_path):
   out = tmp_path / "check.json"
-  env = dict(os.environ)
+  env = _env()
   run = subprocess.run(["bash", "tools/device_check.sh", "--dry_run",
                         f"--out={out}"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
@@ -31,7 +38,7 @@ def test_dry_run_measures_every_workload(tmp_path):
 
 
 def test_refuses_to_run_without_an_accelerator():
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = _env(JAX_PLATFORMS="cpu")
   run = subprocess.run(["bash", "tools/device_check.sh"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
   assert run.returncode != 0

@@ -30,6 +30,7 @@ LAYERS = (
         "host_memory",  # glibc malloc settings for XLA:CPU's buffers.
         "accelerators",  # TPU and GPU targets for deviceless compilation.
         "hlo_costs",  # Flops and bytes of a compiled program.
+        "metric_writers",  # metrics.jsonl and TensorBoard events.
     )),
     ("ops", ("ops",)),
     ("losses / data / models", (

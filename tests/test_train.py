@@ -18,6 +18,29 @@ from helpers import tiny_config
 from helpers import REPO
 
 
+def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)]} of the run's TensorBoard event files, read by
+  TensorBoard's own loader (with no purging of its own: what is on disk)."""
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(
+      str(workdir), size_guidance={event_accumulator.SCALARS: 0},
+      purge_orphaned_data=False)
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+          for tag in events.Tags()["scalars"]}
+
+
+def assert_events_match_jsonl(workdir, rows):
+  """Every number of every metrics.jsonl row is in the events, at its step
+  (TensorBoard keeps float32)."""
+  scalars = tensorboard_scalars(workdir)
+  keys = {k for r in rows for k in r if k != "step"}
+  assert set(scalars) == keys
+  for key in keys:
+    assert scalars[key] == [(r["step"], float(np.float32(r[key])))
+                            for r in rows if key in r], key
+
+
 def test_devices_are_simulated():
   assert jax.device_count() == 8
 
@@ -29,6 +52,10 @@ def test_train_then_evaluate(tiny_idx_dir, tmp_path):
   assert [r["step"] for r in rows] == [2, 4, 6]
   assert all(np.isfinite(r["loss"]) and r["examples_per_sec"] > 0 for r in rows)
   assert rows[0]["learning_rate"] > 0
+  # `tensorboard --logdir` shows the same curves.
+  assert_events_match_jsonl(workdir, rows)
+  assert tensorboard_scalars(workdir)["loss"] == [
+      (r["step"], r["loss"]) for r in rows]  # float32 already.
 
   result = evaluate_lib.evaluate(workdir)
   saved = json.load(open(os.path.join(workdir, "eval", "step_6.json")))
@@ -75,8 +102,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_idx_dir, tmp_path):
   assert step_a == step_b == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                params_a, params_b)
-  steps = [json.loads(l)["step"] for l in open(os.path.join(resumed, "metrics.jsonl"))]
-  assert steps == [2, 4, 6]
+  rows = [json.loads(l) for l in open(os.path.join(resumed, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  # The events of steps 4 and 6 from before the kill are dropped too.
+  assert_events_match_jsonl(resumed, rows)
 
 
 def test_resume_refuses_a_different_model(tiny_idx_dir, tmp_path):

@@ -1,6 +1,7 @@
-r"""Converts a torchvision ResNet, a DINO / timm ViT-S/16 or an
-efficientnet_lite_pytorch EfficientNet-Lite state_dict to metricjax's weights
-.npz (metricjax/models/weights.py).
+r"""Converts the PyTorch state_dict of a registered backbone (--arch: any
+name of metricjax.models.TRUNKS, models/backbones.py: a torchvision ResNet,
+a DINO / timm ViT-S/16, an efficientnet_lite_pytorch EfficientNet-Lite, ...)
+to metricjax's weights .npz (metricjax/models/weights.py).
 
   python tools/convert_backbone.py --arch=resnet50 \
       --torch=resnet50-11ad3fa6.pth --out=resnet50.npz
@@ -25,9 +26,11 @@ import jax
 import numpy as np
 
 from metricjax.errors import exit_on_user_error
+from metricjax.models import backbones
 from metricjax.models import weights
 
-flags.DEFINE_enum("arch", None, sorted(weights.TRUNKS), "The architecture.")
+flags.DEFINE_enum("arch", None, list(backbones.TRUNKS), "The architecture "
+                  "(metricjax.models.TRUNKS).")
 flags.DEFINE_string("torch", None, "state_dict saved by torch.save (.pth).")
 flags.DEFINE_string("out", None, "Output .npz.")
 flags.DEFINE_bool("check", True, "Run the converted trunk once on random "

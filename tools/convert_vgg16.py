@@ -62,7 +62,7 @@ def main(argv):
   meta["num_classes"] = (int(params["fc8"]["bias"].size) if "fc8" in params
                          else None)
   meta["has_fc"] = "fc6" in params
-  # The architecture, as kwargs of models.vgg16 (convert.load_backbone).
+  # The architecture, as kwargs of models.vgg16 (models.load_backbone).
   meta["model"] = {"num_classes": meta["num_classes"],
                    "fc_dims": (4096, 4096) if meta["has_fc"] else ()}
   if FLAGS.check:

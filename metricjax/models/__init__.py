@@ -6,23 +6,13 @@ uint8 NHWC images returns {"embedding": L2-normalised (B, D)[, "logits"]}.
 trunk picked by `config.model.backbone`.
 
 TRUNKS: pretrained feature extractors by name (resnet18, resnet50,
-vit_s16, efficientnet_lite0). Bringing your own is one file and one line in
-TRUNKS (models/weights.py). A trunk is a Linen module, built by
-`TRUNKS[name](**kwargs)` (kwargs from its weights file's meta), with
-  - fields `dtype` (the compute dtype; parameters stay float32) and, if it
-    has batch norm, `frozen_bn` (statistics and affine fixed);
-  - `features` (int) and `default_pooling` (str) attributes, and
-    optionally `preprocess` (a preprocess_imagenet mode; "torch" if absent),
-    the normalisation its weights expect;
-  - `__call__(x, *, train: bool, pooling: str = default_pooling)` taking
-    NHWC float32 images normalised so and returning float32 (B, features)
-    pooled features;
-  - variables in "params" (trained) and "batch_stats" (not trained), named
-    so that `weights.flat_from_torch` maps its torch state_dict onto them
-    (or write the .npz of models/weights.py another way).
-`load_backbone(npz) -> (module, variables)` loads any converted trunk (and
-the VGG backbones of BACKBONES); a packaged checkpoint's name
-(models/packaged.py: efficientnet_lite0) stands for its converted file.
+vit_s16, efficientnet_lite0, ...); TAPPED: the VGGs of the Full-Network
+Embedding. Both live in models/backbones.py, which also states the trunk
+contract: bringing your own backbone is one file in metricjax/models/ and
+one line in TRUNKS (docs/backbones.md walks through it).
+`load_backbone(npz) -> (module, variables)` loads any converted trunk or
+VGG; a packaged checkpoint's name (models/packaged.py: efficientnet_lite0)
+stands for its converted file.
 """
 
 import dataclasses
@@ -33,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from metricjax.errors import UserError
+from metricjax.models.backbones import TAPPED
+from metricjax.models.backbones import TRUNKS
 from metricjax.models.compact import CompactNet
 from metricjax.models.embedding import EmbeddingNet
 from metricjax.models.involution import Involution
@@ -44,7 +36,6 @@ from metricjax.models.vgg import VGGNet
 from metricjax.models.vse import VSEModel
 from metricjax.models.weights import load_backbone
 from metricjax.models.weights import load_pretrained
-from metricjax.models.weights import TRUNKS
 
 MODELS: dict[str, type[nn.Module]] = {
     "compact": CompactNet,
@@ -54,15 +45,6 @@ MODELS: dict[str, type[nn.Module]] = {
     "vgg": VGGNet,
     # The joint image-caption model of the "vse" task (configs/fne_vse.py).
     "vse": VSEModel,
-}
-
-# Frozen feature extractors with named taps (`taps`, `fne_taps`, and
-# `__call__(x, capture=True)` -> {tap: activation}), for metricjax.fne;
-# built with the "model" kwargs of their weights .npz's meta (see
-# convert.load_backbone).
-BACKBONES = {
-    "vgg16": vgg16,
-    "vgg": VGG,
 }
 
 
@@ -140,7 +122,7 @@ def param_bytes(params: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
 
-__all__ = ["BACKBONES", "MODELS", "TRUNKS", "CompactNet", "EmbeddingNet",
+__all__ = ["MODELS", "TAPPED", "TRUNKS", "CompactNet", "EmbeddingNet",
            "GRUTextEncoder", "Involution", "VGG", "VGGNet", "VSEModel",
            "as_tuples", "count_params", "create_model", "load_backbone",
            "load_pretrained", "param_bytes", "preprocess_imagenet", "vgg16"]

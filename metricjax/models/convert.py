@@ -10,20 +10,16 @@
   "caffe" preprocessing (BGR, mean pixel), torchvision's "torch".
 
 Params are saved as .npz ("layer/kernel" entries and a JSON "__meta__")
-by models/weights.py's save_npz, read back by read_npz.
+by models/weights.py's save_npz, loaded by models.load_backbone.
 """
 
 import os
 import re
 from typing import Any, Mapping
 
-import flax.linen as nn
-import jax
 import numpy as np
 
-from metricjax import models
 from metricjax.errors import UserError
-from metricjax.models import weights
 from metricjax.models.vgg import conv_names
 from metricjax.models.vgg import VGG16_BLOCKS
 
@@ -183,40 +179,3 @@ def _hwc_rows_to_chw(kernel, channels, path):
                     f"map of {channels} channels.")
   return (kernel.reshape(side, side, channels, -1).transpose(2, 0, 1, 3)
           .reshape(rows, -1))
-
-
-def load_backbone(name: str,
-                  path: str | os.PathLike) -> tuple[nn.Module, dict, dict]:
-  """(model, params, meta) of a frozen backbone from a weights .npz
-  (models/weights.py's format).
-
-  The model is models.BACKBONES[name] built with the meta's "model" kwargs
-  (VGG16 with its ImageNet head when there are none); the params must fit
-  it exactly at the meta's "image_size" (default 224), checked here rather
-  than at the first forward pass.
-  """
-  if name not in models.BACKBONES:
-    raise UserError(f"Unknown backbone {name!r}; known: "
-                    f"{', '.join(sorted(models.BACKBONES))}.")
-  flat, meta = weights.read_npz(path)
-  params = weights.unflatten(flat)
-  if meta.get("arch", name) != name:
-    raise UserError(f"{path} holds a {meta['arch']!r} backbone, not {name!r}; "
-                    "set the backbone name to match.")
-  kwargs = {k: models.as_tuples(v) for k, v in meta.get("model", {}).items()}
-  model = models.BACKBONES[name](**kwargs)
-  size = meta.get("image_size", 224)
-  x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
-  want = _shapes(jax.eval_shape(model.init, jax.random.key(0), x)["params"])
-  got = _shapes(params)
-  if want != got:
-    bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-    raise UserError(
-        f"The weights in {path} do not fit backbone {name!r} {kwargs}: "
-        f"{', '.join(f'{k} {got.get(k)} (expected {want.get(k)})' for k in bad[:4])}.")
-  return model, params, meta
-
-
-def _shapes(params) -> dict[str, tuple[int, ...]]:
-  return {jax.tree_util.keystr(path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}

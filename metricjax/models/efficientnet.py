@@ -122,6 +122,7 @@ class EfficientNetLite(nn.Module):
 
   default_pooling = "avg"  # The reference's input to its classifier.
   preprocess = "lite"
+  framework = "efficientnet_pytorch"
   features = HEAD  # Lite keeps the head's width whatever the multiplier.
 
   def __post_init__(self):
@@ -134,6 +135,10 @@ class EfficientNetLite(nn.Module):
   def image_size(self) -> int:
     """The resolution the ImageNet weights were trained at."""
     return LITE_ARCHS[self.arch][2]
+
+  def weights_meta(self, flat) -> dict:
+    del flat  # The size is the architecture's.
+    return {"image_size": self.image_size}
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,

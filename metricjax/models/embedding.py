@@ -4,11 +4,10 @@ uint8 (or [0, 1] float) NHWC images -> the ImageNet normalisation the
 trunk's weights expect (its `preprocess`, torchvision's unless it says) ->
 trunk (models.TRUNKS[backbone]) -> pooled features -> Linear to
 embedding_dim -> L2 normalisation, as Proxy Anchor (Kim et al. 2020) and the
-Reality Check (Musgrave et al. 2020) fine-tune their backbones: ResNets with
-batch norm frozen (statistics and affine parameters) and global average +
-max pooling; other trunks frozen likewise where they have batch norm, pooled
-as they declare (`default_pooling`: ViTs by their CLS token,
-EfficientNet-Lite by average). `weights` (a tools/convert_backbone.py
+Reality Check (Musgrave et al. 2020) fine-tune their backbones: batch norm
+frozen (statistics and affine parameters) where the trunk has it, pooled
+as the trunk declares (`default_pooling`: ResNets by global average + max,
+Proxy Anchor's; ViTs by their CLS token; EfficientNet-Lite by average). `weights` (a tools/convert_backbone.py
 .npz) fills the trunk at initialisation (models.load_pretrained).
 """
 
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 
 from metricjax import ops
 from metricjax.errors import UserError
-from metricjax.models import weights as weights_lib
+from metricjax.models import backbones
 from metricjax.models.vgg import preprocess_imagenet
 
 
@@ -30,9 +29,8 @@ class EmbeddingNet(nn.Module):
   Attributes:
     backbone: a models.TRUNKS name (resnet18, resnet50, vit_s16, ...).
     embedding_dim: width of the embedding (512 in both protocols).
-    pooling: the trunk's pooling; None: "avg+max" for ResNets (Proxy
-      Anchor's), the trunk's `default_pooling` otherwise ("cls" for ViTs,
-      "avg" for EfficientNet-Lite).
+    pooling: the trunk's pooling; None: its `default_pooling` ("avg+max"
+      for ResNets, "cls" for ViTs, "avg" for EfficientNet-Lite).
     frozen_bn: None: frozen for trunks with batch norm; True on a trunk
       without batch norm is an error.
     weights: a converted .npz for the trunk; None: random initialisation.
@@ -50,9 +48,9 @@ class EmbeddingNet(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     # Fail when the model is built from a config, not at the first step.
-    if self.backbone not in weights_lib.TRUNKS:
+    if self.backbone not in backbones.TRUNKS:
       raise UserError(f"Unknown backbone {self.backbone!r} (config.model."
-                      f"backbone); known: {', '.join(weights_lib.TRUNKS)}.")
+                      f"backbone); known: {', '.join(backbones.TRUNKS)}.")
     if (isinstance(self.embedding_dim, bool)
         or not isinstance(self.embedding_dim, int) or self.embedding_dim < 1):
       raise UserError(f"config.model.embedding_dim={self.embedding_dim!r}; it "
@@ -60,7 +58,7 @@ class EmbeddingNet(nn.Module):
     self.trunk_module(parent=None)
 
   def trunk_module(self, **kwargs) -> nn.Module:
-    cls = weights_lib.TRUNKS[self.backbone]
+    cls = backbones.TRUNKS[self.backbone]
     has_bn = "frozen_bn" in cls(parent=None).__dataclass_fields__
     if self.frozen_bn and not has_bn:
       raise UserError(
@@ -76,15 +74,12 @@ class EmbeddingNet(nn.Module):
   def trunk_pooling(self) -> str:
     if self.pooling is not None:
       return self.pooling
-    if self.backbone.startswith("resnet"):
-      return "avg+max"  # Proxy Anchor's; the trunk's own is torchvision's.
-    return weights_lib.TRUNKS[self.backbone](parent=None).default_pooling
+    return backbones.trunk(self.backbone).default_pooling
 
   @property
   def trunk_preprocess(self) -> str:
     """The preprocess_imagenet mode of the trunk's weights."""
-    trunk = weights_lib.TRUNKS[self.backbone](parent=None)
-    return getattr(trunk, "preprocess", "torch")
+    return getattr(backbones.trunk(self.backbone), "preprocess", "torch")
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:

@@ -116,7 +116,10 @@ class ResNet(nn.Module):
   frozen_bn: bool = False
   dtype: Any = jnp.float32
 
-  default_pooling = "avg"  # torchvision's output with fc = identity.
+  # EmbeddingNet's: Proxy Anchor's global average + max. `__call__`'s own
+  # default, "avg", is torchvision's output with fc = identity.
+  default_pooling = "avg+max"
+  framework = "torchvision"
 
   def __post_init__(self):
     super().__post_init__()

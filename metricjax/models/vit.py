@@ -106,6 +106,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
 
   default_pooling = "cls"
+  framework = "timm"
 
   def __post_init__(self):
     super().__post_init__()
@@ -116,6 +117,20 @@ class ViT(nn.Module):
   @property
   def features(self) -> int:
     return VIT_ARCHS[self.arch][1]
+
+  def weights_meta(self, flat) -> dict:
+    """The image size the weights' position embedding was learned for."""
+    pos_embed = flat.get("pos_embed")
+    tokens = (pos_embed.shape[1] - 1 if pos_embed is not None
+              and pos_embed.ndim == 3 else 0)
+    grid = int(round(max(tokens, 0) ** 0.5))
+    if grid < 1 or grid * grid != tokens:
+      shape = None if pos_embed is None else pos_embed.shape
+      raise UserError(
+          f"pos_embed holds {tokens} patch positions (shape {shape}), not a "
+          f"square grid plus a CLS token; it is not a {self.arch} of timm's "
+          "layout.")
+    return {"image_size": grid * VIT_ARCHS[self.arch][0]}
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,

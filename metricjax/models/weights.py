@@ -31,36 +31,16 @@ import numpy as np
 
 from metricjax.errors import UserError
 from metricjax.files import atomic_write
-from metricjax.models import efficientnet
 from metricjax.models import packaged
-from metricjax.models import resnet
-from metricjax.models import vgg
-from metricjax.models import vit
+from metricjax.models.backbones import TAPPED
+from metricjax.models.backbones import TRUNKS
 
 META_KEY = "__meta__"
 
-# Trunks: pretrained pooled-feature extractors (the contract is in
-# metricjax/models/__init__.py). name -> constructor taking the meta's
-# "model" kwargs.
-TRUNKS = {
-    "resnet18": resnet.resnet18,
-    "resnet50": resnet.resnet50,
-    "vit_s16": vit.vit_s16,
-    "efficientnet_lite0": efficientnet.efficientnet_lite0,
-    # No ImageNet weights of these are packaged (models/packaged.py); they
-    # convert from the same efficientnet_lite_pytorch layout.
-    "efficientnet_lite1": efficientnet.efficientnet_lite1,
-    "efficientnet_lite2": efficientnet.efficientnet_lite2,
-}
-# Frozen feature extractors with named taps, for metricjax.fne.
-TAPPED = {"vgg16": vgg.vgg16, "vgg": vgg.VGG}
-
 HOW_TO_CONVERT = (
-    "Convert a torchvision ResNet, a DINO / timm ViT-S/16 or an "
-    "efficientnet_lite_pytorch EfficientNet-Lite state_dict with "
-    "`python tools/convert_backbone.py --arch=resnet50|resnet18|vit_s16|"
-    "efficientnet_lite0 --torch=FILE.pth --out=FILE.npz` (VGG16: "
-    "tools/convert_vgg16.py; a VGG trained here: "
+    "Convert the backbone's PyTorch state_dict with `python "
+    f"tools/convert_backbone.py --arch={'|'.join(TRUNKS)} --torch=FILE.pth "
+    "--out=FILE.npz` (VGG16: tools/convert_vgg16.py; a VGG trained here: "
     "tools/export_vgg_backbone.py).")
 
 _LEAVES = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
@@ -104,24 +84,15 @@ def convert_torch(state_dict: Mapping[str, Any], arch: str,
     raise UserError(f"Unknown --arch={arch!r}; known: {', '.join(TRUNKS)}.")
   flat = flat_from_torch(state_dict)
   trunk = TRUNKS[arch]()
-  framework = ("timm" if arch.startswith("vit") else "efficientnet_pytorch"
-               if arch in efficientnet.LITE_ARCHS else "torchvision")
   meta = {"arch": arch, "model": {}, "source": source,
-          "framework": framework,
+          "framework": getattr(trunk, "framework", "pytorch"),
           "preprocess": getattr(trunk, "preprocess", "torch")}
-  if arch in efficientnet.LITE_ARCHS:
-    meta["image_size"] = trunk.image_size
-  if arch in vit.VIT_ARCHS:
-    # The image size the position embedding was learned for.
-    tokens = flat.get("pos_embed", np.zeros((1, 1, 0))).shape[1] - 1
-    grid = int(round(max(tokens, 0) ** 0.5))
-    meta["image_size"] = grid * vit.VIT_ARCHS[arch][0]
-    if grid < 1 or grid * grid != tokens:
-      raise UserError(
-          f"{source or 'The state_dict'}: pos_embed holds {tokens} patch "
-          f"positions (shape {flat.get('pos_embed', np.zeros(0)).shape}), "
-          f"not a square grid plus a CLS token; it is not a {arch} of timm's "
-          f"layout. {HOW_TO_CONVERT}")
+  if hasattr(trunk, "weights_meta"):
+    try:
+      meta.update(trunk.weights_meta(flat))
+    except UserError as e:
+      raise UserError(f"{source or 'The state_dict'}: {e} "
+                      f"{HOW_TO_CONVERT}") from None
   place(flat, target_shapes(trunk, meta), source or "the state_dict")
   return flat, meta
 
@@ -201,6 +172,20 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
   return flat, meta
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+  """The meta of a weights .npz (or of a packaged checkpoint's name) without
+  reading its arrays."""
+  path = packaged.resolve(path, _convert_packaged)
+  if not os.path.isfile(path):
+    raise UserError(f"Weights file {path} does not exist. {HOW_TO_CONVERT}")
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return json.loads(str(z[META_KEY])) if META_KEY in z.files else {}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{path} is not a readable weights .npz ({e}); it may be "
+                    f"truncated. {HOW_TO_CONVERT}") from None
+
+
 def example_input(meta: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
   size = meta.get("image_size", 224)
   return jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
@@ -268,15 +253,19 @@ def target_shapes(module: nn.Module, meta: Mapping[str, Any]) -> dict:
 
 def load_backbone(path: str | os.PathLike) -> tuple[nn.Module, dict]:
   """(module, variables) of a converted weights .npz (or a packaged
-  checkpoint's name, models/packaged.py), checked to fit.
+  checkpoint's name, models/packaged.py), checked to fit: the module is
+  the registry's entry (models/backbones.py) for the file's arch, built
+  with its meta's "model" kwargs, and every tensor has the shape the module
+  takes at the meta's image size.
 
-  For a trunk (resnet18, resnet50, vit_s16, efficientnet_lite0),
+  For a trunk (TRUNKS: resnet18, resnet50, vit_s16, efficientnet_lite0, ...),
   `module.apply(variables, x, train=False)` on NHWC float32 images
   normalised as the weights expect (`module.preprocess`, else torchvision's;
   meta["preprocess"]) returns the pooled features (torchvision's output with
   fc = identity; timm's num_classes=0 output; the input of
-  efficientnet_pytorch's `_fc`). A VGG file gives models.VGG, called as
-  `module.apply(variables, x, capture=True)` for its taps.
+  efficientnet_pytorch's `_fc`). A VGG file (TAPPED) gives models.VGG,
+  called as `module.apply(variables, x, capture=True)` for its taps; its
+  preprocessing and image size are in `read_meta(path)`.
   """
   path = packaged.resolve(path, _convert_packaged)
   flat, meta = read_npz(path)

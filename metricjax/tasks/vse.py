@@ -34,6 +34,7 @@ from metricjax import state as state_lib
 from metricjax.data.image_folder import cache_dir
 from metricjax.errors import UserError
 from metricjax.models import convert
+from metricjax.models import weights as weights_lib
 from metricjax.tasks.task import Task
 from metricjax.text import Vocabulary
 
@@ -116,8 +117,16 @@ class Backbone:
   def __init__(self, config, mesh, weights: str | None = None):
     self.config, self.mesh = config, mesh
     self.path = _weights_path(weights or config.backbone.weights)
-    self.model, self.params, npz_meta = convert.load_backbone(
-        config.backbone.name, self.path)
+    name = config.backbone.name
+    if name not in models.TAPPED:
+      raise UserError(f"Unknown backbone {name!r} (config.backbone.name); "
+                      f"known: {', '.join(models.TAPPED)}.")
+    npz_meta = weights_lib.read_meta(self.path)
+    if npz_meta.get("arch", name) != name:
+      raise UserError(f"{self.path} holds a {npz_meta['arch']!r} backbone, "
+                      f"not {name!r}; set config.backbone.name to match.")
+    self.model, variables = models.load_backbone(self.path)
+    self.params = variables["params"]
     # What the weights record unless the config overrides it.
     self.preprocess = (config.backbone.preprocess
                        or npz_meta.get("preprocess", "torch"))

@@ -170,11 +170,11 @@ def test_wider_deeper_variants_fit_the_reference(arch):
 
 
 def test_trunk_contract():
-  module = weights.TRUNKS["efficientnet_lite0"]()
+  module = models.TRUNKS["efficientnet_lite0"]()
   shapes = jax.eval_shape(lambda: module.init(
       jax.random.key(0), jnp.zeros((2, 224, 224, 3)), train=False))
   assert models.count_params(shapes["params"]) == LITE0_TRUNK_PARAMS
-  frozen = weights.TRUNKS["efficientnet_lite0"](frozen_bn=True)
+  frozen = models.TRUNKS["efficientnet_lite0"](frozen_bn=True)
   out = jax.eval_shape(
       lambda: frozen.init_with_output(jax.random.key(0),
                                       jnp.zeros((2, 224, 224, 3)),

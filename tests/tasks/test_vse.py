@@ -15,11 +15,11 @@ from helpers import write_random_vgg
 from metricjax import evaluate as evaluate_lib
 from metricjax import export
 from metricjax import fne
+from metricjax import models
 from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 from metricjax.data import caption_demo
 from metricjax.errors import UserError
-from metricjax.models import convert
 from metricjax.models import vgg
 
 TINY_VGG = dict(blocks=((4,), (8, 8)), fc_dims=(16, 12), num_classes=5,
@@ -144,7 +144,8 @@ def test_cifar_vgg_config_trains_and_exports_a_backbone(tiny_idx_dir,
   out = tmp_path / "vgg.npz"
   meta = export.export_trained_vgg(workdir, str(out))
   assert meta["image_size"] == 28 and meta["num_classes"] == 4
-  model, params, _ = convert.load_backbone("vgg", out)
+  model, variables = models.load_backbone(out)
+  params = variables["params"]
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), np.uint8)
   raw = fne.extract_features(model, params, images, batch_size=8)
   assert raw.shape == (3, 4 + 8 + 8 + 16 + 16)
