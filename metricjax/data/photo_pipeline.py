@@ -28,7 +28,6 @@ size.
 """
 
 import dataclasses
-import io
 import math
 import threading
 
@@ -36,8 +35,8 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image
 
+from metricjax.data import decode
 from metricjax.data.samplers import host_only_worker_init
 from metricjax.errors import UserError
 
@@ -121,9 +120,8 @@ def decode_view(data: bytes, view: View, *, box=None, draws=None,
       the flip.
     where: the file, for errors.
   """
-  try:
-    im = Image.open(io.BytesIO(data))
-    width, height = im.size
+
+  def region(width, height):
     x0, y0, x1, y1 = 0.0, 0.0, float(width), float(height)
     if box is not None:
       x0, y0 = max(0.0, float(box[0])), max(0.0, float(box[1]))
@@ -135,37 +133,20 @@ def decode_view(data: bytes, view: View, *, box=None, draws=None,
       x, y, w, h = random_resized_crop(rw, rh, draws, view.scale, view.ratio)
     else:
       x, y, w, h = centre_crop(rw, rh, view)
-    crop = (x0 + x, y0 + y, x0 + x + w, y0 + y + h)
-    if view.draft and im.format == "JPEG":
-      # Largest 1/s reduction that keeps the box >= size pixels each way.
-      need = (max(1, math.ceil(width * view.size / w)),
-              max(1, math.ceil(height * view.size / h)))
-      drafted = im.draft("RGB", need)
-      if drafted is not None and drafted[1][2] != width:
-        crop = tuple(c * drafted[1][2] / width for c in crop)
-    if im.mode != "RGB":
-      # Palette images with transparency go through RGBA, as Pillow advises.
-      im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info
-                      else im.mode).convert("RGB")
-    out = im.resize((view.size, view.size), Image.BILINEAR, box=crop)
-    array = np.asarray(out)
-  except UserError:
-    raise
-  except Exception as e:  # Pillow raises many types for corrupt data.
-    raise CorruptImage(where, e) from None
+    return (x0 + x, y0 + y, x0 + x + w, y0 + y + h), (view.size, view.size)
+
+  array = decode.decode_image(data, where, region=region, draft=view.draft,
+                              advice=SKIP_ADVICE)
   if view.train and view.flip and draws[-1] < 0.5:
     array = array[:, ::-1]
   return array
 
 
-class CorruptImage(UserError):
-
-  def __init__(self, where: str, cause: Exception):
-    super().__init__(
-        f"Cannot decode image {where}: {' '.join(str(cause).split())[:200]}. "
-        "Replace or delete the file (and its line in the split file), or set "
-        "config.data.skip_corrupt=True to skip such images and count them.")
-    self.where = where
+SKIP_ADVICE = (
+    "Replace or delete the file (and its line in the split file), or set "
+    "config.data.skip_corrupt=True to skip such images and count them.")
+# What a reader raises for an image it cannot decode (the file in `where`).
+CorruptImage = decode.CorruptImage
 
 
 class SkipCounter:
