@@ -3,7 +3,7 @@ Stanford Online Products, In-Shop, or a CSV catalogue of photos.
 
 Each dataset is read in its official layout under $METRICJAX_DATA_DIR
 (CUB_200_2011/, cars196/, Stanford_Online_Products/, inshop/; see
-metricjax/data/benchmarks.py) with the class-disjoint split of the field,
+metricjax/data/sources/) with the class-disjoint split of the field,
 decoded on the host by the photo pipeline (RandomResizedCrop + flip for
 training, resize + centre crop for evaluation), and evaluated with the
 benchmark's Recall@K convention, P@1, R-Precision, MAP@R and k-means NMI /
@@ -77,9 +77,9 @@ at the best validated checkpoint:
 
 from metricjax.config_utils import base_config
 from metricjax.config_utils import parse_arg
+from metricjax.data.sources import recall_ks
 from metricjax.errors import UserError
 from metricjax.models import backbones
-from metricjax.tasks.retrieval import recall_ks
 
 # backbone=compact: the one model trained from scratch.
 COMPACT = dict(name="compact", variant="hybrid1", activation="gelu",

@@ -48,6 +48,7 @@ from metricjax import study
 from metricjax import study_plots
 from metricjax import checkpoint
 from metricjax.config_utils import load_config
+from metricjax.data import sources
 from metricjax.errors import exit_on_user_error
 from metricjax.errors import UserError
 
@@ -95,7 +96,7 @@ SCALES = {
 
 # The photo benchmarks: configs/dml_benchmark.py, validated on held-out
 # training classes.
-DML_DATASETS = ("cub", "cars196", "sop", "inshop")
+DML_DATASETS = sources.benchmarks()
 # "A Metric Learning Reality Check"'s optima, chosen by its Bayesian search
 # on validation (powerful-benchmarker, branch metric-learning, commit
 # 222790a, docs/papers/mlrc.md "Optimal hyperparameters"; the paper's

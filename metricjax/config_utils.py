@@ -190,7 +190,9 @@ def _add_retrieval_fields(c: ml_collections.ConfigDict) -> None:
   c.data.workers = 0  # > 0: decode in that many processes instead.
 
   c.eval.ks = (1, 5, 10)  # Recall@k reported.
-  c.eval.clustering = False  # k-means NMI / AMI of the evaluated split too.
+  # k-means NMI / AMI of the evaluated split too; None: the dataset's
+  # convention (data.convention: on for the photo benchmarks).
+  c.eval.clustering = config_dict.placeholder(bool)
   c.eval.kmeans_max_iter = 100  # k-means iterations of the clustering metrics.
 
 

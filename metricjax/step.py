@@ -3,7 +3,8 @@ gradient, update parameters and optimiser state.
 
 A task supplies `sample(rng, data) -> batch` and `loss(params, loss_params,
 batch_stats, batch) -> (loss, new_batch_stats)`; the randomness of step s
-comes from fold_in(key(seed), s), so a resumed run draws the same batches.
+comes from data.step_key(key(seed), s) (the derivation the streaming paths
+use too), so a resumed run draws the same batches.
 The seed's key is an argument of the step, not a constant of its program:
 runs that differ only in their seed share one compiled step.
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metricjax import data as data_lib
 from metricjax.state import trainable
 from metricjax.state import TrainState
 
@@ -40,7 +42,7 @@ def make_train_step(sample: Callable, loss: Callable,
   those of the input state.
   """
   def train_step(state: TrainState, data, seed_key: jax.Array):
-    batch = sample(jax.random.fold_in(seed_key, state.step), data)
+    batch = sample(data_lib.step_key(seed_key, state.step), data)
     objective = lambda p: loss(p["model"], p["loss"], state.batch_stats, batch)
     params = trainable(state)
     (value, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(

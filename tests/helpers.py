@@ -78,7 +78,7 @@ def hue_images(n: int, seed: int, name: str = "hues"):
   """16x16 RGB ArrayDataset, 4 classes, each its own dominant channel
   (the caption demo's captions then name a colour per class)."""
   from metricjax.data.dataset import ArrayDataset
-  from metricjax.data.sources import CIFAR10_CLASSES
+  from metricjax.data.sources.folder import CIFAR10_CLASSES
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % 4).astype(np.int32)
   images = rng.integers(0, 80, (n, 16, 16, 3), np.uint8)

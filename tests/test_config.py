@@ -196,7 +196,7 @@ def test_a_saved_config_gets_the_fields_added_since():
   del saved["task"]  # Checkpoints from before tasks were retrieval runs.
   config = config_utils.with_defaults(saved)
   assert config.task == "retrieval" and config.lr_schedule == "cosine"
-  assert config.eval.clustering is False and config.imbalance.classes == ()
+  assert config.eval.clustering is None and config.imbalance.classes == ()
   assert config.eval.ks == (1, 5, 10)  # JSON's list, the base's tuple.
   config_check.validate(config)
   saved["dropped_since"] = 1

@@ -43,9 +43,10 @@ import numpy as np
 from PIL import Image
 
 from metricjax import parallel
-from metricjax.data import benchmarks
 from metricjax.data import photo_pipeline as pp
 from metricjax.data import stream
+from metricjax.data.samplers import HostSampler
+from metricjax.data.photos import photo_folder
 
 flags.DEFINE_string("images", None, "DIR/CLASS/*.jpg (default: generated).")
 flags.DEFINE_integer("num_images", 2000, "Images of the generated folder.")
@@ -94,7 +95,7 @@ def link_folder(source_ds, directory: str, n: int):
 
 
 def metricjax_rate(ds, mesh, steps: int, start: int, workers: int = 0) -> float:
-  sampler = stream.make_index_sampler(
+  sampler = HostSampler.from_labels(
       "balanced", ds.labels, ds.num_classes, batch_size=FLAGS.batch_size,
       samples_per_class=4)
   view = pp.View(size=FLAGS.image_size, train=True)
@@ -176,8 +177,8 @@ def bare_rate(ds, n: int, draft: bool) -> float:
 
 def rss_child(images: str, n: int) -> None:
   with tempfile.TemporaryDirectory(dir=os.path.dirname(images)) as d:
-    link_folder(benchmarks.photo_folder(images), d, n)
-    ds = benchmarks.photo_folder(d)
+    link_folder(photo_folder(images), d, n)
+    ds = photo_folder(d)
     mesh = parallel.create_mesh(jax.devices()[:1])
     rate = metricjax_rate(ds, mesh, max(8, 2000 // FLAGS.batch_size), 0)
     print(json.dumps({"images": n, "images_per_sec": rate,
@@ -202,7 +203,7 @@ def main(argv):
     generate_folder(images, FLAGS.num_images, FLAGS.classes)
   if FLAGS.rss_child:
     return rss_child(images, FLAGS.rss_child)
-  ds = benchmarks.photo_folder(images)
+  ds = photo_folder(images)
   mesh = parallel.create_mesh(jax.devices()[:1])
   transforms = import_torchvision_transforms()
   cores = len(os.sched_getaffinity(0))

@@ -34,6 +34,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from metricjax import data as data_lib
 from metricjax import parallel
 from metricjax import state as state_lib
 from metricjax import step as step_lib
@@ -107,11 +108,11 @@ def bench_cifar():
   # Input only: the device path's sample alone, jitted as in the step.
   seed_key = jax.random.key(0)
   task = pipes["device"][4]
-  sample = jax.jit(lambda step: task.sample(jax.random.fold_in(seed_key, step),
+  sample = jax.jit(lambda step: task.sample(data_lib.step_key(seed_key, step),
                                             task.data))
   stream_task, stream_batches = pipes["stream"][4], pipes["stream"][3]
   augment = jax.jit(lambda step, b: stream_task.sample(
-      jax.random.fold_in(seed_key, step), b))
+      data_lib.step_key(seed_key, step), b))
   counter = iter(range(10**9))
 
   def input_device(k):

@@ -41,9 +41,8 @@ from metricjax import data as data_lib
 from metricjax import hlo_costs
 from metricjax import parallel
 from metricjax.config_utils import load_config
-from metricjax.data import benchmarks
 from metricjax.data import photo_pipeline
-from metricjax.data import stream
+from metricjax.data.photos import photo_folder
 
 import benchmark  # tools/benchmark.py
 
@@ -150,9 +149,10 @@ def photo_pipeline_rate() -> dict:
   n, size, batch = (64, 32, 16) if FLAGS.dry_run else (1024, 224, 256)
   folder = os.path.join(tempfile.mkdtemp(prefix="device_check-"), "photos")
   bench_images.generate_folder(folder, n, 16)
-  ds = benchmarks.photo_folder(folder)
-  sampler = stream.make_index_sampler("balanced", ds.labels, ds.num_classes,
-                                      batch_size=batch, samples_per_class=4)
+  ds = photo_folder(folder)
+  sampler = data_lib.HostSampler.from_labels(
+      "balanced", ds.labels, ds.num_classes, batch_size=batch,
+      samples_per_class=4)
   steps = 3 if FLAGS.dry_run else 12
   threads = len(os.sched_getaffinity(0))
   batches = iter(photo_pipeline.train_batches(

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from metricjax.data.decode import decode_image
 from metricjax.data.sources import DATA_DIR_ENV
 from metricjax.data.tfds_source import default_tfds_dir
 from metricjax.data.tfds_source import TfdsUnavailableError
@@ -68,14 +69,14 @@ class ImageFiles(Sequence):
 
   def _read(self, path) -> np.ndarray:
     try:
-      with Image.open(path) as im:
-        if self.size is not None:
-          return resize_center_crop(im, self.size)
-        return np.asarray(im.convert("RGB"))
+      with open(path, "rb") as f:
+        data = f.read()
     except FileNotFoundError:
       raise UserError(f"Image {path} does not exist.") from None
-    except Exception as e:  # PIL raises many types for corrupt files.
-      raise UserError(f"Cannot decode image {path}: {e}.") from None
+    except OSError as e:
+      raise UserError(f"Cannot read image {path}: {e.strerror or e}.") from None
+    image = decode_image(data, path)
+    return image if self.size is None else resize_center_crop(image, self.size)
 
   def __getitem__(self, index):
     if isinstance(index, slice):

@@ -1,9 +1,10 @@
 """Labelled image splits: the protocols every source's split meets,
-the in-memory ArrayDataset, and the functions that take examples out of one
-(subset, hold_out, imbalanced), keeping each example's id."""
+the in-memory ArrayDataset, and the functions that take examples out of any
+of them (subset, hold_out, hold_out_classes, imbalanced), keeping each
+example's id."""
 
 import dataclasses
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -53,6 +54,11 @@ class LabelledSplit(Protocol):
   @property
   def ids(self) -> np.ndarray: ...
 
+  # How a task reads the images: "arrays" (same-size uint8 rows, `images`:
+  # Dataset below) or "photos" (files of any size, decoded into views by
+  # the host pipeline).
+  pipeline: ClassVar[str]
+
   def __len__(self) -> int: ...
 
 
@@ -70,6 +76,14 @@ class Dataset(LabelledSplit, Protocol):
 
   @property
   def nbytes(self) -> int: ...
+
+
+def query_gallery(ds: LabelledSplit):
+  """(is_query, is_gallery) bool (N,) of a split evaluated query -> gallery
+  (In-Shop, a csv: catalogue with those columns), else None: every example
+  queries all the others."""
+  query = getattr(ds, "is_query", None)
+  return None if query is None else (query, ds.is_gallery)
 
 
 def row_ids(split: str, n: int) -> np.ndarray:
@@ -110,6 +124,7 @@ class ArrayDataset:
   split: str
   source: str
   ids: np.ndarray | None = None
+  pipeline: ClassVar[str] = "arrays"
 
   def __post_init__(self):
     where = f"dataset {self.name!r} split {self.split!r} (from {self.source})"
@@ -190,14 +205,40 @@ class IndexedImages:
     return self._images[self._index[index]]
 
 
-def subset(ds: Dataset, index: np.ndarray, note: str) -> Dataset:
-  """Examples `index` (increasing) of ds, with their ids; in memory a copy,
-  on disk a view. Every function that takes examples out of a dataset goes
-  through here."""
-  images = (ds.images[index] if isinstance(ds.images, np.ndarray)
-            else IndexedImages(ds.images, index))
-  return dataclasses.replace(ds, images=images, labels=ds.labels[index],
-                             ids=ds.ids[index], source=f"{ds.source}, {note}")
+def subset(ds: LabelledSplit, index: np.ndarray, note: str, *,
+           split: str | None = None, relabel: bool = False) -> LabelledSplit:
+  """Examples `index` (increasing indices, or a bool mask) of any split.
+
+  Every per-example field (an array of one row per example: labels, ids,
+  images, a photo split's boxes and query / gallery roles) keeps those
+  rows; in-memory images are copied, lazy ones (a packed file) viewed.
+  relabel: the labels become 0..C-1 over the classes that remain, in the
+  old order, with their names (class-disjoint parts). Every function that
+  takes examples out of a dataset goes through here.
+  """
+  index = np.asarray(index)
+  index = np.flatnonzero(index) if index.dtype == bool else index
+  n = len(ds)
+  rows = {}
+  for field in dataclasses.fields(ds):
+    value = getattr(ds, field.name)
+    if field.name == "images" and not isinstance(value, np.ndarray):
+      rows["images"] = IndexedImages(value, index)
+    elif isinstance(value, np.ndarray) and value.shape[:1] == (n,):
+      rows[field.name] = value[index]
+  if relabel:
+    classes, labels = np.unique(rows["labels"], return_inverse=True)
+    rows.update(labels=labels.astype(np.int32), num_classes=len(classes),
+                class_names=tuple(ds.class_names[c] for c in classes))
+  if split is not None:
+    rows["split"] = split
+  return dataclasses.replace(ds, source=f"{ds.source}, {note}", **rows)
+
+
+def relabel(class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(labels 0..C-1 in increasing class id order, the sorted class ids)."""
+  classes, labels = np.unique(class_ids, return_inverse=True)
+  return labels.astype(np.int32), classes
 
 
 def _describe(x) -> str:
@@ -234,3 +275,40 @@ def hold_out(ds: Dataset, size: int, *, seed: int = 0):
                  f"without the {size} held-out examples"),
           subset(ds, np.flatnonzero(held),
                  f"{size} examples held out for validation"))
+
+
+def hold_out_classes(ds: LabelledSplit, val_classes: float, *,
+                     seed: int = 0) -> tuple[LabelledSplit, LabelledSplit]:
+  """(rest, held_out): every example of some classes of `ds` split off, the
+  validation of the field's benchmarks (classes held out of the training
+  classes, never the test split: "A Metric Learning Reality Check",
+  powerful-benchmarker's ClassDisjointSplitManager).
+
+  val_classes: a fraction of the classes in (0, 1) (rounded, at least 2),
+  or a count >= 2. The classes are drawn with a fixed seed: the same for
+  every run of a config, whatever its training seed, so runs are compared
+  on one validation set. Both parts keep the original order; each is
+  relabelled 0..C-1 over its own classes.
+  """
+  total = ds.num_classes
+  if 0 < val_classes < 1:
+    count = max(2, int(round(val_classes * total)))
+  elif val_classes >= 1 and float(val_classes).is_integer():
+    count = int(val_classes)
+  else:
+    count = -1
+  if not 2 <= count <= total - 2:
+    raise UserError(
+        f"config.data.val_classes={val_classes} must be a fraction in (0, 1) "
+        f"or a whole number of classes, giving 2 to {total - 2} of the "
+        f"{total} classes of {ds.name} {ds.split} (it gives {count}): "
+        "validation ranks at least two classes and training keeps at least "
+        "two.")
+  held = np.zeros(total, bool)
+  held[np.random.default_rng(seed).choice(total, size=count,
+                                          replace=False)] = True
+  rows = held[ds.labels]
+  return (subset(ds, ~rows, relabel=True, note=f"without the {count} "
+                 "classes held out for validation"),
+          subset(ds, rows, split=f"{ds.split} (held out)", relabel=True,
+                 note=f"{count} classes held out for validation"))

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from metricjax.data.image_folder import decode_image
+from metricjax.data.decode import decode_image
 from metricjax.data.image_folder import IMAGE_EXTENSIONS
 from metricjax.data.image_folder import is_image_file
 from metricjax.errors import UserError
@@ -20,7 +20,7 @@ def read_images(paths) -> list[np.ndarray]:
     except OSError as e:
       raise UserError(f"Cannot read the query image {path}: "
                       f"{e.strerror or e}.") from None
-    images.append(decode_image(data, path))
+    images.append(decode_image(data, path, keep_gray=True))
   return images
 
 

@@ -7,7 +7,6 @@ under $METRICJAX_CACHE_DIR (default ~/.cache/metricjax).
 """
 
 import hashlib
-import io
 import os
 import re
 import sys
@@ -16,10 +15,10 @@ import zlib
 
 from absl import logging
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from metricjax.data.dataset import ArrayDataset
+from metricjax.data.decode import decode_image
 from metricjax.errors import UserError
 from metricjax.files import atomic_write
 
@@ -29,8 +28,6 @@ _CACHE_VERSION = 2  # 2: the cache holds the examples' ids.
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
      ".ppm", ".pgm", ".pbm"))
-_GRAY_MODES = frozenset(("1", "L", "LA"))
-_HIGH_DEPTH_MODES = frozenset(("I", "I;16", "I;16B", "I;16L", "I;16N", "F"))
 
 
 class SplitNotFoundError(UserError):
@@ -209,7 +206,7 @@ def _decode_all(members, class_names, read, desc, path):
   for i, (label, member) in enumerate(
       tqdm(members, desc=f"decoding {desc}", unit="img", file=sys.stderr,
            mininterval=0.5, dynamic_ncols=True)):
-    image = decode_image(read(member), f"{path}:{member}")
+    image = decode_image(read(member), f"{path}:{member}", keep_gray=True)
     if images is None:
       first = member
       images = np.empty((len(members),) + image.shape, np.uint8)
@@ -227,31 +224,6 @@ def _decode_all(members, class_names, read, desc, path):
     images[i] = image
     labels[i] = label
   return images, labels, len(class_names), class_names
-
-
-def decode_image(data: bytes, where: str) -> np.ndarray:
-  """Image bytes -> uint8 (H, W, 1) for grayscale or (H, W, 3)."""
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      if im.mode in _HIGH_DEPTH_MODES:
-        raise UserError(
-            f"{where} has pixel mode {im.mode!r} (16-bit or float); only 8-bit "
-            "grayscale and colour images are supported. Convert it to 8-bit.")
-      gray = im.mode in _GRAY_MODES or (
-          im.mode == "P" and _palette_is_gray(im))
-      target = "L" if gray else "RGB"
-      array = np.asarray(im if im.mode == target else im.convert(target))
-  except UserError:
-    raise
-  except Exception as e:  # PIL raises many types for corrupt data.
-    raise UserError(f"Cannot decode image {where}: {e}. Replace or delete the "
-                    "file.") from None
-  return array[..., None] if gray else array
-
-
-def _palette_is_gray(im) -> bool:
-  rgb = np.asarray(im.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
-  return bool(rgb.size) and bool(np.all(rgb == rgb[:, :1]))
 
 
 def _cache_key(path, split, stats) -> str:

@@ -18,7 +18,7 @@ TFDS read it). `tools/pack_arrayrecord.py` packs any dataset spec.
 import dataclasses
 import json
 import os
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
 
@@ -134,6 +134,7 @@ class PackedDataset:
   split: str
   source: str
   ids: np.ndarray
+  pipeline: ClassVar[str] = "arrays"
 
   def __len__(self) -> int:
     return len(self.labels)

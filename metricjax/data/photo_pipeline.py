@@ -18,15 +18,16 @@ float32 size.
 Batches are grain pipelines over single images (grain's threads decode in
 parallel: Pillow releases the GIL while it decodes and resamples), then
 batched. The training stream is a pure function of (seed, step): step s's
-example indices come from stream.make_index_sampler with the generator of
-(seed, s), its crops from the generator of (seed, s, 1), for the global
-batch, so every process draws the same and reads only its own rows, and a
-resumed run reads exactly the batches an uninterrupted one reads. At most
-`prefetch` decoded images wait in the pipeline, whatever the split's size.
+example indices come from the training sampler of data/samplers.py run on
+the host's CPU (HostSampler: the indices the on-device sampler draws for
+that step), its crops from the numpy generator of (seed, s, 1), for the
+global batch, so every process draws the same and reads only its own rows,
+and a resumed run reads exactly the batches an uninterrupted one reads. At
+most `prefetch` decoded images wait in the pipeline, whatever the split's
+size.
 """
 
 import dataclasses
-import io
 import math
 import threading
 
@@ -34,8 +35,9 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image
 
+from metricjax.data import decode
+from metricjax.data.samplers import host_only_worker_init
 from metricjax.errors import UserError
 
 # (area scale, aspect ratio) uniforms drawn per example and try.
@@ -116,9 +118,8 @@ def decode_view(data: bytes, view: View, *, box=None, draws=None,
       the flip.
     where: the file, for errors.
   """
-  try:
-    im = Image.open(io.BytesIO(data))
-    width, height = im.size
+
+  def region(width, height):
     x0, y0, x1, y1 = 0.0, 0.0, float(width), float(height)
     if box is not None:
       x0, y0 = max(0.0, float(box[0])), max(0.0, float(box[1]))
@@ -130,37 +131,20 @@ def decode_view(data: bytes, view: View, *, box=None, draws=None,
       x, y, w, h = random_resized_crop(rw, rh, draws, view.scale, view.ratio)
     else:
       x, y, w, h = centre_crop(rw, rh, view)
-    crop = (x0 + x, y0 + y, x0 + x + w, y0 + y + h)
-    if view.draft and im.format == "JPEG":
-      # Largest 1/s reduction that keeps the box >= size pixels each way.
-      need = (max(1, math.ceil(width * view.size / w)),
-              max(1, math.ceil(height * view.size / h)))
-      drafted = im.draft("RGB", need)
-      if drafted is not None and drafted[1][2] != width:
-        crop = tuple(c * drafted[1][2] / width for c in crop)
-    if im.mode != "RGB":
-      # Palette images with transparency go through RGBA, as Pillow advises.
-      im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info
-                      else im.mode).convert("RGB")
-    out = im.resize((view.size, view.size), Image.BILINEAR, box=crop)
-    array = np.asarray(out)
-  except UserError:
-    raise
-  except Exception as e:  # Pillow raises many types for corrupt data.
-    raise CorruptImage(where, e) from None
+    return (x0 + x, y0 + y, x0 + x + w, y0 + y + h), (view.size, view.size)
+
+  array = decode.decode_image(data, where, region=region, draft=view.draft,
+                              advice=SKIP_ADVICE)
   if view.train and view.flip and draws[-1] < 0.5:
     array = array[:, ::-1]
   return array
 
 
-class CorruptImage(UserError):
-
-  def __init__(self, where: str, cause: Exception):
-    super().__init__(
-        f"Cannot decode image {where}: {' '.join(str(cause).split())[:200]}. "
-        "Replace or delete the file (and its line in the split file), or set "
-        "config.data.skip_corrupt=True to skip such images and count them.")
-    self.where = where
+SKIP_ADVICE = (
+    "Replace or delete the file (and its line in the split file), or set "
+    "config.data.skip_corrupt=True to skip such images and count them.")
+# What a reader raises for an image it cannot decode (the file in `where`).
+CorruptImage = decode.CorruptImage
 
 
 class SkipCounter:
@@ -203,6 +187,9 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
   """Iterator of this process's rows of the batches of steps start_step + 1
   .. total_steps, as numpy {"images": uint8 (b, S, S, 3), "labels"}.
 
+  sample_indices: (seed, step) -> the global batch's example indices
+  (samplers.HostSampler), step counted from 0 as the train state does.
+
   A corrupt image, with skip_corrupt, is replaced by the next row of its
   batch with the same label (another view of the same class: the batch
   keeps its P x K shape) and counted in `skipped` (with workers > 0, in
@@ -223,8 +210,9 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
 
   def plan(step):
     if step not in plans:
-      rows = sample_indices(np.random.default_rng((seed, step)))
-      draws = crop_draws(np.random.default_rng((seed, step, 1)), len(rows))
+      rows = sample_indices(seed, step)
+      draws = crop_draws(np.random.default_rng((seed, step + 1, 1)),
+                         len(rows))
       part = slice(index * local, (index + 1) * local)
       if len(plans) > 64:
         plans.clear()
@@ -233,7 +221,7 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
 
   def read(element):
     step, position = divmod(int(element), local)
-    rows, draws = plan(step + 1)
+    rows, draws = plan(step)
     label = ds.labels[rows[position]]
     order = [position] + [p for p in range(local) if p != position
                           and ds.labels[rows[p]] == label]
@@ -264,7 +252,8 @@ def train_batches(ds, sample_indices, view: View, *, seed: int,
     return grain.MapDataset.range(start_step, total_steps).map(
         read_batch).to_iter_dataset(grain.ReadOptions(
             num_threads=1, prefetch_buffer_size=1)).mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=workers))
+                grain.MultiprocessingOptions(num_workers=workers),
+                worker_init_fn=host_only_worker_init)
   batches = grain.MapDataset.range(
       start_step * local, total_steps * local).map(read).to_iter_dataset(
           grain.ReadOptions(num_threads=num_threads,

@@ -11,9 +11,12 @@ of each batch when it is built.
 
 import dataclasses
 import os
+from typing import ClassVar
 
 import numpy as np
 
+from metricjax.data.dataset import relabel
+from metricjax.data.image_folder import is_image_file
 from metricjax.errors import UserError
 
 
@@ -44,6 +47,8 @@ class PhotoDataset:
   boxes: np.ndarray | None = None
   is_query: np.ndarray | None = None
   is_gallery: np.ndarray | None = None
+  # Decoded by the host pipeline into views (data/photo_pipeline.py).
+  pipeline: ClassVar[str] = "photos"
 
   def __post_init__(self):
     where = f"dataset {self.name!r} split {self.split!r} (from {self.source})"
@@ -91,12 +96,6 @@ class PhotoDataset:
     return None if self.boxes is None else tuple(self.boxes[i])
 
 
-def relabel(class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(labels 0..C-1 in increasing class id order, the sorted class ids)."""
-  classes, labels = np.unique(class_ids, return_inverse=True)
-  return labels.astype(np.int32), classes
-
-
 def check_files_exist(root: str, ids, what: str) -> None:
   """One error listing the missing images, before any training starts."""
   missing = [i for i in ids if not os.path.isfile(os.path.join(root, i))]
@@ -109,52 +108,24 @@ def check_files_exist(root: str, ids, what: str) -> None:
         "images come from one download), or remove those lines.")
 
 
-def subset(ds: PhotoDataset, keep: np.ndarray, *, split: str,
-           note: str) -> PhotoDataset:
-  """Rows `keep` (a bool mask or increasing indices), labels relabelled to
-  0..C-1 over the classes that remain (class-disjoint splits)."""
-  keep = np.flatnonzero(keep) if keep.dtype == bool else keep
-  labels, classes = relabel(ds.labels[keep])
-  take = lambda a: None if a is None else a[keep]
-  return dataclasses.replace(
-      ds, labels=labels, num_classes=len(classes),
-      class_names=tuple(ds.class_names[c] for c in classes), split=split,
-      source=f"{ds.source}, {note}", ids=ds.ids[keep], boxes=take(ds.boxes),
-      is_query=take(ds.is_query), is_gallery=take(ds.is_gallery))
-
-
-def hold_out_classes(ds: PhotoDataset, val_classes: float, *,
-                     seed: int = 0) -> tuple[PhotoDataset, PhotoDataset]:
-  """(rest, held_out): every image of some classes of `ds` split off, the
-  validation of the field's benchmarks (classes held out of the training
-  classes, never the test split: "A Metric Learning Reality Check",
-  powerful-benchmarker's ClassDisjointSplitManager).
-
-  val_classes: a fraction of the classes in (0, 1) (rounded, at least 2),
-  or a count >= 2. The classes are drawn with a fixed seed: the same for
-  every run of a config, whatever its training seed, so runs are compared
-  on one validation set. Both parts keep the original order; each is
-  relabelled 0..C-1 over its own classes.
-  """
-  total = ds.num_classes
-  if 0 < val_classes < 1:
-    count = max(2, int(round(val_classes * total)))
-  elif val_classes >= 1 and float(val_classes).is_integer():
-    count = int(val_classes)
-  else:
-    count = -1
-  if not 2 <= count <= total - 2:
-    raise UserError(
-        f"config.data.val_classes={val_classes} must be a fraction in (0, 1) "
-        f"or a whole number of classes, giving 2 to {total - 2} of the "
-        f"{total} classes of {ds.name} {ds.split} (it gives {count}): "
-        "validation ranks at least two classes and training keeps at least "
-        "two.")
-  held = np.zeros(total, bool)
-  held[np.random.default_rng(seed).choice(total, size=count,
-                                          replace=False)] = True
-  rows = held[ds.labels]
-  return (subset(ds, ~rows, split=ds.split,
-                 note=f"without the {count} classes held out for validation"),
-          subset(ds, rows, split=f"{ds.split} (held out)",
-                 note=f"{count} classes held out for validation"))
+def photo_folder(root: str, *, split: str = "all") -> PhotoDataset:
+  """Every image of root/CLASS/ (any depth below CLASS), lazily: the
+  folders of tools/bench_images.py, or a user's own photo tree."""
+  root = os.path.abspath(root)
+  ids, classes = [], []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    rel = os.path.relpath(dirpath, root)
+    for f in sorted(filenames):
+      member = os.path.join(rel, f)
+      if rel != "." and is_image_file(member):
+        ids.append(member)
+        classes.append(member.split(os.sep)[0])
+  if not ids:
+    raise UserError(f"{root} has no images under CLASS/ subfolders.")
+  labels, names = relabel(np.array(classes))
+  return PhotoDataset(labels=labels, num_classes=len(names),
+                      class_names=tuple(str(n) for n in names),
+                      name=os.path.basename(root), split=split,
+                      source=f"photo folder {root}", ids=np.array(ids),
+                      root=root)

@@ -113,7 +113,7 @@ def build(config, mesh, tx) -> Task:
           members=jax.ShapeDtypeStruct((shape.num_classes, per_class),
                                        np.int32),
           counts=jax.ShapeDtypeStruct((shape.num_classes,), np.int32),
-          num_nonempty=shape.num_classes))
+          num_nonempty=shape.num_classes, num_examples=size))
   return Task(sample=retrieval.make_sample(config, loss, mesh,
                                            shape.num_classes),
               data=placed(data, parallel.replicated(mesh)), **common)

@@ -3,18 +3,24 @@ the host pipeline's views and batches."""
 
 import io
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
 
 import replicas
+from metricjax import data as data_lib
+from metricjax import losses
+from metricjax import parallel
 from metricjax.data import Dataset
 from metricjax.data import LabelledSplit
 from metricjax.data import load_dataset
 from metricjax.data import photo_pipeline as pp
-from metricjax.data import stream
 from metricjax.data.photos import PhotoDataset
+from metricjax.data.samplers import HostSampler
 from metricjax.errors import UserError
+from metricjax.tasks import retrieval
+from helpers import load_config
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +169,8 @@ def test_draft_decoding_matches_full_decoding():
 
 
 def _sampler(ds, batch, k):
-  return stream.make_index_sampler("balanced", ds.labels, ds.num_classes,
-                                   batch_size=batch, samples_per_class=k)
+  return HostSampler.from_labels("balanced", ds.labels, ds.num_classes,
+                                 batch_size=batch, samples_per_class=k)
 
 
 def test_train_batches_are_p_by_k_and_a_function_of_seed_and_step(data_dir):
@@ -184,6 +190,53 @@ def test_train_batches_are_p_by_k_and_a_function_of_seed_and_step(data_dir):
   labels = batch["labels"].reshape(3, 4)
   assert (labels == labels[:, :1]).all() and len(set(labels[:, 0])) == 3
   assert not np.array_equal(whole[0]["labels"], whole[1]["labels"])
+
+
+class _NumberedPhotos:
+  """Photos whose colour names them: image i is a flat (6 i, 0, 0)."""
+  num_classes, size = 5, 40
+  labels = np.arange(size, dtype=np.int32) % num_classes
+  class_names = tuple("abcde")
+
+  def read(self, i):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((6, 9, 3), (6 * i, 0, 0), np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+  def box(self, i):
+    return None
+
+  def path(self, i):
+    return f"{i}.png"
+
+
+def test_train_batches_read_the_rows_the_device_sampler_draws():
+  """The photo pipeline's index stream is the on-device sampler's: the
+  batch of train state step s holds the rows tasks/retrieval.make_sample
+  draws on the devices at step s (and so does a resumed stream)."""
+  ds = _NumberedPhotos()
+  config = load_config("compact_involution")
+  config.update(batch_size=8, samples_per_class=2, augment=False, seed=3)
+  mesh = parallel.create_mesh()
+  sample = jax.jit(retrieval.make_sample(
+      config, losses.get_loss(config.loss.name), mesh, ds.num_classes))
+  device_data = parallel.replicate(retrieval.DeviceData(
+      images=np.arange(ds.size, dtype=np.uint8).reshape(-1, 1, 1, 1),
+      labels=ds.labels,
+      class_index=data_lib.ClassIndex.from_labels(ds.labels, ds.num_classes)),
+      mesh)
+  seed_key = jax.random.key(config.seed)
+  batches = list(pp.train_batches(
+      ds, _sampler(ds, 8, 2), pp.View(size=4, train=True), seed=config.seed,
+      start_step=1, total_steps=4, batch_size=8, num_threads=2, prefetch=8))
+  assert len(batches) == 3
+  for step, batch in zip((1, 2, 3), batches):
+    on_devices = sample(data_lib.step_key(seed_key, step), device_data)
+    rows = np.round(batch["images"][..., 0] / 6).astype(int)
+    assert (rows == rows[:, :1, :1]).all()  # Flat views: one row each.
+    np.testing.assert_array_equal(rows[:, 0, 0],
+                                  np.asarray(on_devices["images"]).ravel())
+    np.testing.assert_array_equal(batch["labels"], on_devices["labels"])
 
 
 def test_decoded_split_serves_batches_in_order(data_dir):

@@ -11,7 +11,7 @@ import pytest
 import replicas
 from metricjax.data import load_dataset
 from metricjax.data import photo_pipeline as pp
-from metricjax.data import stream
+from metricjax.data.samplers import HostSampler
 from metricjax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -112,8 +112,8 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path, how):
   replicas.make_sop(str(tmp_path))
   ds = load_dataset("sop", "train", data_dir=str(tmp_path))
   _corrupt(ds, 0, how)
-  sampler = stream.make_index_sampler("balanced", ds.labels, ds.num_classes,
-                                      batch_size=12, samples_per_class=2)
+  sampler = HostSampler.from_labels("balanced", ds.labels, ds.num_classes,
+                                    batch_size=12, samples_per_class=2)
   run = lambda **kw: list(pp.train_batches(
       ds, sampler, pp.View(16, train=True), seed=0, start_step=0,
       total_steps=10, batch_size=12, num_threads=2, prefetch=4, **kw))

@@ -1,5 +1,5 @@
 """Validation on classes held out of the photo benchmarks' training classes
-(data/photos.py hold_out_classes, config.data.val_classes), on the
+(data/dataset.py hold_out_classes, config.data.val_classes), on the
 replicas of tests/replicas.py."""
 
 import json
@@ -14,7 +14,7 @@ from metricjax import restore as restore_lib
 from metricjax import train as train_lib
 from metricjax.config_utils import load_config
 from metricjax.data import load_dataset
-from metricjax.data.photos import hold_out_classes
+from metricjax.data import hold_out_classes
 from metricjax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(

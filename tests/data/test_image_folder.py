@@ -66,7 +66,7 @@ def test_image_folder_cache(tmp_path, monkeypatch, container):
   decoded = []
   real_decode = image_folder.decode_image
   monkeypatch.setattr(image_folder, "decode_image",
-                      lambda *a: decoded.append(1) or real_decode(*a))
+                      lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
   cache = tmp_path / "cache"
 
   first = image_folder.load_image_folder(path, "train")

@@ -23,7 +23,7 @@ def test_class_index_from_labels():
   index = ClassIndex.from_labels(LABELS, 8)
   assert index.members.shape == (8, 9) and index.members.dtype == np.int32
   np.testing.assert_array_equal(index.counts, SIZES)
-  assert index.num_nonempty == 6
+  assert index.num_nonempty == 6 and index.num_examples == len(LABELS)
   for c, n in enumerate(SIZES):
     np.testing.assert_array_equal(index.members[c, :n],
                                   np.flatnonzero(LABELS == c))

@@ -119,7 +119,7 @@ def test_missing_data_lists_every_place(tmp_path, monkeypatch):
     assert hint in msg
   with pytest.raises(UserError) as e:
     load_dataset("cifar10", "test")
-  for entry in sources.KNOWN["cifar10"].entries:
+  for entry in sources.REGISTRY["cifar10"].entries:
     assert str(env / entry) in str(e.value)
 
 
@@ -160,7 +160,7 @@ def test_real_cifar10_test(monkeypatch):
   monkeypatch.setenv("METRICJAX_DATA_DIR", REAL_DATA)
   ds = load_dataset("cifar10", "test")
   assert ds.images.shape == (10000, 32, 32, 3)
-  assert ds.class_names == sources.CIFAR10_CLASSES
+  assert ds.class_names == sources.REGISTRY["cifar10"].class_names
   assert np.bincount(ds.labels).tolist() == [1000] * 10
   assert ds.source.endswith("cifar10-jpeg.zip")
 
@@ -182,3 +182,31 @@ def test_class_halves_of_an_image_folder(tmp_path):
   assert int(test.images[test.labels == 0][0, 0, 0, 0]) == 80
   with pytest.raises(UserError, match="halves:SPEC@SPLIT"):
     load_dataset(f"halves:folder:{tmp_path / 'cub'}", "train")
+
+
+def test_a_new_source_is_one_registry_line(tmp_path, monkeypatch):
+  """A Source in REGISTRY resolves as a named dataset (each data directory,
+  its download hint when none has it) and as a spec, with its convention."""
+  def read(path, split, options):
+    if not os.path.isfile(os.path.join(path, f"{split}.npy")):
+      raise sources.NotHere(f"no {split}.npy")
+    images = np.load(os.path.join(path, f"{split}.npy"))
+    return ArrayDataset(images, np.zeros(len(images), np.int32), 1, ("a",),
+                        options.name, split, f"toy {path}")
+  conv = sources.Convention(recall_ks=(1, 3))
+  monkeypatch.setitem(sources.REGISTRY, "toy", sources.Source(
+      read=read, entries=("toy",), splits=("train",), download="make it",
+      convention=conv))
+  monkeypatch.setitem(sources.REGISTRY, "toys", sources.Source(
+      read=read, form="toys:DIR"))
+  (tmp_path / "toy").mkdir()
+  with pytest.raises(UserError) as e:
+    load_dataset("toy", "train", data_dir=str(tmp_path))
+  assert f"{tmp_path / 'toy'} (data_dir argument; no train.npy)" in str(e.value)
+  assert str(e.value).endswith("To get it: make it.")
+  np.save(tmp_path / "toy" / "train.npy", np.zeros((2, 3, 3, 1), np.uint8))
+  assert len(load_dataset("toy", "train", data_dir=str(tmp_path))) == 2
+  assert load_dataset(f"toys:{tmp_path / 'toy'}", "train").name == "toys"
+  assert sources.recall_ks("toy") == (1, 3)
+  with pytest.raises(UserError, match="no split 'test'; use one of train"):
+    load_dataset("toy", "test")

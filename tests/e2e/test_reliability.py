@@ -22,6 +22,7 @@ from orbax.checkpoint._src.handlers import json_checkpoint_handler
 import pytest
 
 from metricjax import checkpoint
+from metricjax import data as data_lib
 from metricjax import evaluate as evaluate_lib
 from metricjax import failures
 from metricjax import parallel
@@ -258,7 +259,7 @@ def poisoned(tiny_idx_dir, monkeypatch):
                          state_lib.create_optimizer(config))
   sample = jax.jit(task.sample)
   seed_key = jax.random.key(config.seed)
-  images = [np.asarray(sample(jax.random.fold_in(seed_key, s), task.data)
+  images = [np.asarray(sample(data_lib.step_key(seed_key, s), task.data)
                        ["images"]) for s in range(config.total_steps)]
 
   def steps_holding(image):

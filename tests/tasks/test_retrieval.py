@@ -24,6 +24,10 @@ def test_random_triplets_are_valid():
   # Anchors are uniform over examples of classes with >= 2 members.
   share = np.bincount(labels[a], minlength=5) / len(a)
   np.testing.assert_allclose(share[[0, 2, 3]], np.array([5, 3, 7]) / 15, atol=0.04)
+  # Negatives are uniform over the examples of the other classes.
+  negatives = np.bincount(labels[n[labels[a] == 0]], minlength=5)
+  np.testing.assert_allclose(negatives[1:4] / negatives.sum(),
+                             np.array([1, 3, 7]) / 11, atol=0.06)
 
 
 def test_imbalanced_keeps_a_seeded_fraction():

@@ -1,12 +1,14 @@
 """The retrieval task's photo-benchmark conventions: recall ks per
-benchmark, In-Shop query -> gallery, skipped rows out of the metrics."""
+benchmark (from each source), In-Shop query -> gallery, skipped rows out
+of the metrics."""
 
 import numpy as np
 
 import replicas
 from metricjax.config_utils import base_config
 from metricjax.data import load_dataset
-from metricjax.tasks import retrieval
+from metricjax.data import sources
+from metricjax.tasks import retrieval_eval
 
 
 def _config(ks):
@@ -16,10 +18,14 @@ def _config(ks):
 
 
 def test_conventions():
-  assert retrieval.recall_ks("cub") == (1, 2, 4, 8)
-  assert retrieval.recall_ks("cars196") == (1, 2, 4, 8)
-  assert retrieval.recall_ks("sop") == (1, 10, 100, 1000)
-  assert retrieval.recall_ks("inshop") == (1, 10, 20, 30, 40, 50)
+  assert sources.recall_ks("cub") == (1, 2, 4, 8)
+  assert sources.recall_ks("cars196") == (1, 2, 4, 8)
+  assert sources.recall_ks("sop") == (1, 10, 100, 1000)
+  assert sources.recall_ks("inshop") == (1, 10, 20, 30, 40, 50)
+  assert sources.recall_ks("csv:/any/file.csv") == (1, 2, 4, 8)
+  assert sources.convention("InShop").clustering
+  assert not sources.convention("mnist").clustering
+  assert sources.benchmarks() == ("cub", "cars196", "sop", "inshop")
 
 
 def test_inshop_queries_only_the_gallery(tmp_path):
@@ -35,14 +41,16 @@ def test_inshop_queries_only_the_gallery(tmp_path):
   # nearest neighbour of the others. Only the gallery is ranked.
   emb[ds.is_query, 7] = 100
   keep = np.ones(len(ds), bool)
-  metrics = retrieval._photo_metrics(_config((1, 10)), ds, emb, keep)
-  assert metrics["recall_at_1"] == 1.0 and metrics["num_skipped_corrupt"] == 0
+  metrics = retrieval_eval.split_metrics(_config((1, 10)), ds, emb, keep,
+                                         clustering=True)
+  assert metrics["recall_at_1"] == 1.0
   assert set(metrics) >= {"recall_at_10", "map_at_r", "nmi", "ami"}
   # Self-retrieval over the same rows would find the other queries first.
-  same = retrieval._photo_metrics(
+  same = retrieval_eval.split_metrics(
       _config((1,)), ds.__class__(**{**ds.__dict__, "is_query": None,
-                                     "is_gallery": None}), emb, keep)
-  assert same["recall_at_1"] < 1.0
+                                     "is_gallery": None}), emb, keep,
+      clustering=False)
+  assert same["recall_at_1"] < 1.0 and "nmi" not in same
 
 
 def test_skipped_rows_are_left_out(tmp_path):
@@ -52,6 +60,6 @@ def test_skipped_rows_are_left_out(tmp_path):
   keep = np.ones(len(ds), bool)
   keep[0] = False
   emb[0] = -1.0  # A black view's embedding: would be a wrong neighbour.
-  metrics = retrieval._photo_metrics(_config((1, 2)), ds, emb, keep)
-  assert metrics["num_skipped_corrupt"] == 1
+  metrics = retrieval_eval.split_metrics(_config((1, 2)), ds, emb, keep,
+                                         clustering=False)
   assert metrics["precision_at_1"] == 1.0
