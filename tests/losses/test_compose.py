@@ -16,6 +16,9 @@ from metricjax.errors import UserError
 from loss_harness import import_pml
 from loss_harness import random_batch
 
+# Op by op: tests/losses/conftest.py says why.
+pytestmark = pytest.mark.eager
+
 N, DIM, CLASSES = 32, 8, 4
 
 PML_LOSSES = {
@@ -272,6 +275,7 @@ def test_triplet_smooth_loss_and_miner_distance():
     ("contrastive", {"miner": "angular", "regularizer": "center_invariant"}),
     ("triplet_margin", {"miner": "triplet_margin", "distance": "snr"}),
 ])
+@pytest.mark.compiled
 def test_jit_and_padding(name, pieces):
   """jax.jit(build(...)) runs, and padded rows (even NaN) change nothing."""
   x, labels = random_batch(4, n=N, dim=DIM, classes=CLASSES)

@@ -13,6 +13,9 @@ from metricjax.ops import similarity
 from loss_harness import import_pml
 from loss_harness import random_batch
 
+# Op by op: tests/losses/conftest.py says why.
+pytestmark = pytest.mark.eager
+
 N, DIM = 32, 8
 
 DISTANCES = [
@@ -238,6 +241,7 @@ def test_distance_weighted_draws_by_inverse_density():
 @pytest.mark.parametrize("loss", ["contrastive", "triplet_margin",
                                   "multi_similarity"])
 @pytest.mark.parametrize("miner", ["uniform_histogram", "distance_weighted"])
+@pytest.mark.compiled
 def test_random_miners_take_a_key_under_jit(loss, miner):
   x, labels = random_batch(2, n=N, dim=DIM)
   fn = jax.jit(compose.build(loss, miner=miner))

@@ -11,6 +11,9 @@ from metricjax.losses import triplet
 from loss_harness import our_value_and_grad
 from loss_harness import random_batch
 
+# Op by op: tests/losses/conftest.py says why.
+pytestmark = pytest.mark.eager
+
 
 def test_shadow_hand_computed():
   # Unnormalised: ||a|| = 2, shadows 2 and -1, so delta+ = 0 (p = a + 10v,
