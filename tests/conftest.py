@@ -13,9 +13,10 @@ training processes at the default level users run.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8"
-                           + " --xla_backend_optimization_level=0")
+from helpers import xla_flags  # Imports no jax.
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                           + xla_flags(8))
 # The suite computes on the CPU. With the aot extra installed, jax would
 # otherwise also start libtpu (taking its machine-wide lock) and try CUDA in
 # every process; the aot tests compile for those targets all the same.

@@ -16,6 +16,14 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def xla_flags(devices: int = 1) -> str:
+  """XLA_FLAGS for the suite's processes: `devices` simulated CPU devices,
+  compiled at the suite's optimisation level (tests/conftest.py says why).
+  A subprocess that compares numbers with this process's compiles alike."""
+  return (f"--xla_force_host_platform_device_count={devices} "
+          "--xla_backend_optimization_level=0")
+
+
 _IDX_TYPES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}
 
 

@@ -16,6 +16,7 @@ from metricjax import search
 from metricjax.errors import UserError
 from helpers import make_separable_images
 from helpers import REPO
+from helpers import xla_flags
 
 
 
@@ -70,7 +71,7 @@ def test_query_with_exported_model_needs_no_checkpoint(tiny_workdir, tiny_idx_di
   # A copy of the run, removed after export and index: only the files remain.
   workdir = tmp_path / "run"
   shutil.copytree(tiny_workdir, workdir)
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=xla_flags())
   run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=REPO, env=env,
                                   capture_output=True, text=True, timeout=180)
   model_path, index_path = tmp_path / "m.jaxexport", tmp_path / "g.npz"

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from helpers import REPO
+from helpers import xla_flags
 
 # A step-like program (its input donated, its output aliased to it) whose
 # temporary buffer, 48 MB, is above glibc's largest mmap threshold (32 MB);
@@ -36,7 +37,7 @@ print(json.dumps(dict(
 
 
 def _run(mode):
-  env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), PYTHONPATH=REPO)
   out = subprocess.run([sys.executable, "-c", _PROGRAM, mode], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=120,
                        check=True)

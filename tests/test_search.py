@@ -13,6 +13,7 @@ from metricjax import search
 from metricjax.errors import UserError
 from helpers import make_separable_images
 from helpers import REPO
+from helpers import xla_flags
 
 
 
@@ -98,7 +99,7 @@ def test_ids_are_paths_for_image_folders(tmp_path, monkeypatch):
 
 
 def _cli(*args, cwd=REPO):
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=xla_flags())
   return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=180)
 

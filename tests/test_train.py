@@ -16,6 +16,7 @@ from metricjax import train as train_lib
 from metricjax.errors import UserError
 from helpers import tiny_config
 from helpers import REPO
+from helpers import xla_flags
 
 
 def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
@@ -130,7 +131,7 @@ def test_evaluate_on_empty_or_foreign_dir(tmp_path):
 
 
 def _cli(*args):
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=xla_flags())
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
 

@@ -36,6 +36,7 @@ from metricjax.errors import UserError
 from helpers import make_separable_images, write_idx
 from helpers import tiny_config
 from helpers import REPO
+from helpers import xla_flags
 
 
 
@@ -327,7 +328,7 @@ def test_karpathy_json(tmp_path, change, match):
 
 
 def _cli(*args):
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=xla_flags())
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 

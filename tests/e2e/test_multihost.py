@@ -16,6 +16,7 @@ from metricjax import evaluate as evaluate_lib
 from metricjax import train as train_lib
 from helpers import load_config
 from helpers import REPO
+from helpers import xla_flags
 
 STEPS = 20
 OVERRIDES = {"model.widths": "(8,16,16,16)", "model.embedding_dim": "16",
@@ -34,7 +35,7 @@ def _launch(module, args, *, processes=2, timeout=300, extra=None):
   """Runs `python -m module args` as a job of `processes` processes."""
   port = _free_port()
   env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+             XLA_FLAGS=xla_flags(4))
   procs = []
   for i in range(processes):
     per_process = (extra or {}).get(i, [])
@@ -131,7 +132,7 @@ def test_bad_distributed_flags(tmp_path):
       [sys.executable, "-m", "metricjax.evaluate", f"--workdir={tmp_path}",
        "--distributed", f"--coordinator_address=127.0.0.1:{_free_port()}",
        "--num_processes=2", "--process_id=1", "--distributed_timeout=3"],
-      cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), capture_output=True,
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS=xla_flags()), capture_output=True,
       text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "did not answer within 3 s" in proc.stderr
