@@ -19,8 +19,9 @@ from helpers import zip_members
 
 REAL_DATA = os.environ.get("METRICJAX_DATA_DIR")
 needs_real_data = pytest.mark.skipif(
-    not REAL_DATA, reason="METRICJAX_DATA_DIR is not set (real datasets: see "
-    "shared/datasets/README.md)")
+    not REAL_DATA, reason="METRICJAX_DATA_DIR is not set: point it at a "
+    "folder holding mnist/, fashion-mnist/ and cifar10 (docs/data.md, "
+    "'Dataset names')")
 # Each test runs isolated (tests/data/conftest.py): a cache, data dir and
 # system folder of its own.
 LAYOUT = {"train": {"dog": 2, "cat": 3, "ant": 1}, "test": {"cat": 1, "dog": 2}}
