@@ -9,7 +9,7 @@ Resolution order (DESIGN.md, "Data sources"):
   3. SYSTEM_DATA_DIRS (Debian's `dataset-fashion-mnist` installs
      /usr/share/datasets/fashion-mnist/);
   4. TFDS (downloads when it can), for the named datasets TFDS has.
-The offline layout of 2 and 3 is the one of shared/datasets/README.md.
+The layout of 2 and 3 is the one docs/data.md describes.
 
 Each name and prefix is a source: one file of this package and one line
 of registry.py (see docs/data.md, "Adding a dataset format").
