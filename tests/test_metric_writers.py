@@ -16,7 +16,11 @@ def _scalars(logdir):
       str(logdir), size_guidance={event_accumulator.SCALARS: 0},
       purge_orphaned_data=False)
   events.Reload()
-  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+  # By step: the reader takes files in name order (time in seconds, host,
+  # pid, then a per-process counter), and two writers of one test process
+  # within one second may sort "…10" before "…9"; a resumed run is a new
+  # process, seconds later, whose file sorts last.
+  return {tag: sorted((e.step, e.value) for e in events.Scalars(tag))
           for tag in events.Tags()["scalars"]}
 
 
