@@ -237,3 +237,34 @@ def test_evaluate_cli_reranks(tiny_run, tmp_path):
     assert "Traceback" not in proc.stderr
     error = proc.stderr.strip().split("\n\n")[-1]  # test_bad_input's check
     assert error.startswith("Error") and "--rerank" in error
+
+
+@pytest.mark.parametrize("roles", [True, False], ids=["inshop", "self_query"])
+def test_task_reranked_metrics_lambda_one_is_plain(tmp_path, roles):
+  """Through the retrieval task: In-Shop re-ranks its gallery for its
+  queries, other splits the rows among themselves (self excluded); with
+  lambda = 1 the ranking, so the metrics, are the plain ones."""
+  import replicas
+  from metricjax.config_utils import base_config
+  from metricjax.data import load_dataset
+  from metricjax.tasks import retrieval_eval
+  replicas.make_inshop(str(tmp_path))
+  ds = load_dataset("inshop", "test", data_dir=str(tmp_path))
+  if not roles:
+    ds = ds.__class__(**{**ds.__dict__, "is_query": None, "is_gallery": None})
+  rng = np.random.default_rng(0)
+  emb = (rng.normal(size=(ds.num_classes, 8))[ds.labels]
+         + 0.3 * rng.normal(size=(len(ds), 8))).astype(np.float32)
+  keep = np.ones(len(ds), bool)
+  keep[1] = False
+  config = base_config()
+  config.eval.ks = (1, 2)
+  plain = retrieval_eval.split_metrics(config, ds, emb, keep, clustering=False)
+  same = retrieval_eval.reranked_metrics(
+      config, ds, emb, keep,
+      dict(method="k_reciprocal", params=dict(k1=3, k2=1, lambda_value=1.0)))
+  assert same == pytest.approx(plain)
+  qe = retrieval_eval.reranked_metrics(
+      config, ds, emb, keep,
+      dict(method="query_expansion", params=dict(k=1, alpha=0.0, dba=True)))
+  assert set(qe) == set(plain)
