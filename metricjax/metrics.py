@@ -89,14 +89,54 @@ def retrieval_metrics(query, query_labels, reference=None,
   if same_source:
     if reference_labels is not None:
       raise ValueError("reference_labels given without reference")
-    reference, reference_labels = query, query_labels
   elif reference_labels is None:
     raise ValueError("reference given without reference_labels")
-  reference = np.asarray(reference, np.float32)
-  query_labels = np.asarray(query_labels).reshape(-1)
-  reference_labels = np.asarray(reference_labels).reshape(-1)
-  if len(query) != len(query_labels) or len(reference) != len(reference_labels):
+  reference = query if same_source else np.asarray(reference, np.float32)
+  if len(query) != len(np.asarray(query_labels).reshape(-1)) or (
+      not same_source and len(reference) != len(
+          np.asarray(reference_labels).reshape(-1))):
     raise ValueError("embeddings and labels must have the same length")
+  placed = None
+
+  def neighbours(rows, k):
+    nonlocal placed
+    if placed is None:  # The references are placed once.
+      placed = References.place(reference, k_hint=k)
+    _, indices = knn(query[rows], placed, k, metric="cosine",
+                     exclude=rows if same_source else None)
+    return indices
+
+  return ranking_metrics(neighbours, query_labels, reference_labels, ks=ks,
+                         chunk_size=chunk_size)
+
+
+def ranking_metrics(neighbours, query_labels, reference_labels=None, *,
+                    ks: Sequence[int] = (1, 5, 10),
+                    chunk_size: int | None = None) -> dict[str, float]:
+  """`retrieval_metrics` of any ranking: the same keys and definitions, with
+  the neighbours given by a function instead of cosine search (a re-ranking,
+  metricjax.rerank, or another distance).
+
+  Args:
+    neighbours: `neighbours(rows, k)` -> (len(rows), k) ints, the indices of
+      the k best references of the queries `rows` (a numpy int array of
+      query indices), best first; with reference_labels None, a query's own
+      index must not be among them. Called once per chunk of queries, so
+      only chunk_size x k indices are held at once.
+    query_labels: (Q,) integer labels.
+    reference_labels: (M,) integer labels; None: the queries are the
+      references (leave-one-out).
+    ks: the k of each recall_at_{k}.
+    chunk_size: queries per call of `neighbours` (default: about 2**24
+      neighbour indices per chunk).
+
+  Returns:
+    As retrieval_metrics.
+  """
+  same_source = reference_labels is None
+  query_labels = np.asarray(query_labels).reshape(-1)
+  reference_labels = query_labels if same_source else np.asarray(
+      reference_labels).reshape(-1)
   ks = tuple(int(k) for k in ks)
   if any(k < 1 for k in ks):
     raise ValueError(f"ks must be positive, got {ks}")
@@ -110,7 +150,7 @@ def retrieval_metrics(query, query_labels, reference=None,
   r = counts[query_ids] - int(same_source)
   not_lone = r > 0
 
-  num_refs = len(reference) - int(same_source)
+  num_refs = len(reference_labels) - int(same_source)
   k = min(max(int(r.max(initial=0)), max(ks)), num_refs)
   names = ["precision_at_1", "r_precision", "map_at_r"]
   names += [f"recall_at_{kk}" for kk in ks]
@@ -121,7 +161,7 @@ def retrieval_metrics(query, query_labels, reference=None,
     return {**{name: math.nan for name in names},
             "num_queries_without_positive": lone}
 
-  num_queries = len(query)
+  num_queries = len(query_labels)
   if chunk_size is None:
     chunk_size = max(1, _CHUNK_ELEMENTS // k)
   chunk_size = min(int(chunk_size), num_queries)
@@ -129,17 +169,18 @@ def retrieval_metrics(query, query_labels, reference=None,
   pad = num_chunks * chunk_size - num_queries
   query_ids = np.pad(query_ids, (0, pad))
   r_padded = np.pad(r, (0, pad)).astype(np.int32)
-  # The references are placed once; each chunk of queries is searched
-  # (exactly, metricjax.ops.knn) and scored on its own, so only a chunk's
-  # neighbours (chunk_size x k) are ever held, however many queries.
-  placed = References.place(reference, k_hint=k)
+  # Each chunk of queries is ranked (exactly, metricjax.ops.knn, for
+  # retrieval_metrics) and scored on its own, so only a chunk's neighbours
+  # (chunk_size x k) are ever held, however many queries.
   reference_ids = jnp.asarray(reference_ids)
   parts = {name: [] for name in names}
   for c in range(num_chunks):
     s = slice(c * chunk_size, (c + 1) * chunk_size)
     rows = np.arange(num_queries)[s]
-    _, indices = knn(query[s], placed, k, metric="cosine",
-                     exclude=rows if same_source else None)
+    indices = np.asarray(neighbours(rows, k), np.int32)
+    if indices.shape != (len(rows), k):
+      raise ValueError(f"neighbours(rows, {k}) gave {indices.shape}, "
+                       f"expected {(len(rows), k)}")
     indices = np.pad(indices, ((0, chunk_size - len(rows)), (0, 0)))
     out = _chunk_metrics(indices, query_ids[s], r_padded[s], reference_ids,
                          ks=ks)

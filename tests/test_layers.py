@@ -38,7 +38,10 @@ LAYERS = (
         "text",  # Caption tokens and vocabulary (data and the VSE task).
         "fne",  # Backbone features of a VGG (models.vgg).
     )),
-    ("metrics", ("metrics", "clustering")),
+    ("metrics", (
+        "metrics", "clustering",
+        "rerank",  # Re-ranking at evaluation: k-reciprocal, query expansion.
+    )),
     ("tasks", (
         "tasks",
         "config_check",  # validate(config): the base config and the tasks' rules.

@@ -10,7 +10,9 @@ from metricjax import clustering as clustering_lib
 from metricjax import data as data_lib
 from metricjax import inference
 from metricjax import metrics as metrics_lib
+from metricjax import rerank as rerank_lib
 from metricjax import xla_routing
+from metricjax.errors import UserError
 from metricjax.tasks import retrieval_inputs as inputs
 
 
@@ -60,7 +62,30 @@ def split_metrics(config, ds, embedding, keep, *, clustering: bool) -> dict:
   return metrics
 
 
-def evaluate(config, meta, model, state, split: str, mesh):
+def reranked_metrics(config, ds, embedding, keep, rerank: dict) -> dict:
+  """split_metrics' retrieval metrics (no clustering) after re-ranking:
+  rerank = {"method": "k_reciprocal" | "query_expansion", "params": {...}},
+  metricjax.rerank's method and keyword arguments. In-Shop's queries
+  re-rank its gallery; elsewhere the rows re-rank each other, each
+  query's own row excluded."""
+  roles = data_lib.query_gallery(ds)
+  if roles is not None:
+    query, gallery = roles[0] & keep, roles[1] & keep
+    ranker = rerank_lib.reranker(rerank["method"], embedding[query],
+                                 embedding[gallery], **rerank["params"])
+    return metrics_lib.ranking_metrics(
+        ranker.neighbours, ds.labels[query], ds.labels[gallery],
+        ks=tuple(config.eval.ks))
+  ranker = rerank_lib.reranker(rerank["method"], embedding[keep],
+                               **rerank["params"])
+  return metrics_lib.ranking_metrics(ranker.neighbours, ds.labels[keep],
+                                     ks=tuple(config.eval.ks))
+
+
+def evaluate(config, meta, model, state, split: str, mesh, *,
+             rerank: dict | None = None):
+  """(metrics, dataset) of a split; with `rerank` (reranked_metrics), the
+  re-ranked metrics as the dict metrics["reranked"]."""
   ds = inputs.load(config, split)
   kind = inputs.of(ds)
   convention = data_lib.convention(config.dataset)
@@ -72,10 +97,18 @@ def evaluate(config, meta, model, state, split: str, mesh):
     clustering = convention.clustering
   metrics = split_metrics(config, ds, outputs["embedding"], keep,
                           clustering=clustering)
+  if rerank is not None:
+    try:
+      reranked = reranked_metrics(config, ds, np.asarray(outputs["embedding"]),
+                                  keep, rerank)
+    except ValueError as e:  # e.g. k1 or k above the split's size
+      raise UserError(f"--rerank={rerank['method']}: {e}.") from None
   if kind.counts_skipped:
     metrics["num_skipped_corrupt"] = int(np.sum(~keep))
   if "logits" in outputs and not convention.class_disjoint:
     metrics["accuracy"] = metrics_lib.accuracy(outputs["logits"], ds.labels)
+  if rerank is not None:
+    metrics["reranked"] = reranked
   sizes = {meta.split: meta.size, split: len(ds)}
   if meta.val_classes:
     sizes[f"{meta.split} (held out for validation: {meta.val_classes} "
