@@ -87,12 +87,6 @@ class Photos:
           "classes held out of the training classes (config.data."
           "val_classes), not on held-out images of the training classes: "
           "set config.val_size=0.")
-    if config.eval_every and not val_classes:
-      raise UserError(
-          f"config.eval_every={config.eval_every} validates on held-out "
-          f"training classes of {ds.name}: set config.data.val_classes (a "
-          "fraction, e.g. 0.25 as the Reality Check's 4 folds, or a count), "
-          "or config.eval_every=0.")
     if config.augment:
       raise UserError("config.augment (pad-crop-flip on the device) is for "
                       f"fixed-size images; {ds.name}'s views are augmented "
