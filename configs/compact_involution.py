@@ -13,6 +13,7 @@ is ours and says so below.
 
 from metricjax.config_utils import base_config
 from metricjax.config_utils import parse_arg
+from metricjax.losses import spec as loss_spec
 
 
 def get_config(arg=None):
@@ -30,7 +31,9 @@ def get_config(arg=None):
   # Any registered loss; those with learnable parameters (proxies, class
   # weights) train them at config.loss.param_lr_multiplier x the learning
   # rate.
-  config.loss.name = arg.loss
+  # A loss, or a loss with its miner: loss=contrastive+multi_similarity_miner
+  # (metricjax/losses/spec.py).
+  loss_spec.configure(config.loss, arg.loss)
   if arg.loss == "ms":
     # pytorch-metric-learning defaults (the paper does not give its own).
     config.loss.kwargs = dict(alpha=2.0, beta=50.0, base=0.5, epsilon=0.1)

@@ -77,6 +77,7 @@ at the best validated checkpoint:
 
 from metricjax.config_utils import base_config
 from metricjax.config_utils import parse_arg
+from metricjax.losses import spec as loss_spec
 from metricjax.data.sources import recall_ks
 from metricjax.errors import UserError
 from metricjax.models import backbones
@@ -123,7 +124,9 @@ def get_config(arg=None):
   if arg.weights:
     config.model.weights = arg.weights
   config.classification_head = arg.loss == "ce"
-  config.loss.name = arg.loss
+  # A loss, or a loss with its miner: loss=contrastive+multi_similarity_miner
+  # (metricjax/losses/spec.py).
+  loss_spec.configure(config.loss, arg.loss)
   if arg.loss == "ms":
     # pytorch-metric-learning defaults.
     config.loss.kwargs = dict(alpha=2.0, beta=50.0, base=0.5, epsilon=0.1)

@@ -51,19 +51,22 @@ from metricjax.config_utils import load_config
 from metricjax.data import sources
 from metricjax.errors import exit_on_user_error
 from metricjax.errors import UserError
+from metricjax.losses import spec as loss_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Hyper-parameter trials per loss, PML's defaults first; a scale uses the
-# first `trials` of each list, the same number for every loss. Learnable
-# parameters (proxies, class weights) train at param_lr_multiplier x.
+# first `trials` of each list, the same number for every loss. A row with a
+# miner (loss+miner, metricjax/losses/spec.py) tries its loss's list with the
+# miner's defaults. Learnable parameters (proxies, class weights) train at
+# param_lr_multiplier x.
 TRIALS = {
-    "ms": [dict(kwargs=dict(alpha=2.0, beta=50.0, base=0.5, epsilon=0.1)),
-           dict(kwargs=dict(alpha=2.0, beta=40.0, base=0.5, epsilon=0.1)),
-           dict(kwargs=dict(alpha=1.0, beta=50.0, base=0.6, epsilon=0.1))],
-    "triplet": [dict(kwargs=dict(margin=0.05, mining="semihard")),
-                dict(kwargs=dict(margin=0.2, mining="semihard")),
-                dict(kwargs=dict(margin=0.1, mining="all"))],
+    "multi_similarity": [dict(kwargs=dict(alpha=2.0, beta=50.0, base=0.5)),
+                         dict(kwargs=dict(alpha=2.0, beta=40.0, base=0.5)),
+                         dict(kwargs=dict(alpha=1.0, beta=50.0, base=0.6))],
+    "triplet_margin": [dict(kwargs=dict(margin=0.05)),
+                       dict(kwargs=dict(margin=0.2)),
+                       dict(kwargs=dict(margin=0.1))],
     "contrastive": [dict(kwargs=dict(pos_margin=0.0, neg_margin=1.0)),
                     dict(kwargs=dict(pos_margin=0.0, neg_margin=0.6)),
                     dict(kwargs=dict(pos_margin=0.2, neg_margin=1.0))],
@@ -77,6 +80,14 @@ TRIALS = {
                 dict(kwargs=dict(margin=28.6, scale=32.0), lr_mult=10.0),
                 dict(kwargs=dict(margin=15.0, scale=64.0), lr_mult=10.0)],
 }
+# The rows of the cpu and full scales: the Reality Check's "MS" and
+# "MS + miner", and the miner each pair or triplet loss is most often run
+# with in the field beside the same loss without one.
+ROWS = ["multi_similarity", "multi_similarity+multi_similarity_miner",
+        "contrastive", "contrastive+multi_similarity_miner",
+        "triplet_margin", "triplet_margin+triplet_margin_miner:semihard",
+        "ntxent", "proxy_anchor", "arcface"]
+
 
 SCALES = {
     # The pipeline in seconds (tests); not a comparison.
@@ -152,8 +163,10 @@ DML_SCALES = {
 }
 
 study.define_flags(sorted(set(SCALES) | set(DML_SCALES)))
-_LOSSES = flags.DEFINE_list("losses", None, "Losses to compare (default: "
-                            "the scale's, or every loss with trials).")
+_LOSSES = flags.DEFINE_list(
+    "losses", None, "Rows to compare, each a loss or a loss with its miner "
+    "(contrastive+multi_similarity_miner, triplet_margin+triplet_margin_"
+    "miner:semihard; metricjax/losses/spec.py). Default: the scale's.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "reality_check",
                               ["reality_check", "proxy_anchor"],
                               "Photo benchmarks: the training recipe.")
@@ -194,8 +207,28 @@ def _dml_config(scale: dict, dataset: str, loss: str, trial: dict,
                           batch_size=scale["batch_size"] or config.batch_size)
 
 
-def _dml_trials(loss: str, dataset: str) -> list[dict]:
+def _loss_of(row: str) -> str:
+  """The loss of a row (a loss or loss+miner spec), checked."""
+  loss, miner = loss_spec.parse(row)
+  losses_lib.get_loss(loss)
+  if miner is not None:
+    losses_lib.build(loss, miner=miner)  # Refused combinations fail here.
+  return loss
+
+
+def _trials(row: str) -> list[dict]:
+  loss = _loss_of(row)
+  trials = TRIALS.get(losses_lib.ALIASES.get(loss, loss))
+  if trials is None:
+    raise UserError(f"No trials defined for loss {loss!r} (row {row!r}); "
+                    f"compare_losses has trials for {', '.join(TRIALS)} "
+                    "(TRIALS in experiments/compare_losses.py).")
+  return trials
+
+
+def _dml_trials(row: str, dataset: str) -> list[dict]:
   """The paper's optimum for the dataset, else the loss's defaults."""
+  loss = _loss_of(row)
   if loss in MLRC_OPTIMA and dataset in MLRC_DATASETS:
     return [dict(MLRC_OPTIMA[loss][MLRC_DATASETS.index(dataset)],
                  source="Reality Check optimum")]
@@ -333,15 +366,10 @@ def main(argv):
     raise UserError("--scale=smoke needs --dataset (a small spec, e.g. "
                     "idx:DIR, or cub for the CUB-200-2011 layout).")
   scale = _dml_scale(s.scale_name, dataset) if dml else s.scale
-  names = _LOSSES.value or (scale["losses"] if dml else list(TRIALS))
-  known = losses_lib.REGISTRY if dml else TRIALS
-  unknown = [l for l in names if l not in known]
-  if unknown:
-    raise UserError(f"No trials defined for loss(es) {', '.join(unknown)}; "
-                    f"compare_losses knows {', '.join(known)}.")
-  make_config = _dml_config if dml else _config
-  trials = {l: (_dml_trials(l, dataset) if dml else TRIALS[l])[
+  names = _LOSSES.value or (scale["losses"] if dml else ROWS)
+  trials = {l: (_dml_trials(l, dataset) if dml else _trials(l))[
       :scale["trials"]] for l in names}
+  make_config = _dml_config if dml else _config
   searched, chosen = {}, {}
   settings = study.settings(scale)
   if dml:  # What the protocol set, for the page.

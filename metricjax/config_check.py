@@ -157,22 +157,16 @@ def _retrieval_loss(config) -> list[str]:
         f"config.sampler={config.sampler!r} does not fit loss {name!r}: "
         "explicit-triplet losses (*_explicit) need sampler 'triplets', the "
         "others 'balanced' or 'uniform'.")
-  pieces = losses.composed_pieces(config.loss)
-  kwargs = config.loss.kwargs.to_dict()
-  if pieces or name not in losses.REGISTRY:
-    # losses.build checks the combination and the keywords.
-    errors += _raised(losses.build, name, **pieces, **kwargs)
-    if "miner" in pieces and not _raised(losses.compose.make_miner,
-                                         pieces["miner"]):
-      if losses.compose.make_miner(pieces["miner"]).random:
-        errors.append(
-            "The miner in config.loss.miner is random and the training step "
-            "passes the loss no key yet; use a deterministic miner "
-            "(multi_similarity, batch_hard, batch_easy_hard, triplet_margin, "
-            "pair_margin, angular, hdc), or call losses.build(...) with key= "
-            "in your own step.")
-  else:
-    errors += _raised(losses.check_hyperparameters, name, kwargs)
+  # The pieces, keywords, memory and extra losses (losses.build checks the
+  # combinations).
+  errors += _raised(losses.configured.from_config, config.loss)
+  memory = config.loss.memory_size
+  if memory < 0 or 0 < memory < config.batch_size:
+    errors.append(
+        f"config.loss.memory_size={memory}: the cross-batch memory holds "
+        f"whole global batches (config.batch_size={config.batch_size}); set "
+        "it to 0 (none) or at least the batch size (XBM's papers: a few "
+        "thousand).")
   return errors
 
 
@@ -236,11 +230,13 @@ def _vse_loss(config) -> list[str]:
         "embedding pairs; use 'vse' (config.loss.kwargs.max_violation: "
         "False sums over all negatives as VSE, True takes the hardest as "
         "VSE++).")
-  pieces = losses.composed_pieces(config.loss)
+  pieces = [k for k in losses.configured.PIECES if config.loss[k]]
+  pieces += ["memory_size"] if config.loss.memory_size else []
+  pieces += ["extra"] if config.loss.extra else []
   if pieces:
     errors.append(f"config.loss.{', config.loss.'.join(pieces)}: the vse "
-                  "task's ranking loss composes no distance, miner, reducer "
-                  "or regularizer; leave them None.")
+                  "task's ranking loss composes no distance, miner, reducer, "
+                  "regularizer, memory or extra loss; leave them unset.")
   return errors
 
 

@@ -92,6 +92,13 @@ def base_config(task: str = "retrieval") -> ml_collections.ConfigDict:
   c.loss.kwargs = {}  # Open: the loss's hyper-parameters ({}: its defaults).
   for piece in LOSS_PIECES:  # losses.build's pieces; None: PML's default.
     setattr(c.loss, piece, config_dict.placeholder(object))
+  # Cross-batch memory around the loss (PML's CrossBatchMemory): this many
+  # past embeddings are its references; 0: none.
+  c.loss.memory_size = 0
+  # Weighted extra losses on the same batch (PML's MultipleLosses): a list of
+  # {"name", "weight", "kwargs", "distance", "miner", "reducer",
+  # "regularizer"}, each as config.loss's fields.
+  c.loss.extra = []
   # The loss's learnable parameters (proxies, class weights) learn at this
   # x the learning rate.
   c.loss.param_lr_multiplier = 1.0

@@ -22,6 +22,9 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   loss_params: Any = flax.struct.field(default_factory=dict)
+  # What the loss carries from step to step, not trained: a cross-batch
+  # memory's bank (config.loss.memory_size); {} for most losses.
+  loss_state: Any = flax.struct.field(default_factory=dict)
 
 
 def trainable(state: TrainState) -> dict:
@@ -99,8 +102,8 @@ def _labels(tree: dict) -> dict:
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               rng: jax.Array, *inputs, loss_params=None, pretrained=None,
-               **kwargs) -> TrainState:
+               rng: jax.Array, *inputs, loss_params=None, loss_state=None,
+               pretrained=None, **kwargs) -> TrainState:
   """Fresh state of a model initialised on example inputs (and the loss's
   initial parameters, and `pretrained` weights); jit or eval_shape it to place it on devices or to get
   shapes."""
@@ -109,6 +112,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
     variables = pretrained(variables)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                      batch_stats=variables.get("batch_stats", {}),
-                     opt_state=None, loss_params=loss_params or {})
+                     opt_state=None, loss_params=loss_params or {},
+                     loss_state=loss_state or {})
   return state.replace(opt_state=tx.init(trainable(state)))
 

@@ -2,9 +2,11 @@
 gradient, update parameters and optimiser state.
 
 A task supplies `sample(rng, data) -> batch` and `loss(params, loss_params,
-batch_stats, batch) -> (loss, new_batch_stats)`; the randomness of step s
-comes from data.step_key(key(seed), s) (the derivation the streaming paths
-use too), so a resumed run draws the same batches.
+batch_stats, batch, loss_state, key) -> (loss, (new_batch_stats,
+new_loss_state))`; the randomness of step s comes from
+data.step_key(key(seed), s) (the derivation the streaming paths use too), so
+a resumed run draws the same batches; the loss's key (a random miner's) is
+data.loss_key of it.
 The seed's key is an argument of the step, not a constant of its program:
 runs that differ only in their seed share one compiled step.
 
@@ -42,18 +44,20 @@ def make_train_step(sample: Callable, loss: Callable,
   those of the input state.
   """
   def train_step(state: TrainState, data, seed_key: jax.Array):
-    batch = sample(data_lib.step_key(seed_key, state.step), data)
-    objective = lambda p: loss(p["model"], p["loss"], state.batch_stats, batch)
+    key = data_lib.step_key(seed_key, state.step)
+    batch = sample(key, data)
+    objective = lambda p: loss(p["model"], p["loss"], state.batch_stats, batch,
+                               state.loss_state, data_lib.loss_key(key))
     params = trainable(state)
-    (value, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(
-        params)
+    (value, (batch_stats, loss_state)), grads = jax.value_and_grad(
+        objective, has_aux=True)(params)
     finite = jnp.isfinite(value) & all_finite(grads)
     updates, opt_state = tx.update(grads, state.opt_state, params)
     params = optax.apply_updates(params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params["model"],
         loss_params=params["loss"], batch_stats=batch_stats,
-        opt_state=opt_state)
+        loss_state=loss_state, opt_state=opt_state)
     if skip_nonfinite:
       # Not optax.apply_if_finite, whose semantics differ where it matters
       # here: it wraps the optimiser only, so the batch-norm statistics of

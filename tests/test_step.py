@@ -19,7 +19,8 @@ def test_step_flags_and_skips_nonfinite_updates():
                                batch_stats={}, opt_state=None)
   state = state.replace(opt_state=tx.init(state_lib.trainable(state)))
   # The data scales the loss: NaN data, NaN loss and gradients.
-  loss = lambda p, loss_p, bs, scale: (scale * jnp.sum(p["w"] ** 2), bs)
+  loss = lambda p, loss_p, bs, scale, ls, key: (scale * jnp.sum(p["w"] ** 2),
+                                               (bs, ls))
   sample = lambda rng, data: data
   for skip in (False, True):
     step = jax.jit(step_lib.make_train_step(sample, loss, tx,

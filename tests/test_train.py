@@ -211,3 +211,25 @@ def test_steps_per_call_gives_the_same_run(tiny_idx_dir, tmp_path, placement):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3,
                                                        atol=1e-5),
                params1, params3)
+
+
+def test_composed_loss_with_memory_random_miner_and_extra(tiny_idx_dir,
+                                                          tmp_path):
+  # On 8 devices: the memory holds the global batch, the random miner takes
+  # the step's loss key, the extra loss's parameters train and checkpoint.
+  config = tiny_config(tiny_idx_dir, arg="loss=contrastive", total_steps=5,
+                       checkpoint_every=5)
+  config.loss.miner = {"name": "distance_weighted", "cutoff": 0.5}
+  config.loss.memory_size = 24
+  config.loss.extra = [{"name": "arcface", "weight": 0.1}]
+  workdir = str(tmp_path / "run")
+  train_lib.train(config, workdir)
+  state = restore_lib.restore(workdir).state
+  memory = state.loss_state
+  assert int(memory.ptr) == 5 * 16 % 24 and bool(np.all(memory.valid))
+  # The last batch's 16 embeddings sit in the 16 slots before ptr.
+  assert np.isfinite(np.asarray(memory.embeddings)).all()
+  W = np.asarray(state.loss_params["extra"]["0"]["W"])
+  assert W.shape == (16, 4)  # PML's ArcFace layout: (dim, num_classes).
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert all(np.isfinite(r["loss"]) for r in rows)

@@ -17,6 +17,7 @@ from metricjax.data.samplers import check_batch_shape
 from metricjax.data.samplers import class_balanced_batch
 from metricjax.data.samplers import ClassIndex
 from metricjax.data.samplers import HostSampler
+from metricjax.data.samplers import loss_key
 from metricjax.data.samplers import make_index_sampler
 from metricjax.data.samplers import random_triplets
 from metricjax.data.samplers import step_key

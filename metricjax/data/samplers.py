@@ -45,6 +45,12 @@ def batch_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return index_key, other_key
 
 
+def loss_key(key: jax.Array) -> jax.Array:
+  """A step's key -> the key of its loss's random pieces (a random miner).
+  Folded in, not a third split: the batches stay those of batch_keys."""
+  return jax.random.fold_in(key, 2)
+
+
 @flax.struct.dataclass
 class ClassIndex:
   """Each class's example indices, padded to the largest class.

@@ -18,9 +18,8 @@ an `init(rng, *, num_classes, embedding_dim, **hyperparameters)` returning
 the dict of exactly those keyword arrays (PML's initialisation, float32).
 """
 
-from typing import Any, Callable, NamedTuple
-
 from metricjax.errors import UserError
+from metricjax.losses.compose import ALIASES
 from metricjax.losses.compose import build
 from metricjax.losses.compose import COMPOSABLE
 from metricjax.losses.classification import softmax_cross_entropy
@@ -55,6 +54,7 @@ from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
 from metricjax.losses.tuplet import tuplet_margin_loss
 from metricjax.losses.vse import vse_ranking_loss
+from metricjax.losses import configured
 from metricjax.losses import registry
 from metricjax.losses.registry import Loss
 from metricjax.losses.registry import REGISTRY
@@ -70,22 +70,3 @@ def get_loss(name: str) -> Loss:
       f"{', '.join(sorted(set(REGISTRY) | set(COMPOSABLE)))}. To add one, "
       "write it in metricjax/losses/ and register it in "
       "metricjax/losses/__init__.py.")
-
-
-def composed_pieces(loss_config) -> dict[str, Any]:
-  """The distance / miner / reducer / regularizer `config.loss` sets (None,
-  "" or {} is unset), as `build`'s keywords."""
-  pieces = {}
-  for key in ("distance", "miner", "reducer", "regularizer"):
-    value = loss_config[key]
-    if hasattr(value, "to_dict"):
-      value = value.to_dict()
-    if value:
-      pieces[key] = value
-  return pieces
-
-
-def check_hyperparameters(name: str, kwargs: dict[str, Any]) -> None:
-  """A UserError naming what `config.loss.kwargs` has that loss `name` does
-  not take (and what it does take)."""
-  registry.check_loss_hyperparameters(name, get_loss(name), kwargs)

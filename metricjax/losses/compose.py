@@ -297,15 +297,18 @@ def make_miner(piece) -> BoundMiner:
   return BoundMiner(name, fn, distance, miner.fixed_distance, miner.random)
 
 
-def mine(bound: BoundMiner, x, pos, neg, key=None):
-  """The miner's output on rows x (no gradient, as PML mines)."""
+def mine(bound: BoundMiner, x, pos, neg, key=None, ref=None):
+  """The miner's output on anchors x against ref (default: x itself), no
+  gradient, as PML mines."""
   x = jax.lax.stop_gradient(x)
+  ref = x if ref is None else jax.lax.stop_gradient(ref)
   extra = {"x": x} if bound.takes_x else {}
   if bound.random:
     if key is None:
       raise ValueError(f"miner {bound.name!r} is random: pass key=")
     extra["key"] = key
-  return bound.fn(bound.distance.fn(x, x), pos, neg, bound.distance, **extra)
+  return bound.fn(bound.distance.fn(x, ref), pos, neg, bound.distance,
+                  **extra)
 
 
 def _check_reducer(name: str, reducer: reducers_lib.Reducer) -> None:
@@ -341,7 +344,7 @@ def _legacy(name, distance, miner, hyperparameters):
     epsilon = hp.pop("epsilon", 0.1)
     if epsilon is not None and miner is None:
       miner = {"name": "multi_similarity", "epsilon": epsilon}
-    elif "epsilon" in hyperparameters and miner is not None:
+    elif epsilon is not None and "epsilon" in hyperparameters and miner:
       raise UserError("Loss 'ms' got both epsilon (its own miner) and a "
                       "miner; give one (or use 'multi_similarity').")
   if name == "triplet":
@@ -461,13 +464,36 @@ def _pad_row(dim: int, dtype) -> jax.Array:
   return jnp.arange(1, dim + 1, dtype=dtype)
 
 
+class References(NamedTuple):
+  """A reference set the anchors are compared with instead of themselves
+  (PML's ref_emb, ref_labels): a cross-batch memory (losses/xbm.py)."""
+  embeddings: jax.Array  # (M, D)
+  labels: jax.Array  # (M,)
+  mask: jax.Array | None  # (M,) bool, the filled slots
+  self_index: jax.Array | None  # (N,) each anchor's own slot, -1: none
+
+
+# Losses whose value on a reference set is not PML's yet, and miners that
+# mine the batch against itself only.
+NO_REFERENCES = ("lifted_structure",)
+MINERS_WITHOUT_REFERENCES = ("angular",)
+
+
 def _composed(name, spec: Composable, dist: Distance, bound, red, reg, hp,
-              x, labels, *, mask=None, key=None, **learnable):
+              x, labels, *, mask=None, key=None, ref_embeddings=None,
+              ref_labels=None, ref_mask=None, self_index=None, **learnable):
   if learnable:
     raise TypeError(f"loss {name!r} has no learnable {sorted(learnable)}")
+  refs = None
+  if ref_embeddings is not None:
+    if name in NO_REFERENCES or (bound is not None and bound.name
+                                  in MINERS_WITHOUT_REFERENCES):
+      raise ValueError(f"{name!r} with miner {bound and bound.name!r} takes "
+                       "no reference set")
+    refs = References(ref_embeddings, ref_labels, ref_mask, self_index)
   hp = dict(hp)
   reg_weight = hp.pop("embedding_reg_weight", None)
-  value = _loss_value(spec, dist, bound, red, hp, x, labels, mask, key)
+  value = _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs)
   if reg is None:
     return value
   # PML's embedding_reg_loss: already reduced, added as a sub-loss.
@@ -479,16 +505,34 @@ def _composed(name, spec: Composable, dist: Distance, bound, red, reg, hp,
   return value + reg_weight * penalty
 
 
-def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key):
+def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs):
+  pad = _pad_row(x.shape[1], x.dtype)
   if mask is not None:
-    x = jnp.where(mask[:, None], x, _pad_row(x.shape[1], x.dtype))
-  pos, neg = similarity.label_masks(labels, mask=mask)
+    x = jnp.where(mask[:, None], x, pad)
   row_w = (jnp.ones(labels.shape, x.dtype) if mask is None
            else mask.astype(x.dtype))
-  mat = dist.fn(x, x)
+  not_self = None
+  if refs is None:
+    ref = x
+    pos, neg = similarity.label_masks(labels, mask=mask)
+  else:
+    ref = refs.embeddings
+    if refs.mask is not None:
+      ref = jnp.where(refs.mask[:, None], ref, pad)
+    pos, neg = similarity.label_masks(labels, refs.labels, mask, refs.mask)
+    if refs.self_index is not None:
+      not_self = pairs.not_self(refs.self_index, ref.shape[0])
+  mat = dist.fn(x, ref)
   mined = None
   if bound is not None:
-    mined = mine(bound, x, pos, neg, key)
+    # As CrossBatchMemory: the miner sees each anchor's own slot as a
+    # positive, which is removed from what it mined.
+    mined = mine(bound, x, pos, neg, key, ref)
+    if not_self is not None:
+      mined = mined._replace(pos=jnp.where(not_self, mined.pos,
+                                           jnp.zeros_like(mined.pos)))
+  if not_self is not None:
+    pos &= not_self
   if spec.core is None:
     t = (miners_lib.Triplets(pos, neg) if mined is None
          else miners_lib.as_triplets(mined))

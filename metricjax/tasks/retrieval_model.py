@@ -27,52 +27,51 @@ def make_model_and_init(config, meta, tx):
 
   def init(rng):
     # The model keeps `rng` itself, so adding a loss changes no model init.
+    loss_params, loss_state = init_loss(jax.random.fold_in(rng, 1))
     return state_lib.init_state(
-        model, tx, rng, image, train=False,
-        loss_params=init_loss(jax.random.fold_in(rng, 1)),
+        model, tx, rng, image, train=False, loss_params=loss_params,
+        loss_state=loss_state,
         pretrained=lambda v: models.load_pretrained(model, v))
   return model, init
 
 
 def _make_loss_init(config, meta, dim: int | None):
-  """rng -> the loss's initial learnable parameters ({} for most losses),
-  for embeddings of `dim` features (the model's)."""
-  loss = losses.get_loss(config.loss.name)
-  kwargs = config.loss.kwargs.to_dict()
-  if loss.init is None:
-    return lambda rng: {}
-  num_classes = kwargs.pop("num_classes", meta.num_classes)
-  if num_classes is not None and num_classes != meta.num_classes:
-    raise UserError(
-        f"config.loss.kwargs.num_classes={num_classes}, but {meta.name} has "
-        f"{meta.num_classes} classes: loss {config.loss.name!r} would learn "
-        "parameters for classes that do not exist (or miss some). Drop "
-        "num_classes from config.loss.kwargs: it comes from the data.")
-  return lambda rng: loss.init(rng, num_classes=num_classes,
-                               embedding_dim=dim, **kwargs)
+  """rng -> the loss's initial learnable parameters ({} for most losses)
+  and its state (a cross-batch memory's bank; {} without one), for
+  embeddings of `dim` features (the model's)."""
+  configured = losses.configured.from_config(config.loss)
+  for t in (configured.main, *configured.extras):
+    num_classes = t.init_kwargs.get("num_classes", meta.num_classes)
+    if (t.loss.init is not None and num_classes is not None
+        and num_classes != meta.num_classes):
+      raise UserError(
+          f"config.loss.kwargs.num_classes={num_classes}, but {meta.name} has "
+          f"{meta.num_classes} classes: loss {t.name!r} would learn "
+          "parameters for classes that do not exist (or miss some). Drop "
+          "num_classes from config.loss.kwargs: it comes from the data.")
+  return lambda rng: (
+      configured.init_params(rng, num_classes=meta.num_classes,
+                             embedding_dim=dim),
+      configured.init_state(dim))
 
 
 def make_loss(config, model, loss: losses.Loss):
-  """(params, loss_params, batch_stats, batch) -> (loss, new batch_stats).
-  The config is valid (metricjax.config_check.validate)."""
-  kwargs = config.loss.kwargs.to_dict()
-  pieces = losses.composed_pieces(config.loss)
-  if pieces or config.loss.name not in losses.REGISTRY:
-    # config.loss.{distance,miner,reducer,regularizer}.
-    loss = loss._replace(fn=losses.build(config.loss.name, **pieces, **kwargs))
-    kwargs = {}
-  kwargs.pop("num_classes", None)  # Only sizes the loss's parameters.
+  """The task's loss (metricjax/step.py's contract): config.loss on the
+  model's outputs. The config is valid (metricjax.config_check.validate)."""
+  configured = losses.configured.from_config(config.loss)
 
-  def loss_fn(params, loss_params, batch_stats, batch):
+  def loss_fn(params, loss_params, batch_stats, batch, loss_state, key):
     outputs, updates = model.apply(
         {"params": params, "batch_stats": batch_stats}, batch["images"],
         train=True, mutable=["batch_stats"])
     # Losses reduce in float32 whatever the compute dtype.
-    x = outputs[loss.input if loss.input != "triplets" else "embedding"]
-    x = x.astype(jnp.float32)
+    outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()
+               if k in ("embedding", "logits")}
     if loss.input == "triplets":
-      value = loss.fn(*jnp.split(x, 3), **kwargs)
+      value = loss.fn(*jnp.split(outputs["embedding"], 3),
+                      **configured.main.call_kwargs)
     else:
-      value = loss.fn(x, batch["labels"], **kwargs, **loss_params)
-    return value, updates.get("batch_stats", {})
+      value, loss_state = configured.apply(outputs, batch["labels"],
+                                           loss_params, loss_state, key)
+    return value, (updates.get("batch_stats", {}), loss_state)
   return loss_fn

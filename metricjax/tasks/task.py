@@ -14,7 +14,8 @@ class Task:
   init: Callable  # rng -> TrainState, jit-able.
   # The two halves of a training step (metricjax/step.py joins them):
   sample: Callable  # (rng, data) -> batch, jit-able; rng from (seed, step).
-  # (params, loss_params, batch_stats, batch) -> (loss, new batch_stats).
+  # (params, loss_params, batch_stats, batch, loss_state, key) ->
+  # (loss, (new batch_stats, new loss_state)); metricjax/step.py says more.
   loss: Callable
   # What `sample` reads: the device-resident dataset, or (streaming) the
   # shapes of the batches `stream` yields.

@@ -181,18 +181,18 @@ def make_sample(config, mesh):
 
 
 def make_loss(config, model):
-  """(params, loss_params, batch_stats, batch) -> (loss, batch_stats): the
-  model has no batch statistics, they pass through."""
+  """The task's loss (metricjax/step.py): the model has no batch
+  statistics and the ranking loss no state, they pass through."""
   loss = losses.get_loss(config.loss.name)
   kwargs = config.loss.kwargs.to_dict()
 
-  def loss_fn(params, loss_params, batch_stats, batch):
-    del loss_params  # The ranking loss learns nothing of its own.
+  def loss_fn(params, loss_params, batch_stats, batch, loss_state, key):
+    del loss_params, key  # The ranking loss learns nothing, draws nothing.
     image_emb, text_emb = model.apply({"params": params}, batch["features"],
                                       batch["ids"], batch["lengths"])
     # The loss reduces in float32 whatever the compute dtype.
     return loss.fn(image_emb.astype(jnp.float32), text_emb.astype(jnp.float32),
-                   **kwargs), batch_stats
+                   **kwargs), (batch_stats, loss_state)
   return loss_fn
 
 

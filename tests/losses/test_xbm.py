@@ -1,5 +1,6 @@
 """Cross-batch memory: the ring buffer, and xbm_loss against PML's
-CrossBatchMemory over batches that wrap it."""
+CrossBatchMemory over batches that wrap it, around today's losses and
+around losses.build's (a loss with a miner)."""
 
 import functools
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metricjax import losses as mj_losses
 from metricjax.losses import REGISTRY
 from metricjax.losses import xbm
 from loss_harness import ATOL
@@ -39,6 +41,44 @@ def test_xbm_matches_pml_over_batches(name):
                                 memory.label_memory.numpy())
   np.testing.assert_allclose(np.asarray(state.embeddings),
                              memory.embedding_memory.numpy())
+
+
+# (build's loss, its miner; PML's loss class, miner class and its kwargs).
+COMPOSED = [
+    ("contrastive", "multi_similarity", "ContrastiveLoss",
+     "MultiSimilarityMiner", {}),
+    ("triplet_margin", {"name": "triplet_margin",
+                        "type_of_triplets": "semihard"},
+     "TripletMarginLoss", "TripletMarginMiner",
+     {"type_of_triplets": "semihard"}),
+    ("ntxent", "batch_hard", "NTXentLoss", "BatchHardMiner", {}),
+    ("multi_similarity", None, "MultiSimilarityLoss", None, {}),
+    ("generalized_lifted_structure", "pair_margin",
+     "GeneralizedLiftedStructureLoss", "PairMarginMiner", {}),
+]
+
+
+@pytest.mark.eager  # tests/losses/conftest.py
+@pytest.mark.parametrize("name, miner, pml_name, pml_miner, miner_kwargs",
+                         COMPOSED, ids=[c[0] for c in COMPOSED])
+def test_xbm_around_a_built_loss_matches_pml(name, miner, pml_name, pml_miner,
+                                             miner_kwargs):
+  # The miner sees each anchor's own slot as a positive, removed afterwards,
+  # as CrossBatchMemory's remove_self_comparisons does.
+  torch, _, losses, miners = import_pml()
+  dim, memory_size = 8, 40
+  memory = losses.CrossBatchMemory(
+      getattr(losses, pml_name)(), dim, memory_size=memory_size,
+      miner=pml_miner and getattr(miners, pml_miner)(**miner_kwargs))
+  fn = mj_losses.build(name, miner=miner)
+  state = xbm.xbm_init(memory_size, dim)
+  step = jax.value_and_grad(lambda e, l, s: xbm.xbm_loss(fn, s, e, l),
+                            has_aux=True)
+  for b in range(4):
+    x, labels = random_batch(30 + b, n=16)
+    (value, state), grad = step(jnp.asarray(x), jnp.asarray(labels), state)
+    assert_same((float(value), np.asarray(grad)),
+                pml_value_and_grad(torch, memory, x, labels))
 
 
 @pytest.mark.parametrize("name", ["triplet", "ms"])
