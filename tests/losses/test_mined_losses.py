@@ -220,3 +220,15 @@ def test_refused_pieces_are_user_errors(call, words):
   with pytest.raises(UserError, match=words) as e:
     call()
   assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", list(PML_LOSSES))
+def test_degenerate_batches_match_pml(name):
+  """One class (no negatives) and all classes distinct (no positives)."""
+  x, _ = random_batch(6, n=N, dim=DIM, classes=CLASSES)
+  for labels in (np.zeros(N, np.int32), np.arange(N, dtype=np.int32)):
+    ours = _ours(name, x, labels)
+    assert np.all(np.isfinite(ours[1]))
+    theirs = _theirs(name, x, labels)
+    _close(ours[0], theirs[0], 1e-4)
+    _close(ours[1], theirs[1], 2e-4)
