@@ -9,6 +9,10 @@ pair listed k times counts k times), each mean 0 when nothing is kept.
 Built with `losses.build("threshold_consistent_margin", ...)` (compose.py):
 CosineSimilarity only (PML asserts it, then computes the cosine itself),
 already reduced (PML ignores a reducer).
+
+Deliberate differences from PML: s is the CosineSimilarity (rows divided by
+max(|x|, 1e-12)); PML's F.cosine_similarity guards the norms with 1e-8, so
+the two differ only for rows of norm below 1e-8.
 """
 
 import jax.numpy as jnp

@@ -4,8 +4,8 @@ threshold_consistent_margin, histogram, dynamic_soft_margin) through
 losses.build, against pytorch-metric-learning 2.9: values and gradients with
 no miner, MultiSimilarityMiner and TripletMarginMiner with PML's defaults,
 then a non-default distance / reducer / hyper-parameters (with
-BatchHardMiner for most); padding; jit; and the pieces PML refuses or
-ignores."""
+BatchHardMiner for most); an embedding regularizer; degenerate batches;
+padding; jit; and the pieces PML refuses or ignores."""
 
 import jax
 import jax.numpy as jnp
@@ -74,11 +74,14 @@ def _split(spec):
 
 
 def _theirs(name, x, labels, *, distance=None, miner=None, reducer=None,
-            **hyperparameters):
+            regularizer=None, **hyperparameters):
   torch, distances, losses, miners = import_pml()
   # pylint: disable-next=g-import-not-at-top
-  from pytorch_metric_learning import reducers
+  from pytorch_metric_learning import reducers, regularizers
   kwargs = dict(hyperparameters)
+  if regularizer is not None:
+    assert regularizer == "lp"
+    kwargs["embedding_regularizer"] = regularizers.LpRegularizer()
   if distance is not None:
     d_name, d_kwargs = _split(distance)
     kwargs["distance"] = getattr(distances, PML_DISTANCES[d_name])(**d_kwargs)
@@ -150,6 +153,18 @@ def test_histogram_delta_as_pml():
   ours = _ours("histogram", x, labels, delta=0.04)
   _close(ours[0], _theirs("histogram", x, labels, delta=0.04)[0], 1e-4)
   _close(ours[0], _ours("histogram", x, labels, n_bins=50)[0], 1e-6)
+
+
+@pytest.mark.parametrize("name", ["npairs", "histogram"])
+def test_embedding_regularizer(name):
+  """An already-reduced loss plus PML's embedding regularizer."""
+  x, labels = random_batch(2, n=N, dim=DIM, classes=CLASSES)
+  pieces = {"miner": "batch_hard", "regularizer": "lp",
+            "embedding_reg_weight": 0.3}
+  ours = _ours(name, x, labels, **pieces)
+  theirs = _theirs(name, x, labels, **pieces)
+  _close(ours[0], theirs[0], 1e-4)
+  _close(ours[1], theirs[1], 2e-4)
 
 
 PADDED = [("signal_to_noise_ratio_contrastive", "batch_hard"),
