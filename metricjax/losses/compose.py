@@ -11,7 +11,11 @@ A composable loss is its per-element / per-pair / per-triplet values on one
 (N, M) distance matrix (the `_core` functions below), reduced per sub-loss
 (contrastive's pos_loss and neg_loss) and summed, as PML's MultipleReducers.
 Mined tuples arrive as masks (miners.py): a pair loss gets each pair's
-multiplicity in PML's index lists, a triplet loss walks the anchors.
+multiplicity in PML's index lists, a triplet loss walks the anchors. The
+losses that are not one formula per pair (angular, npairs, histogram, ...:
+their own files) take the whole `Batch` and the miner's raw output instead
+(`takes_batch`), and some reduce their losses themselves, as PML's
+"already_reduced" ones (`reduces_itself`: build refuses a reducer there).
 
 Random miners (uniform_histogram, distance_weighted) make the loss take
 `key=`, a jax PRNG key.
@@ -30,8 +34,8 @@ Deliberate differences from PML:
   feeding a pair loss): PML's value counts the pair once and its gradient
   once per listing; here the gradient is the value's;
 - class_weighted on losses whose PML values are (N, 1) (see reducers.py),
-  and per_anchor on lifted_structure / tuplet_margin (PML fails on their
-  (P, 1) values): here the documented reduction;
+  and per_anchor on lifted_structure / tuplet_margin / angular (PML fails
+  on their (P, 1) values): here the documented reduction;
 - HDC keeps every pair tied with its k-th value (miners.hdc).
 """
 
@@ -45,11 +49,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from metricjax.errors import UserError
+from metricjax.losses import angular as angular_lib
 from metricjax.losses import distances as distances_lib
+from metricjax.losses import dynamic_soft_margin as dsm_lib
+from metricjax.losses import histogram as histogram_lib
 from metricjax.losses import miners as miners_lib
+from metricjax.losses import npairs as npairs_lib
 from metricjax.losses import pairs
 from metricjax.losses import reducers as reducers_lib
 from metricjax.losses import regularizers as regularizers_lib
+from metricjax.losses import threshold_consistent_margin as tcm_lib
 from metricjax.losses import triplet as triplet_lib
 from metricjax.losses.distances import Distance, margin
 from metricjax.losses.registry import check_loss_hyperparameters
@@ -150,12 +159,56 @@ def _tuplet_margin_core(mat, pos_w, neg_w, d, row_w, *, margin=5.73,
   return {"loss": (losses, jnp.where(jnp.any(neg_w > 0), pos_w, 0.0))}
 
 
+class Batch(NamedTuple):
+  """What a batch core (Composable.takes_batch) sees: the whole batch and
+  the miner's raw output, for losses that are not one formula per pair."""
+  x: jax.Array  # (N, D) rows, padding replaced by a fixed row (_pad_row)
+  labels: jax.Array  # (N,)
+  mat: jax.Array  # (N, N) the loss's distance on x
+  distance: Distance
+  pos: jax.Array  # (N, N) bool label masks, padding in neither
+  neg: jax.Array
+  row_w: jax.Array  # (N,) 1 on valid rows
+  mined: Any  # miners.Pairs | miners.Triplets; None: no miner
+
+  def pair_weights(self) -> tuple[jax.Array, jax.Array]:
+    """PML's convert_to_pairs as (pos, neg) multiplicities."""
+    if self.mined is None:
+      return self.pos.astype(self.x.dtype), self.neg.astype(self.x.dtype)
+    return miners_lib.pair_counts(self.mined)
+
+  def triplets(self) -> miners_lib.Triplets:
+    """PML's convert_to_triplets(t_per_anchor="all")."""
+    if self.mined is None:
+      return miners_lib.Triplets(self.pos, self.neg)
+    return miners_lib.as_triplets(self.mined)
+
+  def pos_rank(self) -> jax.Array:
+    """(N, N) int: where each positive pair sits in the miner's list (PML's
+    pair order; smaller first): row-major unless the miner says otherwise."""
+    rank = getattr(self.mined, "pos_order", None)
+    if rank is not None:
+      return rank
+    n, m = self.mat.shape
+    return jnp.arange(n)[:, None] * m + jnp.arange(m)[None, :]
+
+
 class Composable(NamedTuple):
   core: Callable | None  # None: the triplet loss (see _triplet_margin)
   default_distance: Callable[[], Distance]
   default_reducer: Callable[[], reducers_lib.Reducer]
   # PML asserts this distance (assert_distance_type); None: any.
   only_distance: str | None = None
+  # The keywords PML's assertion fixes (a given one must have this value).
+  distance_kwargs: dict[str, Any] | None = None
+  # core(batch: Batch, **hp) instead of core(mat, pos_w, neg_w, d, row_w,
+  # **hp) (see Batch).
+  takes_batch: bool = False
+  # The core returns the loss, reduced (PML's "already_reduced": its
+  # reducer is ignored, so build refuses one).
+  reduces_itself: bool = False
+  # hp -> None, a ValueError for values PML's constructor refuses.
+  check: Callable[[dict[str, Any]], None] | None = None
 
 
 COMPOSABLE: dict[str, Composable] = {
@@ -176,6 +229,30 @@ COMPOSABLE: dict[str, Composable] = {
                                 reducers_lib.mean, only_distance="cosine"),
     "triplet_margin": Composable(None, distances_lib.lp,
                                  reducers_lib.avg_non_zero),
+    # The losses of mined pairs or triplets that are not one formula per
+    # pair (their files say how they read the miner's output).
+    "signal_to_noise_ratio_contrastive": Composable(
+        _contrastive_core, distances_lib.snr, reducers_lib.avg_non_zero,
+        only_distance="snr"),
+    "angular": Composable(
+        angular_lib.angular_core, distances_lib.lp, reducers_lib.mean,
+        only_distance="lp", takes_batch=True,
+        distance_kwargs={"p": 2, "power": 1, "normalize_embeddings": True}),
+    "npairs": Composable(npairs_lib.npairs_core, distances_lib.dot_product,
+                         reducers_lib.mean, takes_batch=True),
+    "threshold_consistent_margin": Composable(
+        tcm_lib.threshold_consistent_margin_core, distances_lib.cosine,
+        reducers_lib.mean, only_distance="cosine", takes_batch=True,
+        reduces_itself=True, distance_kwargs={"power": 1}),
+    "histogram": Composable(
+        histogram_lib.histogram_core, distances_lib.cosine, reducers_lib.mean,
+        takes_batch=True, reduces_itself=True,
+        check=histogram_lib.check_hyperparameters),
+    "dynamic_soft_margin": Composable(
+        dsm_lib.dynamic_soft_margin_core, distances_lib.lp, reducers_lib.mean,
+        only_distance="lp", takes_batch=True, reduces_itself=True,
+        distance_kwargs={"p": 2, "normalize_embeddings": True},
+        check=dsm_lib.check_hyperparameters),
 }
 TRIPLET_HYPERPARAMETERS = {"margin": 0.05, "swap": False,
                            "smooth_loss": False, "triplets_per_anchor": "all"}
@@ -438,6 +515,7 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
           "(pytorch-metric-learning asserts it); leave config.loss.distance "
           f"unset or {spec.only_distance!r}, and choose a miner's own "
           "distance in its dict instead.")
+  _check_fixed(name, spec, distance, reducer, hp)
   dist = spec.default_distance() if distance is None else make_distance(
       distance)
   red = spec.default_reducer() if reducer is None else make_reducer(reducer)
@@ -446,6 +524,33 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
   reg = None if regularizer is None else make_regularizer(regularizer)
   return functools.partial(_composed, name, spec, dist, bound, red, reg,
                            tuple(sorted(hp.items())))
+
+
+def _check_fixed(name, spec: Composable, distance, reducer, hp) -> None:
+  """UserErrors for what PML asserts or ignores beyond the distance's name:
+  the asserted distance keywords, a reducer of an already-reduced loss, and
+  hyper-parameter values its constructor refuses."""
+  if distance is not None and spec.distance_kwargs is not None:
+    _, kwargs = _spec(distance, "distance")
+    fixed = spec.distance_kwargs
+    wrong = sorted(k for k, v in kwargs.items() if k in fixed and v != fixed[k])
+    if wrong:
+      raise UserError(
+          f"Loss {name!r} works only on the {spec.only_distance!r} distance "
+          f"with {', '.join(f'{k}={v!r}' for k, v in fixed.items())} "
+          "(pytorch-metric-learning asserts or ignores the "
+          f"rest); drop {', '.join(wrong)} from config.loss.distance.")
+  if reducer is not None and spec.reduces_itself:
+    takers = sorted(k for k, c in COMPOSABLE.items() if not c.reduces_itself)
+    raise UserError(
+        f"Loss {name!r} reduces its own losses (pytorch-metric-learning "
+        "ignores a reducer there); leave config.loss.reducer unset. The "
+        f"losses that take a reducer are {', '.join(takers)}.")
+  if spec.check is not None:
+    try:
+      spec.check(hp)
+    except ValueError as e:
+      raise UserError(f"Loss {name!r}: {e} (config.loss.kwargs).") from None
 
 
 def make_regularizer(piece):
@@ -479,6 +584,15 @@ NO_REFERENCES = ("lifted_structure",)
 MINERS_WITHOUT_REFERENCES = ("angular",)
 
 
+def takes_references(name: str, miner: str | None = None) -> bool:
+  """Whether loss `name` (with that miner) takes a reference set, e.g. a
+  cross-batch memory."""
+  name = ALIASES.get(name, name)
+  return (name in COMPOSABLE and name not in NO_REFERENCES
+          and not COMPOSABLE[name].takes_batch
+          and miner not in MINERS_WITHOUT_REFERENCES)
+
+
 def _composed(name, spec: Composable, dist: Distance, bound, red, reg, hp,
               x, labels, *, mask=None, key=None, ref_embeddings=None,
               ref_labels=None, ref_mask=None, self_index=None, **learnable):
@@ -486,8 +600,7 @@ def _composed(name, spec: Composable, dist: Distance, bound, red, reg, hp,
     raise TypeError(f"loss {name!r} has no learnable {sorted(learnable)}")
   refs = None
   if ref_embeddings is not None:
-    if name in NO_REFERENCES or (bound is not None and bound.name
-                                  in MINERS_WITHOUT_REFERENCES):
+    if not takes_references(name, bound and bound.name):
       raise ValueError(f"{name!r} with miner {bound and bound.name!r} takes "
                        "no reference set")
     refs = References(ref_embeddings, ref_labels, ref_mask, self_index)
@@ -533,6 +646,11 @@ def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs):
                                            jnp.zeros_like(mined.pos)))
   if not_self is not None:
     pos &= not_self
+  if spec.takes_batch:
+    out = spec.core(Batch(x, labels, mat, dist, pos, neg, row_w, mined), **hp)
+    if spec.reduces_itself:
+      return out
+    return _reduce_sub_losses(red, out, labels, row_w)
   if spec.core is None:
     t = (miners_lib.Triplets(pos, neg) if mined is None
          else miners_lib.as_triplets(mined))
@@ -545,6 +663,10 @@ def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs):
   else:
     pos_w, neg_w = miners_lib.pair_counts(mined)
   sub_losses = spec.core(mat, pos_w, neg_w, dist, row_w, **hp)
+  return _reduce_sub_losses(red, sub_losses, labels, row_w)
+
+
+def _reduce_sub_losses(red, sub_losses, labels, row_w):
   return sum(reducers_lib.reduce(reducers_lib.for_sub_loss(red, k), losses,
                                  weights, labels, row_w)
              for k, (losses, weights) in sub_losses.items())

@@ -86,14 +86,14 @@ def term(spec: Mapping[str, Any], *, memory: bool = False,
     call_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
   params = inspect.signature(loss.fn).parameters
   miner = compose.make_miner(pieces["miner"]).name if "miner" in pieces else None
-  if memory and (ALIASES.get(name, name) in compose.NO_REFERENCES
-                 or miner in compose.MINERS_WITHOUT_REFERENCES):
+  composed_ok = compose.takes_references(name, miner)
+  if memory and composable and not composed_ok:
     raise UserError(
         f"Loss {name!r} with miner {miner!r}: no cross-batch memory ({where}."
-        f"memory_size) yet: {', '.join(compose.NO_REFERENCES)} and the "
-        f"{', '.join(compose.MINERS_WITHOUT_REFERENCES)} miner compare the "
-        "batch with itself only. Drop the memory or choose another loss or "
-        "miner.")
+        "memory_size) yet; it compares the batch with itself only. Losses "
+        "that take one: "
+        f"{', '.join(n for n in sorted(COMPOSABLE) if compose.takes_references(n))}"
+        f" (any miner but {', '.join(compose.MINERS_WITHOUT_REFERENCES)}).")
   if memory and not all(a in params for a in _REFERENCE_ARGS):
     raise UserError(
         f"Loss {name!r} cannot take a cross-batch memory ({where}."

@@ -34,6 +34,9 @@ class Pairs(NamedTuple):
   # (N, M) bool, or int counts where a random miner lists a pair repeatedly
   pos: jax.Array
   neg: jax.Array
+  # (N, M) int: the positive pairs' order in PML's list (smaller first), for
+  # the losses that keep the first pair of a kind (npairs); None: row-major.
+  pos_order: jax.Array | None = None
 
 
 class Triplets(NamedTuple):
@@ -88,17 +91,23 @@ def as_triplets(mined: Pairs | Triplets) -> Triplets:
 def multi_similarity(mat, pos, neg, distance: Distance, *,
                      epsilon: float = 0.1) -> Pairs:
   """MultiSimilarityMiner: positives less close than the anchor's closest
-  negative (+ epsilon), negatives closer than its farthest positive."""
+  negative (+ epsilon), negatives closer than its farthest positive.
+
+  PML lists an anchor's positives in ascending order of mat (it sorts the
+  row): pos_order says so.
+  """
+  rank_in_row = jnp.argsort(jnp.argsort(mat, axis=1), axis=1)
+  order = jnp.arange(mat.shape[0])[:, None] * mat.shape[1] + rank_in_row
   if distance.is_inverted:
     hardest_neg = jnp.max(jnp.where(neg, mat, -INF), axis=1, keepdims=True)
     easiest_pos = jnp.min(jnp.where(pos, mat, INF), axis=1, keepdims=True)
     # Written as PML writes them, so float32 rounding at the edge agrees.
     return Pairs(pos & (mat - epsilon < hardest_neg),
-                 neg & (mat + epsilon > easiest_pos))
+                 neg & (mat + epsilon > easiest_pos), order)
   hardest_neg = jnp.min(jnp.where(neg, mat, INF), axis=1, keepdims=True)
   easiest_pos = jnp.max(jnp.where(pos, mat, -INF), axis=1, keepdims=True)
   return Pairs(pos & (mat + epsilon > hardest_neg),
-               neg & (mat - epsilon < easiest_pos))
+               neg & (mat - epsilon < easiest_pos), order)
 
 
 def pair_margin(mat, pos, neg, distance: Distance, *, pos_margin: float = 0.2,
