@@ -54,9 +54,9 @@ Deliberate differences from PML:
   and per_anchor on lifted_structure / tuplet_margin (PML fails on their
   (P, 1) values): here the documented reduction;
 - HDC keeps every pair tied with its k-th value (miners.hdc).
-- a regularizer's class_weighted reducer weighs row i by weights[i] (PML
-  passes the row numbers as its labels), the embedding regularizer's by
-  the row's label, as before.
+- class_weighted as an embedding regularizer's reducer weighs a row by its
+  label's weight; PML's by its row number (a weight regularizer's rows are
+  the classes: both weigh class i's vector by weights[i]).
 """
 
 import functools
@@ -75,6 +75,7 @@ from metricjax.losses import pairs
 from metricjax.losses import reducers as reducers_lib
 from metricjax.losses import regularizers as regularizers_lib
 from metricjax.losses import triplet as triplet_lib
+from metricjax.losses.distances import Distance, margin
 from metricjax.losses.margin_softmax import arcface_per_row
 from metricjax.losses.margin_softmax import cosface_per_row
 from metricjax.losses.margin_softmax import large_margin_softmax_per_row
@@ -83,11 +84,10 @@ from metricjax.losses.margin_softmax import subcenter_arcface_per_row
 from metricjax.losses.nca import nca_per_row
 from metricjax.losses.proxy import normalized_softmax_per_row
 from metricjax.losses.proxy import proxy_nca_per_row
-from metricjax.losses.smooth_ap import smooth_ap_per_row
-from metricjax.losses.soft_triple import soft_triple_per_row
-from metricjax.losses.distances import Distance, margin
 from metricjax.losses.registry import check_loss_hyperparameters
 from metricjax.losses.registry import REGISTRY
+from metricjax.losses.smooth_ap import smooth_ap_per_row
+from metricjax.losses.soft_triple import soft_triple_per_row
 from metricjax.ops import similarity
 
 

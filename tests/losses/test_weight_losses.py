@@ -59,6 +59,9 @@ def _split(spec):
 
 
 def _pml_piece(module, table, spec, torch):
+  """PML's miner / reducer / regularizer object for our spec."""
+  # pylint: disable-next=g-import-not-at-top
+  from pytorch_metric_learning import reducers
   name, kwargs = _split(spec)
   if name is None:
     return None
@@ -66,12 +69,8 @@ def _pml_piece(module, table, spec, torch):
     kwargs["weights"] = torch.tensor(kwargs["weights"])
   for k in ("reducer", "default_reducer"):
     if k in kwargs:
-      # pylint: disable-next=g-import-not-at-top
-      from pytorch_metric_learning import reducers
       kwargs[k] = _pml_piece(reducers, REDUCERS, kwargs[k], torch)
   if "reducers" in kwargs:
-    # pylint: disable-next=g-import-not-at-top
-    from pytorch_metric_learning import reducers
     kwargs["reducers"] = {k: _pml_piece(reducers, REDUCERS, v, torch)
                           for k, v in kwargs["reducers"].items()}
   if "distance" in kwargs:
@@ -380,3 +379,36 @@ def test_refused_combinations_are_user_errors(call, words):
   with pytest.raises(UserError, match=words) as e:
     call()
   assert "\n" not in str(e.value)
+
+
+class _EmbeddingModel:
+  """A model whose embeddings are its input: make_loss sees the batch."""
+
+  def apply(self, variables, images, *, train, mutable):
+    del variables, train, mutable
+    return {"embedding": images}, {}
+
+
+def test_config_loss_regularizer_weights_reach_the_training_loss():
+  pytest.importorskip("ml_collections")
+  # pylint: disable-next=g-import-not-at-top
+  from metricjax.config_utils import base_config
+  from metricjax.tasks import retrieval  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  config.dataset = "mnist"
+  config.loss.update({"name": "cosface",
+                      "regularizer": {"weights": "regular_face"},
+                      "kwargs": {"weight_reg_weight": 0.5,
+                                 "num_classes": CLASSES}})
+  loss_fn = retrieval.make_loss(config, _EmbeddingModel(),
+                                mj_losses.get_loss("cosface"))
+  x, labels = _batch("cosface", 9)
+  w = mj_losses.REGISTRY["cosface"].init(
+      jax.random.key(2), num_classes=CLASSES, embedding_dim=DIM)
+  batch = {"images": jnp.asarray(x), "labels": jnp.asarray(labels)}
+  value, _ = loss_fn({}, w, {}, batch)
+  want = mj_losses.build("cosface", weight_regularizer="regular_face",
+                         weight_reg_weight=0.5)(x, labels, **w)
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  assert abs(float(value) - float(mj_losses.REGISTRY["cosface"].fn(
+      x, labels, **w))) > 1e-3
