@@ -10,7 +10,11 @@ caption task). Configs select it with `config.loss.name` and pass
 
 `build` (compose.py) composes the pair and triplet losses with a distance
 (distances.py), a miner (miners.py) and a reducer (reducers.py), as
-pytorch-metric-learning does: `build("contrastive", miner="multi_similarity")`.
+pytorch-metric-learning does: `build("contrastive", miner="multi_similarity")`;
+the per-row losses (margin softmax, proxies, NCA, Smooth-AP) with a miner,
+a reducer and PML's weight regularizers: `build("cosface",
+miner="multi_similarity", weight_regularizer="regular_face")(x, labels,
+W=W)`.
 
 A loss with learnable parameters (proxies, class weights, margins) takes
 them as keyword arrays, in pytorch-metric-learning's layout, and registers
