@@ -16,9 +16,9 @@ sub_centers) with class c's centres in columns c * sub_centers + k;
 Each `*_per_row` form returns the rows' unreduced losses and which rows
 count, for `build` (compose.py) to weight by a miner and reduce as PML does.
 
-One deliberate difference (ArcFace, Sub-center ArcFace): PML takes theta = acos(clamp(cos)) and then
-cos(theta + m), whose gradient is infinite at cos = +-1 (a sample on its
-class vector). Here cos(theta + m) = cos cos m - sin theta sin m with sin theta
+One deliberate difference (ArcFace, Sub-center ArcFace): PML takes theta =
+acos(clamp(cos)) and then cos(theta + m), whose gradient is infinite at
+cos = +-1 (a sample on its class vector). Here cos(theta + m) = cos cos m - sin theta sin m with sin theta
 = sqrt(1 - cos^2) under a safe sqrt: the same values (to rounding), finite
 gradients.
 
