@@ -18,9 +18,9 @@ count, for `build` (compose.py) to weight by a miner and reduce as PML does.
 
 One deliberate difference (ArcFace, Sub-center ArcFace): PML takes theta =
 acos(clamp(cos)) and then cos(theta + m), whose gradient is infinite at
-cos = +-1 (a sample on its class vector). Here cos(theta + m) = cos cos m - sin theta sin m with sin theta
-= sqrt(1 - cos^2) under a safe sqrt: the same values (to rounding), finite
-gradients.
+cos = +-1 (a sample on its class vector). Here cos(theta + m) = cos cos m -
+sin theta sin m with sin theta = sqrt(1 - cos^2) under a safe sqrt: the same
+values (to rounding), finite gradients.
 
 None takes a reference set (PML raises on `ref_emb`). `mask` drops padded
 rows from the mean.

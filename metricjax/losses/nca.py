@@ -23,7 +23,8 @@ from metricjax.losses import pairs
 def nca_per_row(embeddings: jax.Array, labels: jax.Array, *,
                 softmax_scale: float = 1.0, mask: jax.Array | None = None,
                 distance: distances_lib.Distance | None = None):
-  """(per-row losses, rows that count); distance: default LpDistance(power=2)."""
+  """(per-row losses, rows that count); distance: a Distance, by default
+  PML's LpDistance(power=2)."""
   d = distances_lib.lp(power=2) if distance is None else distance
   n, dim = embeddings.shape
   valid = jnp.ones((n,), bool) if mask is None else mask

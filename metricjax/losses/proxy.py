@@ -10,7 +10,8 @@ vectors are arguments in PML's layout: `proxies` (num_classes, dim) as
 
 `proxy_nca_per_row` and `normalized_softmax_per_row` return the rows'
 unreduced losses and which rows count, for `build` (compose.py) to weight by
-a miner and reduce as PML does. None takes a reference set (PML raises on `ref_emb` for them).
+a miner and reduce as PML does. None takes a reference set (PML raises on
+`ref_emb` for them).
 `mask` drops padded rows: they are in no sum and no count.
 """
 
