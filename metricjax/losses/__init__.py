@@ -10,7 +10,11 @@ caption task). Configs select it with `config.loss.name` and pass
 
 `build` (compose.py) composes the pair and triplet losses with a distance
 (distances.py), a miner (miners.py) and a reducer (reducers.py), as
-pytorch-metric-learning does: `build("contrastive", miner="multi_similarity")`.
+pytorch-metric-learning does: `build("contrastive", miner="multi_similarity")`;
+the per-row losses (margin softmax, proxies, NCA, Smooth-AP) with a miner,
+a reducer and PML's weight regularizers: `build("cosface",
+miner="multi_similarity", weight_regularizer="regular_face")(x, labels,
+W=W)`.
 
 A loss with learnable parameters (proxies, class weights, margins) takes
 them as keyword arrays, in pytorch-metric-learning's layout, and registers
@@ -36,9 +40,16 @@ from metricjax.losses.margin_softmax import arcface_loss
 from metricjax.losses.margin_softmax import cosface_loss
 from metricjax.losses.margin_softmax import init_arcface_loss
 from metricjax.losses.margin_softmax import init_cosface_loss
+from metricjax.losses.margin_softmax import init_large_margin_softmax_loss
+from metricjax.losses.margin_softmax import init_sphereface_loss
 from metricjax.losses.margin_softmax import init_subcenter_arcface_loss
+from metricjax.losses.margin_softmax import large_margin_softmax_loss
+from metricjax.losses.margin_softmax import sphereface_loss
 from metricjax.losses.margin_softmax import subcenter_arcface_loss
 from metricjax.losses.multi_similarity import multi_similarity_loss
+from metricjax.losses.nca import nca_loss
+from metricjax.losses.p2sgrad import init_p2sgrad_loss
+from metricjax.losses.p2sgrad import p2sgrad_loss
 from metricjax.losses.proxy import init_normalized_softmax_loss
 from metricjax.losses.proxy import init_proxy_anchor_loss
 from metricjax.losses.proxy import init_proxy_nca_loss
@@ -48,6 +59,7 @@ from metricjax.losses.proxy import proxy_nca_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
 from metricjax.losses.soft_triple import init_soft_triple_loss
+from metricjax.losses.smooth_ap import smooth_ap_loss
 from metricjax.losses.soft_triple import soft_triple_loss
 from metricjax.losses.supcon import supcon_loss
 from metricjax.losses.triplet import triplet_loss

@@ -20,11 +20,32 @@ their own files) take the whole `Batch` and the miner's raw output instead
 Random miners (uniform_histogram, distance_weighted) make the loss take
 `key=`, a jax PRNG key.
 
-Not here yet: weight regularizers (the composable losses have no weights),
-a reference set (ref_emb; cross-batch memory is
+The losses with learnable class vectors and NCA / Smooth-AP (ROW_LOSSES)
+compose too, as PML lets them: their per-row values (`*_per_row`), weighted
+by a miner as PML's convert_to_weights does (how often a row occurs in the
+mined tuples, over the largest count), then reduced by any element reducer
+(their sub-loss is "loss", Smooth-AP's "ap_loss"); nca takes any distance,
+the others only the one PML asserts. The built fn takes the learnable
+arrays as keywords: `build("cosface", miner="multi_similarity")(x, labels,
+W=W)`.
+
+Regularizers: `regularizer=` is the embedding regularizer (PML's
+embedding_regularizer, weighted by the hyper-parameter embedding_reg_weight,
+default 1); `weight_regularizer=` (weight_reg_weight) is PML's
+weight_regularizer on the loss's class vectors (the rows of W.t(), the
+proxies, SoftTriple's centres), for the losses that mix in PML's
+WeightRegularizerMixin: normalized_softmax, cosface, arcface,
+subcenter_arcface, large_margin_softmax, sphereface, soft_triple,
+proxy_anchor, proxy_nca. Any regularizer (regularizers.py: lp, zero_mean,
+center_invariant, regular_face, sparse_centers) serves either way. A config
+sets both through config.loss.regularizer as `{"embeddings": ...,
+"weights": ...}` (a name or dict alone is the embedding regularizer).
+
+Not here yet: a reference set (ref_emb; cross-batch memory is
 `losses.xbm_loss`), TripletMarginLoss's swap and triplets_per_anchor, the
-do_nothing reducer (a training step needs a scalar) and PML's other losses
-(they build with their defaults from REGISTRY, without pieces).
+do_nothing reducer (a training step needs a scalar), proxy_anchor's miner
+and reducer (it takes only regularizers here), and PML's other losses (they
+build with their defaults from REGISTRY, without pieces).
 
 Deliberate differences from PML:
 - as in multi_similarity.py, PML's GenericPairLoss returns 0 whenever at
@@ -37,6 +58,9 @@ Deliberate differences from PML:
   and per_anchor on lifted_structure / tuplet_margin / angular (PML fails
   on their (P, 1) values): here the documented reduction;
 - HDC keeps every pair tied with its k-th value (miners.hdc).
+- class_weighted as an embedding regularizer's reducer weighs a row by its
+  label's weight; PML's by its row number (a weight regularizer's rows are
+  the classes: both weigh class i's vector by weights[i]).
 """
 
 import functools
@@ -61,8 +85,18 @@ from metricjax.losses import regularizers as regularizers_lib
 from metricjax.losses import threshold_consistent_margin as tcm_lib
 from metricjax.losses import triplet as triplet_lib
 from metricjax.losses.distances import Distance, margin
+from metricjax.losses.margin_softmax import arcface_per_row
+from metricjax.losses.margin_softmax import cosface_per_row
+from metricjax.losses.margin_softmax import large_margin_softmax_per_row
+from metricjax.losses.margin_softmax import sphereface_per_row
+from metricjax.losses.margin_softmax import subcenter_arcface_per_row
+from metricjax.losses.nca import nca_per_row
+from metricjax.losses.proxy import normalized_softmax_per_row
+from metricjax.losses.proxy import proxy_nca_per_row
 from metricjax.losses.registry import check_loss_hyperparameters
 from metricjax.losses.registry import REGISTRY
+from metricjax.losses.smooth_ap import smooth_ap_per_row
+from metricjax.losses.soft_triple import soft_triple_per_row
 from metricjax.ops import similarity
 
 
@@ -449,23 +483,40 @@ def _legacy(name, distance, miner, hyperparameters):
 
 
 def build(name: str, *, distance=None, miner=None, reducer=None,
-          regularizer=None, **hyperparameters) -> Callable[..., jax.Array]:
-  """The pure loss `fn(x, labels, *, mask=None, key=None) -> scalar`
-  (key: a jax PRNG key, needed by the random miners only).
+          regularizer=None, weight_regularizer=None,
+          **hyperparameters) -> Callable[..., jax.Array]:
+  """The pure loss `fn(x, labels, *, mask=None, key=None, **learnable) ->
+  scalar` (key: a jax PRNG key, needed by the random miners only;
+  learnable: the loss's arrays, e.g. W=).
 
   Args:
     name: the loss, the snake case of PML's class without `Loss`, or one of
       today's names (REGISTRY), e.g. "ms", "triplet".
     distance, miner, reducer: a name or {"name": ..., **kwargs}; None is the
       loss's PML default (no miner).
-    regularizer: an embedding regularizer (lp, zero_mean,
-      center_invariant), as PML's embedding_regularizer; its weight is the
-      hyper-parameter embedding_reg_weight (default 1).
+    regularizer: an embedding regularizer (regularizers.py), as PML's
+      embedding_regularizer; its weight is the hyper-parameter
+      embedding_reg_weight (default 1). Or {"embeddings": ..., "weights":
+      ...}: both regularizers (config.loss.regularizer).
+    weight_regularizer: a regularizer of the loss's class vectors, as PML's
+      weight_regularizer (ROW_LOSSES with `weights`); its weight is the
+      hyper-parameter weight_reg_weight (default 1).
     **hyperparameters: the loss's keywords, PML's names.
 
   Raises:
     UserError: an unknown piece or keyword, or a combination PML refuses.
   """
+  regularizer, weight_regularizer = _split_regularizers(regularizer,
+                                                        weight_regularizer)
+  if name in ROW_LOSSES:
+    return _build_row_loss(name, distance, miner, reducer, regularizer,
+                           weight_regularizer, hyperparameters)
+  if weight_regularizer is not None:
+    raise UserError(
+        f"Loss {name!r} has no learnable class vectors to regularize "
+        "(config.loss.regularizer's 'weights'); the losses that take a "
+        "weight regularizer are "
+        f"{', '.join(sorted(n for n, r in ROW_LOSSES.items() if r.weights))}.")
   if name in ALIASES:
     distance, miner, hyperparameters = _legacy(name, distance, miner,
                                                hyperparameters)
@@ -483,7 +534,9 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
           f"Loss {name!r} takes no {' or '.join(given)} here: it computes its "
           "own. The losses that compose with a distance, a miner and a "
           f"reducer are {', '.join(sorted(COMPOSABLE))} (and the aliases "
-          f"{', '.join(sorted(ALIASES))}); or drop config.loss.{given[0]}.")
+          f"{', '.join(sorted(ALIASES))}), with a miner and a reducer "
+          f"{', '.join(sorted(ROW_LOSSES))}; or drop "
+          f"config.loss.{given[0]}.")
     check_loss_hyperparameters(name, REGISTRY[name], hyperparameters)
     return functools.partial(REGISTRY[name].fn, **hyperparameters)
 
@@ -554,13 +607,40 @@ def _check_fixed(name, spec: Composable, distance, reducer, hp) -> None:
 
 
 def make_regularizer(piece):
-  """(per-row penalty fn, its reducer) from a name or dict; the dict may name
-  the regularizer's own "reducer" (PML's default: mean)."""
+  """(penalty fn, its reducer) from a name or dict; the dict may name the
+  regularizer's own "reducer" (default: PML's, mean but for
+  sparse_centers' divisor)."""
   name, kwargs = _spec(piece, "regularizer")
   reducer = kwargs.pop("reducer", None)
   _construct(regularizers_lib.REGISTRY, name, kwargs, "regularizer")
-  return (regularizers_lib.REGISTRY[name](**kwargs),
-          reducers_lib.mean() if reducer is None else make_reducer(reducer))
+  if reducer is None:
+    reducer = regularizers_lib.DEFAULT_REDUCERS.get(name, "mean")
+  reducer = make_reducer(reducer)
+  if reducer.name in ("divisor", "do_nothing") and not (
+      reducer.name == "divisor" and name in regularizers_lib.DEFAULT_REDUCERS):
+    raise UserError(
+        f"The regularizer {name!r} cannot take the {reducer.name} reducer "
+        "(it supplies no divisor / a regularizer must reduce to a number); "
+        "use mean, sum, avg_non_zero, threshold or class_weighted.")
+  try:
+    fn = regularizers_lib.REGISTRY[name](**kwargs)
+  except (TypeError, ValueError) as e:
+    raise UserError(f"The regularizer {name!r}: {e} "
+                    "(config.loss.regularizer).") from None
+  return fn, reducer
+
+
+def _penalty(reg, rows, valid, labels) -> jax.Array:
+  """A regularizer's reduced penalty on rows (PML's already-reduced
+  sub-loss, before its weight)."""
+  fn, reducer = reg
+  out = fn(rows, valid)
+  if not isinstance(out, regularizers_lib.Penalties):
+    out = regularizers_lib.Penalties(out, valid.astype(rows.dtype))
+  if reducer.name == "divisor":  # PML's DivisorReducer; 0 when divisor is 0
+    total = jnp.sum(jnp.where(out.weights > 0, out.losses * out.weights, 0.0))
+    return total / out.divisor if out.divisor else total * 0.0
+  return reducers_lib.reduce(reducer, out.losses, out.weights, labels, valid)
 
 
 def _pad_row(dim: int, dtype) -> jax.Array:
@@ -609,13 +689,14 @@ def _composed(name, spec: Composable, dist: Distance, bound, red, reg, hp,
   value = _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs)
   if reg is None:
     return value
+  return value + reg_weight * _embedding_penalty(reg, x, labels, mask)
+
+
+def _embedding_penalty(reg, x, labels, mask) -> jax.Array:
   # PML's embedding_reg_loss: already reduced, added as a sub-loss.
-  fn, reducer = reg
   valid = (jnp.ones(labels.shape, bool) if mask is None else mask)
   rows = x if mask is None else jnp.where(mask[:, None], x, 0.0)
-  penalty = reducers_lib.reduce(reducer, fn(rows, valid),
-                                valid.astype(x.dtype), labels, valid)
-  return value + reg_weight * penalty
+  return _penalty(reg, rows, valid, labels)
 
 
 def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs):
@@ -670,3 +751,151 @@ def _reduce_sub_losses(red, sub_losses, labels, row_w):
   return sum(reducers_lib.reduce(reducers_lib.for_sub_loss(red, k), losses,
                                  weights, labels, row_w)
              for k, (losses, weights) in sub_losses.items())
+
+
+class RowLoss(NamedTuple):
+  """A loss whose PML values are per row (reduction "element") or already
+  reduced, and which pieces it takes."""
+  # (x, labels, *, mask, **learnable, **hp) -> (losses (N,), rows that
+  # count (N,)); None: REGISTRY's fn, already reduced (regularizers only).
+  per_row: Callable | None
+  # The learnable array PML's WeightRegularizerMixin regularizes (None: PML
+  # takes no weight_regularizer), and whether its rows are W's columns.
+  weights: str | None = None
+  transpose: bool = False
+  # The distances PML accepts besides the default, or any (per_row then
+  # takes distance=).
+  distances: tuple[str, ...] = ()
+  any_distance: bool = False
+  sub_loss: str = "loss"  # PML's sub-loss name (the multiple reducer's key)
+  # A miner weights the rows by their anchors only (PML's using_ref: the
+  # loss compares the batch with its proxies).
+  anchors_only: bool = False
+  # Why a miner or a reducer is refused where per_row is None.
+  refusal: str = ""
+
+
+ROW_LOSSES: dict[str, RowLoss] = {
+    "large_margin_softmax": RowLoss(large_margin_softmax_per_row, "W", True,
+                                    ("cosine",)),
+    "sphereface": RowLoss(sphereface_per_row, "W", True, ("cosine",)),
+    "cosface": RowLoss(cosface_per_row, "W", True, ("cosine",)),
+    "arcface": RowLoss(arcface_per_row, "W", True, ("cosine",)),
+    "subcenter_arcface": RowLoss(subcenter_arcface_per_row, "W", True,
+                                 ("cosine",)),
+    "normalized_softmax": RowLoss(normalized_softmax_per_row, "W", True,
+                                  ("dot_product",)),
+    "soft_triple": RowLoss(soft_triple_per_row, "fc", True, ("cosine",)),
+    "proxy_nca": RowLoss(proxy_nca_per_row, "proxies", anchors_only=True),
+    "proxy_anchor": RowLoss(None, "proxies", refusal=(
+        "proxy_anchor takes no miner or reducer here yet (PML's weights its "
+        "proxies' terms by a miner and divides by its own divisors)")),
+    "nca": RowLoss(nca_per_row, any_distance=True),
+    "smooth_ap": RowLoss(smooth_ap_per_row, distances=("cosine",),
+                         sub_loss="ap_loss"),
+    "p2sgrad": RowLoss(None, refusal=(
+        "p2sgrad takes no miner (PML raises on an indices_tuple) and no "
+        "reducer (its value is already reduced: PML's reducer changes "
+        "nothing)")),
+}
+
+
+def _split_regularizers(regularizer, weight_regularizer):
+  """(embedding regularizer, weight regularizer) from build's keywords, the
+  first possibly {"embeddings": ..., "weights": ...}."""
+  if hasattr(regularizer, "to_dict"):
+    regularizer = regularizer.to_dict()
+  if not (isinstance(regularizer, dict) and "name" not in regularizer):
+    return regularizer, weight_regularizer
+  unknown = sorted(set(regularizer) - {"embeddings", "weights"})
+  if unknown:
+    raise UserError(
+        f"config.loss.regularizer {regularizer!r}: a regularizer is a name, "
+        "{'name': ..., **kwargs}, or {'embeddings': ..., 'weights': ...} "
+        f"(not {', '.join(unknown)}).")
+  if regularizer.get("weights") is not None and weight_regularizer is not None:
+    raise UserError("Two weight regularizers: give regularizer={'weights': "
+                    "...} or weight_regularizer=, not both.")
+  return (regularizer.get("embeddings"),
+          weight_regularizer if weight_regularizer is not None
+          else regularizer.get("weights"))
+
+
+def _build_row_loss(name, distance, miner, reducer, regularizer,
+                    weight_regularizer, hyperparameters):
+  """build() for ROW_LOSSES."""
+  spec = ROW_LOSSES[name]
+  hp = dict(hyperparameters)
+  hp.pop("num_classes", None)  # sizes the parameters (init) only
+  extra = {}
+  for key, piece in (("embedding_reg_weight", regularizer),
+                     ("weight_reg_weight", weight_regularizer)):
+    if piece is not None:
+      extra[key] = hp.pop(key, 1.0)
+  check_loss_hyperparameters(name, REGISTRY[name], hp)
+  if weight_regularizer is not None and spec.weights is None:
+    raise UserError(
+        f"Loss {name!r} takes no weight regularizer (PML's has no "
+        "weight_regularizer); the losses that do are "
+        f"{', '.join(sorted(n for n, r in ROW_LOSSES.items() if r.weights))}"
+        "; or regularize the embeddings (config.loss.regularizer).")
+  if spec.per_row is None and (miner is not None or reducer is not None):
+    raise UserError(f"{spec.refusal}; drop config.loss.miner and "
+                    "config.loss.reducer.")
+  dist = None
+  if distance is not None:
+    d_spec = (None, None) if isinstance(distance, Distance) else _spec(
+        distance, "distance")
+    if spec.any_distance:
+      dist = make_distance(distance)
+    elif d_spec not in [(d, {}) for d in spec.distances]:
+      raise UserError(
+          f"Loss {name!r} works only on its default distance "
+          f"({', '.join(spec.distances) or 'built in'}; pytorch-metric-"
+          "learning asserts it, or its form here has it built in): leave "
+          "config.loss.distance unset, and choose a miner's own distance in "
+          "its dict instead.")
+  red = reducers_lib.mean() if reducer is None else make_reducer(reducer)
+  _check_reducer(name, red)
+  bound = None if miner is None else make_miner(miner)
+  emb_reg = None if regularizer is None else make_regularizer(regularizer)
+  w_reg = (None if weight_regularizer is None
+           else make_regularizer(weight_regularizer))
+  return functools.partial(_row_composed, name, spec, dist, bound, red,
+                           emb_reg, w_reg, tuple(sorted(hp.items())),
+                           tuple(sorted(extra.items())))
+
+
+def _row_composed(name, spec: RowLoss, dist, bound, red, emb_reg, w_reg, hp,
+                  reg_weights, x, labels, *, mask=None, key=None,
+                  **learnable):
+  hp, reg_weights = dict(hp), dict(reg_weights)
+  if spec.per_row is None:
+    value = REGISTRY[name].fn(x, labels, mask=mask, **learnable, **hp)
+  else:
+    if spec.any_distance:
+      hp["distance"] = dist
+    losses, counted = spec.per_row(x, labels, mask=mask, **learnable, **hp)
+    if bound is not None:
+      rows = x if mask is None else jnp.where(
+          mask[:, None], x, _pad_row(x.shape[1], x.dtype))
+      pos, neg = similarity.label_masks(labels, mask=mask)
+      # PML's convert_to_weights: each row's loss times its share of the
+      # mined tuples.
+      losses = losses * miners_lib.element_weights(
+          mine(bound, rows, pos, neg, key), anchors_only=spec.anchors_only)
+    value = reducers_lib.reduce(
+        reducers_lib.for_sub_loss(red, spec.sub_loss), losses,
+        counted.astype(losses.dtype), labels, counted)
+  if emb_reg is not None:
+    value = value + reg_weights["embedding_reg_weight"] * _embedding_penalty(
+        emb_reg, x, labels, mask)
+  if w_reg is not None:
+    w = learnable[spec.weights]
+    rows = w.T if spec.transpose else w
+    num = rows.shape[0]
+    # PML's weight_reg_loss on W.t() / the proxies; its labels are the row
+    # numbers.
+    value = value + reg_weights["weight_reg_weight"] * _penalty(
+        w_reg, rows, jnp.ones((num,), bool), jnp.arange(num))
+  return value

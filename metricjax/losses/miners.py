@@ -82,6 +82,25 @@ def pair_counts(mined: Pairs | Triplets) -> tuple[jax.Array, jax.Array]:
                       pos.shape[1])
 
 
+def element_weights(mined: Pairs | Triplets, *,
+                    anchors_only: bool = False) -> jax.Array:
+  """(N,) PML's convert_to_weights: how often each row occurs anywhere in
+  the mined tuples (as anchor, positive or negative; with anchors_only, as
+  an anchor, PML's using_ref), over the largest such count; all ones when
+  nothing was mined, as PML's."""
+  pos, neg = pair_counts(mined)
+  # A pair (a, b) lists a and b; a triplet (a, p, n) lists a once, so its
+  # anchors are counted from the positive side only.
+  counts = jnp.sum(pos, axis=1)
+  if isinstance(mined, Pairs):
+    counts = counts + jnp.sum(neg, axis=1)
+  if not anchors_only:
+    counts = counts + jnp.sum(pos, axis=0) + jnp.sum(neg, axis=0)
+  top = jnp.max(counts)
+  any_mined = jnp.any(pos > 0) | jnp.any(neg > 0)
+  return jnp.where(any_mined, counts / jnp.maximum(top, 1.0), 1.0)
+
+
 def as_triplets(mined: Pairs | Triplets) -> Triplets:
   """PML's convert_to_triplets: pairs sharing an anchor make its triplets."""
   return mined if isinstance(mined, Triplets) else Triplets(mined.pos,

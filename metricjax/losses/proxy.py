@@ -8,7 +8,10 @@ vectors are arguments in PML's layout: `proxies` (num_classes, dim) as
 `ProxyAnchorLoss.proxies` / `ProxyNCALoss.proxies`, `W` (dim, num_classes) as
 `NormalizedSoftmaxLoss.W`; `init_*` draws them as PML initialises them.
 
-None takes a reference set (PML raises on `ref_emb` for them).
+`proxy_nca_per_row` and `normalized_softmax_per_row` return the rows'
+unreduced losses and which rows count, for `build` (compose.py) to weight by
+a miner and reduce as PML does. None takes a reference set (PML raises on
+`ref_emb` for them).
 `mask` drops padded rows: they are in no sum and no count.
 """
 
@@ -78,6 +81,22 @@ def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, *,
   return pos_loss + jnp.sum(neg_term) / num_classes
 
 
+def proxy_nca_per_row(embeddings: jax.Array, labels: jax.Array, *,
+                      proxies: jax.Array, softmax_scale: float = 1.0,
+                      mask: jax.Array | None = None):
+  """`proxy_nca_loss`'s (per-row losses, rows that count)."""
+  x, labels = pairs.drop_padding(embeddings, labels, mask)
+  d2 = similarity.pairwise_distance(similarity.l2_normalize(x),
+                                    similarity.l2_normalize(proxies),
+                                    kind="squared_euclidean")
+  log_p = jax.nn.log_softmax(-softmax_scale * d2, axis=1)
+  log_p = jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
+  valid = jnp.exp(jax.lax.stop_gradient(log_p)) != 0
+  if mask is not None:
+    valid &= mask
+  return -log_p, valid
+
+
 def proxy_nca_loss(embeddings: jax.Array, labels: jax.Array, *,
                    proxies: jax.Array, softmax_scale: float = 1.0,
                    mask: jax.Array | None = None) -> jax.Array:
@@ -94,16 +113,20 @@ def proxy_nca_loss(embeddings: jax.Array, labels: jax.Array, *,
     softmax_scale: the logits' scale.
     mask: optional (N,) bool; False rows are padding.
   """
+  return pairs.masked_mean(*proxy_nca_per_row(
+      embeddings, labels, proxies=proxies, softmax_scale=softmax_scale,
+      mask=mask))
+
+
+def normalized_softmax_per_row(embeddings: jax.Array, labels: jax.Array, *,
+                               W: jax.Array, temperature: float = 0.05,
+                               mask: jax.Array | None = None):
+  """`normalized_softmax_loss`'s (per-row losses, rows that count)."""
   x, labels = pairs.drop_padding(embeddings, labels, mask)
-  d2 = similarity.pairwise_distance(similarity.l2_normalize(x),
-                                    similarity.l2_normalize(proxies),
-                                    kind="squared_euclidean")
-  log_p = jax.nn.log_softmax(-softmax_scale * d2, axis=1)
-  log_p = jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
-  valid = jnp.exp(jax.lax.stop_gradient(log_p)) != 0
-  if mask is not None:
-    valid &= mask
-  return pairs.masked_mean(-log_p, valid)
+  logits = similarity.cosine_similarity(x, W.T) / temperature
+  log_p = jax.nn.log_softmax(logits, axis=1)
+  nll = -jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
+  return nll, jnp.ones(nll.shape, bool) if mask is None else mask
 
 
 def normalized_softmax_loss(embeddings: jax.Array, labels: jax.Array, *,
@@ -119,8 +142,5 @@ def normalized_softmax_loss(embeddings: jax.Array, labels: jax.Array, *,
     temperature: divides the cosines.
     mask: optional (N,) bool; False rows are padding.
   """
-  x, labels = pairs.drop_padding(embeddings, labels, mask)
-  logits = similarity.cosine_similarity(x, W.T) / temperature
-  log_p = jax.nn.log_softmax(logits, axis=1)
-  nll = -jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
-  return pairs.masked_mean(nll, mask)
+  return pairs.masked_mean(*normalized_softmax_per_row(
+      embeddings, labels, W=W, temperature=temperature, mask=mask))

@@ -20,9 +20,16 @@ from metricjax.losses.margin_softmax import arcface_loss
 from metricjax.losses.margin_softmax import cosface_loss
 from metricjax.losses.margin_softmax import init_arcface_loss
 from metricjax.losses.margin_softmax import init_cosface_loss
+from metricjax.losses.margin_softmax import init_large_margin_softmax_loss
+from metricjax.losses.margin_softmax import init_sphereface_loss
 from metricjax.losses.margin_softmax import init_subcenter_arcface_loss
+from metricjax.losses.margin_softmax import large_margin_softmax_loss
+from metricjax.losses.margin_softmax import sphereface_loss
 from metricjax.losses.margin_softmax import subcenter_arcface_loss
 from metricjax.losses.multi_similarity import multi_similarity_loss
+from metricjax.losses.nca import nca_loss
+from metricjax.losses.p2sgrad import init_p2sgrad_loss
+from metricjax.losses.p2sgrad import p2sgrad_loss
 from metricjax.losses.proxy import init_normalized_softmax_loss
 from metricjax.losses.proxy import init_proxy_anchor_loss
 from metricjax.losses.proxy import init_proxy_nca_loss
@@ -32,6 +39,7 @@ from metricjax.losses.proxy import proxy_nca_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
 from metricjax.losses.soft_triple import init_soft_triple_loss
+from metricjax.losses.smooth_ap import smooth_ap_loss
 from metricjax.losses.soft_triple import soft_triple_loss
 from metricjax.losses.supcon import supcon_loss
 from metricjax.losses.triplet import triplet_loss
@@ -80,6 +88,12 @@ REGISTRY: dict[str, Loss] = {
     "fastap": Loss(fastap_loss, "embedding"),
     "tuplet_margin": Loss(tuplet_margin_loss, "embedding"),
     "intra_pair_variance": Loss(intra_pair_variance_loss, "embedding"),
+    "large_margin_softmax": Loss(large_margin_softmax_loss, "embedding",
+                                 init_large_margin_softmax_loss),
+    "sphereface": Loss(sphereface_loss, "embedding", init_sphereface_loss),
+    "p2sgrad": Loss(p2sgrad_loss, "embedding", init_p2sgrad_loss),
+    "nca": Loss(nca_loss, "embedding"),
+    "smooth_ap": Loss(smooth_ap_loss, "embedding"),
 }
 
 

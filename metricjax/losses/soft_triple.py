@@ -33,6 +33,22 @@ def init_soft_triple_loss(rng: jax.Array, *, num_classes: int,
                                    -bound, bound)}
 
 
+def soft_triple_per_row(embeddings: jax.Array, labels: jax.Array, *,
+                        fc: jax.Array, centers_per_class: int = 10,
+                        la: float = 20.0, gamma: float = 0.1,
+                        margin: float = 0.01,
+                        mask: jax.Array | None = None):
+  """`soft_triple_loss`'s (per-row losses, rows that count), for `build`."""
+  x, labels = pairs.drop_padding(embeddings, labels, mask)
+  s = similarity.cosine_similarity(x, fc.T)
+  s = s.reshape(s.shape[0], -1, centers_per_class)
+  class_sim = jnp.sum(jax.nn.softmax(s / gamma, axis=2) * s, axis=2)
+  onehot = labels[:, None] == jnp.arange(class_sim.shape[1])[None, :]
+  log_p = jax.nn.log_softmax(la * (class_sim - margin * onehot), axis=1)
+  nll = -jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
+  return nll, jnp.ones(nll.shape, bool) if mask is None else mask
+
+
 def soft_triple_loss(embeddings: jax.Array, labels: jax.Array, *,
                      fc: jax.Array, centers_per_class: int = 10,
                      la: float = 20.0, gamma: float = 0.1,
@@ -48,11 +64,6 @@ def soft_triple_loss(embeddings: jax.Array, labels: jax.Array, *,
       from the target class similarity.
     mask: optional (N,) bool; False rows are padding.
   """
-  x, labels = pairs.drop_padding(embeddings, labels, mask)
-  s = similarity.cosine_similarity(x, fc.T)
-  s = s.reshape(s.shape[0], -1, centers_per_class)
-  class_sim = jnp.sum(jax.nn.softmax(s / gamma, axis=2) * s, axis=2)
-  onehot = labels[:, None] == jnp.arange(class_sim.shape[1])[None, :]
-  log_p = jax.nn.log_softmax(la * (class_sim - margin * onehot), axis=1)
-  nll = -jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
-  return pairs.masked_mean(nll, mask)
+  return pairs.masked_mean(*soft_triple_per_row(
+      embeddings, labels, fc=fc, centers_per_class=centers_per_class, la=la,
+      gamma=gamma, margin=margin, mask=mask))

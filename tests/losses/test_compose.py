@@ -339,7 +339,7 @@ def test_other_registered_losses_build_with_defaults_only():
     (lambda: mj_losses.build("ms", epsilon=0.1, miner="batch_hard"),
      "epsilon"),
     (lambda: mj_losses.build("supcon", regularizer="lp"), "regularizer"),
-    (lambda: mj_losses.build("contrastive", regularizer="regular_face"),
+    (lambda: mj_losses.build("contrastive", regularizer="no_such"),
      "Known regularizers"),
     (lambda: mj_losses.build("contrastive", embedding_reg_weight=0.5),
      "embedding_reg_weight"),

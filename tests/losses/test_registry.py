@@ -69,6 +69,13 @@ CASES = [
          {"W": "W"}),
     Case("subcenter_arcface", {"sub_centers": 2, "margin": 10.0},
          _learnable("SubCenterArcFaceLoss"), {"W": "W"}),
+    # Issue 31's learnable losses at their defaults (their other settings,
+    # miners and regularizers: test_weight_losses.py).
+    Case("large_margin_softmax", {}, _learnable("LargeMarginSoftmaxLoss"),
+         {"W": "W"}),
+    Case("sphereface", {}, _learnable("SphereFaceLoss"), {"W": "W"}),
+    Case("p2sgrad", {}, lambda losses, **kw: losses.P2SGradLoss(
+        DIM, NUM_CLASSES, **kw), {"weight": "weight"}),
     Case("circle", {}, _plain("CircleLoss"), {}, ref=True),
     Case("circle", {"m": 0.25, "gamma": 16.0}, _plain("CircleLoss"), {},
          ref=True),
