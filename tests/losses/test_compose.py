@@ -383,12 +383,13 @@ def test_retrieval_make_loss_reads_config_loss_pieces():
             "reducer": "mean"}
   loss_fn = _retrieval_loss(name="contrastive", distance="", **pieces,
                             kwargs={"neg_margin": 0.8})
-  value, _ = loss_fn({}, {}, {}, batch)
+  value, _ = loss_fn({}, {}, {}, batch, {}, jax.random.key(0))
   want = mj_losses.build("contrastive", neg_margin=0.8, **pieces)(
       batch["images"], batch["labels"])
   np.testing.assert_allclose(value, want, rtol=1e-6)
   # PML's name, no pieces: the composed default.
-  value, _ = _retrieval_loss(name="triplet_margin")({}, {}, {}, batch)
+  value, _ = _retrieval_loss(name="triplet_margin")({}, {}, {}, batch, {},
+                                                    jax.random.key(0))
   np.testing.assert_allclose(
       value, assert_matches_pml("triplet_margin", seed=7), rtol=1e-5)
 
@@ -397,7 +398,7 @@ def test_retrieval_make_loss_reads_config_loss_pieces():
     {"name": "supcon", "miner": "batch_hard"},
     {"name": "ms", "miner": "batch_hard", "kwargs": {"epsilon": 0.1}},
     {"name": "circle", "distance": "snr"},
-    {"name": "contrastive", "miner": "uniform_histogram"},
+    {"name": "lifted_structure", "memory_size": 1024},
 ])
 def test_config_loss_pieces_are_refused_before_anything_runs(loss_config):
   # pylint: disable-next=g-import-not-at-top

@@ -406,7 +406,7 @@ def test_config_loss_regularizer_weights_reach_the_training_loss():
   w = mj_losses.REGISTRY["cosface"].init(
       jax.random.key(2), num_classes=CLASSES, embedding_dim=DIM)
   batch = {"images": jnp.asarray(x), "labels": jnp.asarray(labels)}
-  value, _ = loss_fn({}, w, {}, batch)
+  value, _ = loss_fn({}, w, {}, batch, {}, jax.random.key(0))
   want = mj_losses.build("cosface", weight_regularizer="regular_face",
                          weight_reg_weight=0.5)(x, labels, **w)
   np.testing.assert_allclose(value, want, rtol=1e-6)
