@@ -1,5 +1,5 @@
-r"""Every registered loss at a batch of N (default 4096): it runs, and what
-its compiled value-and-gradient needs.
+r"""Every loss and every miner at a batch of N (default 4096): it runs, and
+what its compiled value-and-gradient needs.
 
   python tools/loss_memory.py [--batch=4096 --dim=64 --classes=100]
 
@@ -9,6 +9,9 @@ over N^2 float32 (O(N^2) losses stay a small constant), and the wall time
 of one call after compilation. Labelled losses get N embeddings of
 `classes` balanced classes; learnable ones their PML-initialised
 parameters; explicit-triplet losses N triplets; `vse` N image-caption pairs.
+The losses are REGISTRY's and those only `losses.build` makes (PML's names);
+each miner feeds contrastive (a pair loss) and triplet_margin (a triplet
+loss); random miners take a key.
 """
 
 import os
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metricjax import losses
+from metricjax.losses import miners
 
 flags.DEFINE_integer("batch", 4096, "N: rows of the batch.")
 flags.DEFINE_integer("dim", 64, "Embedding width.")
@@ -42,6 +46,23 @@ def _inputs(name, loss, n, d, c):
   return (x, labels), params
 
 
+def _measure(label, fn, args, params, extra):
+  floats = tuple(a for a in args if a.dtype == jnp.float32)
+  ints = tuple(a for a in args if a.dtype != jnp.float32)
+  f = jax.jit(jax.value_and_grad(
+      lambda fl, i, p: fn(*fl, *i, **p, **extra), argnums=(0, 2)))
+  compiled = f.lower(floats, ints, params).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  jax.block_until_ready(compiled(floats, ints, params))
+  start = time.perf_counter()
+  value, _ = jax.block_until_ready(compiled(floats, ints, params))
+  seconds = time.perf_counter() - start
+  assert np.isfinite(float(value)), label
+  n = args[0].shape[0]
+  print(f"| {label} | {temp / 2**20:,.1f} | {temp / (4 * n * n):.1f} | "
+        f"{seconds:.2f} |", flush=True)
+
+
 def main(argv):
   del argv
   n, d, c = FLAGS.batch, FLAGS.dim, FLAGS.classes
@@ -49,21 +70,21 @@ def main(argv):
         f"{jax.devices()[0].platform}; load average {os.getloadavg()[0]:.2f}")
   print("| loss | compiled temp MiB | temp / (N^2 x 4 B) | one call s |")
   print("|---|--:|--:|--:|")
-  for name, loss in sorted(losses.REGISTRY.items()):
+  names = sorted(set(losses.REGISTRY) | set(losses.COMPOSABLE))
+  for name in names:
+    loss = losses.get_loss(name)
     args, params = _inputs(name, loss, n, d, c)
-    floats = tuple(a for a in args if a.dtype == jnp.float32)
-    ints = tuple(a for a in args if a.dtype != jnp.float32)
-    f = jax.jit(jax.value_and_grad(
-        lambda fl, i, p: loss.fn(*fl, *i, **p), argnums=(0, 2)))
-    compiled = f.lower(floats, ints, params).compile()
-    temp = compiled.memory_analysis().temp_size_in_bytes
-    jax.block_until_ready(compiled(floats, ints, params))
-    start = time.perf_counter()
-    value, _ = jax.block_until_ready(compiled(floats, ints, params))
-    seconds = time.perf_counter() - start
-    assert np.isfinite(float(value)), name
-    print(f"| {name} | {temp / 2**20:,.1f} | {temp / (4 * n * n):.1f} | "
-          f"{seconds:.2f} |", flush=True)
+    _measure(name, loss.fn, args, params, {})
+  print("\n| miner, with loss | compiled temp MiB | temp / (N^2 x 4 B) | "
+        "one call s |")
+  print("|---|--:|--:|--:|")
+  key = {"key": jax.random.key(0)}
+  for miner in sorted(miners.REGISTRY):
+    for name in ("contrastive", "triplet_margin"):
+      fn = losses.build(name, miner=miner)
+      args, params = _inputs(name, losses.get_loss(name), n, d, c)
+      _measure(f"{miner}, {name}", fn, args, params,
+               key if miners.REGISTRY[miner].random else {})
 
 
 if __name__ == "__main__":
