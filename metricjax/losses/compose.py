@@ -422,7 +422,20 @@ def mine(bound: BoundMiner, x, pos, neg, key=None, ref=None):
                   **extra)
 
 
-def _check_reducer(name: str, reducer: reducers_lib.Reducer) -> None:
+# PML's losses that supply a divisor (their default reducer is divisor).
+DIVISOR_LOSSES = ("margin", "proxy_anchor")
+
+
+def unreduced(name: str) -> bool:
+  """Whether the do_nothing reducer can return loss `name`'s losses: the
+  pair losses, whose values are (N,) or (N, M) arrays."""
+  spec = COMPOSABLE.get(ALIASES.get(name, name))
+  return (spec is not None and spec.core is not None
+          and not spec.reduces_itself)
+
+
+def _check_reducer(name: str, reducer: reducers_lib.Reducer,
+                   regularized: bool = False) -> None:
   subs = ([reducer.default, *reducer.sub.values()]
           if reducer.name == "multiple" else [reducer])
   for r in subs:
@@ -430,12 +443,16 @@ def _check_reducer(name: str, reducer: reducers_lib.Reducer) -> None:
       raise UserError(
           f"The divisor reducer needs a loss that supplies a divisor, and "
           f"{name!r} does not (pytorch-metric-learning raises a KeyError "
-          "there too). Use mean, sum, avg_non_zero, threshold, "
-          "class_weighted, per_anchor or multiple (config.loss.reducer).")
-    if r.name == "do_nothing":
+          f"there too); {', '.join(DIVISOR_LOSSES)} do, and it is their "
+          "default. Use mean, sum, avg_non_zero, threshold, class_weighted, "
+          "per_anchor or multiple (config.loss.reducer).")
+    if r.name == "do_nothing" and (r is not reducer or regularized
+                                   or not unreduced(name)):
       raise UserError(
-          "The do_nothing reducer returns the unreduced losses, which "
-          "metricjax's losses (one scalar to differentiate) do not; use "
+          "The do_nothing reducer returns the unreduced losses of a pair "
+          f"loss alone ({', '.join(n for n in sorted(COMPOSABLE) if unreduced(n))}"
+          "; no regularizer, not inside multiple), as a library call: "
+          f"{name!r} is not one. A training step needs one number: use "
           "mean, sum, avg_non_zero, threshold, class_weighted, per_anchor "
           "or multiple (config.loss.reducer).")
     if r.name == "per_anchor" and name == "triplet_margin":
@@ -526,6 +543,9 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
       raise UserError(
           f"Unknown loss {name!r} (config.loss.name). Known losses: "
           f"{', '.join(sorted(set(REGISTRY) | set(COMPOSABLE)))}.")
+    if name in DIVISOR_LOSSES and reducer is not None and _spec(
+        reducer, "reducer") == ("divisor", {}):
+      reducer = None  # Its default: the loss divides by its own divisor.
     given = [w for w, p in (("distance", distance), ("miner", miner),
                             ("reducer", reducer),
                             ("regularizer", regularizer)) if p is not None]
@@ -572,7 +592,7 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
   dist = spec.default_distance() if distance is None else make_distance(
       distance)
   red = spec.default_reducer() if reducer is None else make_reducer(reducer)
-  _check_reducer(name, red)
+  _check_reducer(name, red, regularizer is not None)
   bound = None if miner is None else make_miner(miner)
   reg = None if regularizer is None else make_regularizer(regularizer)
   return functools.partial(_composed, name, spec, dist, bound, red, reg,
@@ -748,6 +768,11 @@ def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs):
 
 
 def _reduce_sub_losses(red, sub_losses, labels, row_w):
+  if red.name == "do_nothing":
+    # PML's loss dict unreduced, in fixed shapes: each sub-loss's losses
+    # and how often each entry is listed (0: not a tuple of the batch).
+    return {k: {"losses": losses, "weights": weights}
+            for k, (losses, weights) in sub_losses.items()}
   return sum(reducers_lib.reduce(reducers_lib.for_sub_loss(red, k), losses,
                                  weights, labels, row_w)
              for k, (losses, weights) in sub_losses.items())

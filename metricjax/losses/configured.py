@@ -74,6 +74,13 @@ def term(spec: Mapping[str, Any], *, memory: bool = False,
   kwargs = dict(_plain(spec.get("kwargs")) or {})
   pieces = {k: _plain(spec[k]) for k in PIECES if spec.get(k)}
   loss = _known(name)
+  reducer = pieces.get("reducer")
+  if reducer == "do_nothing" or (isinstance(reducer, dict)
+                                 and reducer.get("name") == "do_nothing"):
+    raise UserError(f"{where}.reducer='do_nothing' returns unreduced losses "
+                    "(a library call, losses.build); a training step needs "
+                    "one number: use mean, sum, avg_non_zero, threshold, "
+                    "class_weighted, per_anchor or multiple.")
   init_kwargs = dict(kwargs)
   composable = name in COMPOSABLE or name in ALIASES
   if pieces or name not in REGISTRY or (memory and composable):

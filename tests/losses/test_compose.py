@@ -323,7 +323,7 @@ def test_other_registered_losses_build_with_defaults_only():
     (lambda: mj_losses.build("triplet_margin", reducer="per_anchor"),
      "per_anchor"),
     (lambda: mj_losses.build("contrastive", reducer="divisor"), "divisor"),
-    (lambda: mj_losses.build("contrastive", reducer="do_nothing"),
+    (lambda: mj_losses.build("triplet_margin", reducer="do_nothing"),
      "do_nothing"),
     (lambda: mj_losses.build("contrastive", miner="nope"), "Known miners"),
     (lambda: mj_losses.build("contrastive", distance="euclidean"),
@@ -405,3 +405,35 @@ def test_config_loss_pieces_are_refused_before_anything_runs(loss_config):
   from metricjax.config_check import validate
   with pytest.raises(UserError):
     validate(_retrieval_config(**loss_config))
+
+
+def test_do_nothing_returns_pmls_unreduced_losses():
+  torch, _, losses, miners = import_pml()
+  from pytorch_metric_learning import reducers  # pylint: disable=g-import-not-at-top
+  x, labels = random_batch(3, n=N, dim=DIM, classes=CLASSES)
+  ours = mj_losses.build("contrastive", reducer="do_nothing",
+                         miner="multi_similarity")(x, labels)
+  t, tl = torch.tensor(x), torch.tensor(labels, dtype=torch.long)
+  theirs = losses.ContrastiveLoss(reducer=reducers.DoNothingReducer())(
+      t, tl, miners.MultiSimilarityMiner()(t, tl))
+  for k in ("pos_loss", "neg_loss"):
+    a, b = (i.numpy() for i in theirs[k]["indices"])
+    weights = np.asarray(ours[k]["weights"])
+    listed = np.zeros_like(weights)
+    np.add.at(listed, (a, b), 1.0)
+    np.testing.assert_array_equal(weights, listed)
+    np.testing.assert_allclose(np.asarray(ours[k]["losses"])[a, b],
+                               theirs[k]["losses"].numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_divisor_is_the_default_of_the_losses_that_supply_one():
+  x, labels = random_batch(4, n=N, dim=DIM, classes=CLASSES)
+  np.testing.assert_allclose(
+      mj_losses.build("margin", reducer="divisor")(x, labels),
+      mj_losses.build("margin")(x, labels))
+  for name, reducer in (("contrastive", "divisor"),
+                        ("triplet_margin", "do_nothing"),
+                        ("histogram", "do_nothing")):
+    with pytest.raises(UserError, match="reducer"):
+      mj_losses.build(name, reducer=reducer)
