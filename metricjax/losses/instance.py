@@ -55,7 +55,10 @@ def instance_loss(embeddings: jax.Array, labels: jax.Array | None = None, *,
     target = jnp.sum(first[None, :] & (labels[None, :] < labels[:, None]),
                      axis=1)
   onehot = valid[None, :] & (column_rank[None, :] == target[:, None])
-  log_z = pairs.masked_logsumexp(logits, jnp.broadcast_to(valid[None, :],
-                                                          logits.shape))
-  nll = log_z - jnp.sum(jnp.where(onehot, logits, 0.0), axis=1)
+  target_logit = jnp.sum(jnp.where(onehot, logits, 0.0), axis=1, keepdims=True)
+  # -log softmax as softplus(logsumexp of the others minus the target):
+  # exact in float32 when the target dominates (distinct labels).
+  others = valid[None, :] & ~onehot
+  lse = pairs.masked_logsumexp(logits - target_logit, others)
+  nll = jnp.where(jnp.any(others, axis=1), jax.nn.softplus(lse), 0.0)
   return pairs.masked_mean(nll, mask)

@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from metricjax.errors import UserError
-from metricjax.losses import miners as miners_lib
 from metricjax.ops import similarity
 
 VARIANTS = ("Ds", "Dq", "Iu", "Ib", "O")
+QUERIES_PER_STEP = 4
 
 
 def _penalty(r: jax.Array, variant: str, b: float, alpha: float) -> jax.Array:
@@ -80,8 +80,10 @@ def pnp_loss(embeddings: jax.Array, labels: jax.Array, *, b: float = 2.0,
     r = jnp.sum(ahead, axis=1)
     return jnp.sum(jnp.where(pos_row, _penalty(r, variant, b, alpha), 0.0))
 
-  # Rematerialised: the backward pass keeps no (N, N, N) residuals either.
-  totals = miners_lib.walk_anchors(jax.checkpoint(one_query), (s, pos, neg), n)
+  # A few queries a step, rematerialised in the backward pass: O(N^2)
+  # memory, forward and backward.
+  totals = jax.lax.map(jax.checkpoint(one_query), (s, pos, neg),
+                       batch_size=min(n, QUERIES_PER_STEP))
   num_pos = jnp.sum(pos, axis=1)
   per_query = totals / jnp.maximum(num_pos, 1).astype(s.dtype)
   has_pos = num_pos > 0  # every valid query: it is its own positive
