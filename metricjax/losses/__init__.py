@@ -69,6 +69,10 @@ from metricjax.losses import registry
 from metricjax.losses.registry import Loss
 from metricjax.losses.registry import REGISTRY
 
+# Above compose (it wraps build's losses), so registered here, not in
+# registry.py.
+REGISTRY["self_supervised"] = Loss(self_supervised_loss, "views")
+
 
 def get_loss(name: str) -> Loss:
   if name in REGISTRY:

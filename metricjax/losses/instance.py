@@ -7,10 +7,13 @@ times gamma is read as N-way logits, and row i's target column is the rank of
 its label among the batch's distinct labels (PML's `torch.unique(labels,
 return_inverse=True)`; that rank indexes a column of the batch, not a
 class); the loss is the mean cross entropy over the rows. Without labels
-every row is its own instance (target column i).
+every row is its own instance (target column i). (The paper classifies
+instance ids with a learned layer; PML, and so this, uses the batch itself
+as the classifier.)
 
 No miner, distance or reference set: PML's InstanceLoss refuses an
-indices_tuple and ref_emb and asserts CosineSimilarity. `mask` drops padded
+indices_tuple and ref_emb and asserts CosineSimilarity. PML takes another
+reducer for the per-row losses; this one is the mean (its default). `mask` drops padded
 rows: the ranks and columns are those of the valid rows alone, as PML on the
 unpadded batch.
 """

@@ -20,11 +20,12 @@ them as PML does (every proxy once, the other N - K rows uniformly, in a
 random order; needs N >= K). The draws are jax's, not torch's: the same key
 gives the same classes, but not PML's for a torch seed.
 
-`proxies` is PML's `ManifoldLoss.proxies`, (K, dim), drawn N(0, 1) by
-`init_manifold_loss`. No miner, distance or reducer through `build`: PML's
-indices_tuple here is the meta classes, not a miner's output; its distance
-is CosineSimilarity and its loss already reduced. `mask` drops padded rows
-from the graph and the means.
+`proxies` is PML's `ManifoldLoss.proxies`, (K, l), drawn N(0, 1) by
+`init_manifold_loss` (PML's l, the embedding size, is its embedding_dim).
+No miner, distance or reducer through `build`: PML's indices_tuple here is
+the meta classes, not a miner's output; its distance is CosineSimilarity
+(PML takes another; this does not) and its loss already reduced. `mask`
+drops padded rows from the graph and the means.
 
 Deliberate differences from PML:
 - lambdaC=inf: PML returns inf (or NaN); here the loss is loss_ctx alone,

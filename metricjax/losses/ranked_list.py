@@ -20,7 +20,9 @@ indices_tuple and ref_emb. `mask` drops padded rows (N counts valid rows).
 
 Deliberate differences from PML:
 - PML requires margin and Tn; here they default to the authors' In-Shop
-  setting, margin=0.4 (so alpha = 1.2) and Tn=10.
+  setting, margin=0.4 (so alpha = 1.2) and Tn=10;
+- PML takes another distance or reducer; this keeps the defaults (build
+  refuses the pieces).
 """
 
 import jax

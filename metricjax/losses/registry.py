@@ -34,7 +34,6 @@ from metricjax.losses.proxy import normalized_softmax_loss
 from metricjax.losses.proxy import proxy_anchor_loss
 from metricjax.losses.proxy import proxy_nca_loss
 from metricjax.losses.ranked_list import ranked_list_loss
-from metricjax.losses.self_supervised import self_supervised_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
 from metricjax.losses.soft_triple import init_soft_triple_loss
@@ -95,7 +94,8 @@ REGISTRY: dict[str, Loss] = {
     "pnp": Loss(pnp_loss, "embedding"),
     "ranked_list": Loss(ranked_list_loss, "embedding"),
     "vicreg": Loss(vicreg_loss, "views"),
-    "self_supervised": Loss(self_supervised_loss, "views"),
+    # "self_supervised" wraps build's losses (compose.py imports this
+    # module): losses/__init__.py registers it.
 }
 
 

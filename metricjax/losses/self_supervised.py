@@ -16,6 +16,9 @@ arange(N):
 distance, reducer, regularizer or miner, which `build` composes; PML's
 wrapper passes no miner). PML accepts only the losses in SUPPORTED and so
 does this (a UserError otherwise).
+
+Registered as "self_supervised" (input "views") by losses/__init__.py: it
+sits above compose.py, which imports the registry.
 """
 
 import functools
@@ -26,6 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from metricjax.errors import UserError
+from metricjax.losses import compose
+from metricjax.losses import registry
 
 # PML's SelfSupervisedLoss.supported_losses(), in our names.
 SUPPORTED = ("angular", "circle", "contrastive",
@@ -56,8 +61,6 @@ def _spec(loss) -> tuple[str, dict[str, Any]]:
 def _reference_fn(name: str) -> tuple[str, Callable | None]:
   """(REGISTRY name, its fn) of the loss that takes a reference set for the
   PML name `name`; fn None where there is none."""
-  # pylint: disable-next=g-import-not-at-top
-  from metricjax.losses import registry
   ref_name, _ = _REFERENCE_FNS.get(name, (name, {}))
   loss = registry.REGISTRY.get(ref_name)
   if loss is None or "ref_embeddings" not in inspect.signature(
@@ -69,10 +72,6 @@ def _reference_fn(name: str) -> tuple[str, Callable | None]:
 def _resolve(loss, symmetric: bool) -> Callable:
   """The wrapped loss as `fn(x, labels, *, mask, [ref_embeddings, ref_labels,
   ref_mask,] **rest)`; UserError for what PML or this library refuses."""
-  # Imported here: registry.py imports this module, compose imports registry.
-  # pylint: disable-next=g-import-not-at-top
-  from metricjax.losses import compose
-  from metricjax.losses import registry  # pylint: disable=g-import-not-at-top
   name, kwargs = _spec(loss)
   if name not in SUPPORTED:
     raise UserError(

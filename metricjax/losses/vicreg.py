@@ -14,7 +14,8 @@ sub-losses each reduced by its MeanReducer and summed.
 
 PML's VICRegLoss refuses labels, an indices_tuple, a distance and an
 embedding regularizer; so does this (no miner, distance or reducer through
-`build`). `mask` drops padded rows (pairs) from every statistic.
+`build`; PML's other reducers are not offered either). `mask` drops padded
+rows (pairs) from every statistic.
 """
 
 import jax

@@ -73,7 +73,8 @@ LABELLED = [
     ("pnp", {"variant": "Dq", "alpha": 2.0}, "PNPLoss",
      {"variant": "Dq", "alpha": 2.0}),
     ("pnp", {"variant": "Iu"}, "PNPLoss", {"variant": "Iu"}),
-    ("pnp", {"variant": "Ib", "b": 3.0}, "PNPLoss", {"variant": "Ib", "b": 3.0}),
+    ("pnp", {"variant": "Ib", "b": 3.0}, "PNPLoss",
+     {"variant": "Ib", "b": 3.0}),
     # Our defaults are PML's required margin and Tn at the authors' values.
     ("ranked_list", {}, "RankedListLoss", {"margin": 0.4, "Tn": 10.0}),
     ("ranked_list", {"margin": 0.8, "Tn": 1.0, "Tp": 2.0, "imbalance": 0.3,
