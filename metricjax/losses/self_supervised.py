@@ -18,7 +18,9 @@ wrapper passes no miner). PML accepts only the losses in SUPPORTED and so
 does this (a UserError otherwise).
 
 Registered as "self_supervised" (input "views") by losses/__init__.py: it
-sits above compose.py, which imports the registry.
+sits above compose.py, which imports the registry. Deliberate difference
+from PML: its wrapper needs the loss; the registered function defaults to
+loss="ntxent" (SimCLR's form), so `build("self_supervised")` is usable.
 """
 
 import functools
