@@ -8,10 +8,11 @@ memory the loss itself needs beyond its inputs and outputs), that number
 over N^2 float32 (O(N^2) losses stay a small constant), and the wall time
 of one call after compilation. Labelled losses get N embeddings of
 `classes` balanced classes; learnable ones their PML-initialised
-parameters; explicit-triplet losses N triplets; `vse` N image-caption pairs.
-The losses are REGISTRY's and those only `losses.build` makes (PML's names);
-each miner feeds contrastive (a pair loss) and triplet_margin (a triplet
-loss); random miners take a key.
+parameters; explicit-triplet losses N triplets; `vse` N image-caption pairs;
+two-view losses (`vicreg`, `self_supervised`) N pairs of views; `manifold`
+N rows spread over its proxies. The losses are REGISTRY's and those only
+`losses.build` makes (PML's names); each miner feeds contrastive (a pair
+loss) and triplet_margin (a triplet loss); random miners take a key.
 """
 
 import os
@@ -37,12 +38,15 @@ def _inputs(name, loss, n, d, c):
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
   if loss.input == "triplets":
     return (normal(n, d), normal(n, d), normal(n, d)), {}
-  if loss.input == "image_text":
+  if loss.input in ("image_text", "views"):
     return (normal(n, d), normal(n, d)), {}
-  labels = jnp.asarray(np.arange(n) % c, jnp.int32)
-  x = normal(n, c) if loss.input == "logits" else normal(n, d)
   params = (loss.init(jax.random.key(0), num_classes=c, embedding_dim=d)
             if loss.init else {})
+  if loss.input == "unlabelled":  # manifold: meta classes over its proxies
+    k = next(iter(params.values())).shape[0]
+    return (normal(n, d), jnp.asarray(np.arange(n) % k, jnp.int32)), params
+  labels = jnp.asarray(np.arange(n) % c, jnp.int32)
+  x = normal(n, c) if loss.input == "logits" else normal(n, d)
   return (x, labels), params
 
 

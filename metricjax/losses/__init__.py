@@ -5,8 +5,10 @@ To add a loss: write it in its own file with the signature
 to REGISTRY (registry.py) saying what it consumes: "embedding" or "logits" of a labelled
 batch; "triplets" for Siamese losses `fn(anchor, positive, negative, **kw)`;
 "image_text" for `fn(image_emb, text_emb, **kw)` on matching rows (the
-caption task). Configs select it with `config.loss.name` and pass
-`config.loss.kwargs`.
+caption task); "views" for `fn(embeddings, ref_emb, **kw)`, two views of each
+example (self-supervised: `vicreg`, `self_supervised`); "unlabelled" for
+`fn(embeddings, meta_classes=None, *, key=None, **kw)` (`manifold`). Configs
+select it with `config.loss.name` and pass `config.loss.kwargs`.
 
 `build` (compose.py) composes the pair and triplet losses with a distance
 (distances.py), a miner (miners.py) and a reducer (reducers.py), as
@@ -31,9 +33,12 @@ from metricjax.losses.circle import circle_loss
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
 from metricjax.losses.fastap import fastap_loss
+from metricjax.losses.instance import instance_loss
 from metricjax.losses.intra_pair_variance import intra_pair_variance_loss
 from metricjax.losses.lifted import generalized_lifted_structure_loss
 from metricjax.losses.lifted import lifted_structure_loss
+from metricjax.losses.manifold import init_manifold_loss
+from metricjax.losses.manifold import manifold_loss
 from metricjax.losses.margin import init_margin_loss
 from metricjax.losses.margin import margin_loss
 from metricjax.losses.margin_softmax import arcface_loss
@@ -50,12 +55,16 @@ from metricjax.losses.multi_similarity import multi_similarity_loss
 from metricjax.losses.nca import nca_loss
 from metricjax.losses.p2sgrad import init_p2sgrad_loss
 from metricjax.losses.p2sgrad import p2sgrad_loss
+from metricjax.losses.pnp import pnp_loss
 from metricjax.losses.proxy import init_normalized_softmax_loss
 from metricjax.losses.proxy import init_proxy_anchor_loss
 from metricjax.losses.proxy import init_proxy_nca_loss
 from metricjax.losses.proxy import normalized_softmax_loss
 from metricjax.losses.proxy import proxy_anchor_loss
 from metricjax.losses.proxy import proxy_nca_loss
+from metricjax.losses.ranked_list import ranked_list_loss
+from metricjax.losses.self_supervised import self_supervised
+from metricjax.losses.self_supervised import self_supervised_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
 from metricjax.losses.soft_triple import init_soft_triple_loss
@@ -65,11 +74,16 @@ from metricjax.losses.supcon import supcon_loss
 from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
 from metricjax.losses.tuplet import tuplet_margin_loss
+from metricjax.losses.vicreg import vicreg_loss
 from metricjax.losses.vse import vse_ranking_loss
 from metricjax.losses import configured
 from metricjax.losses import registry
 from metricjax.losses.registry import Loss
 from metricjax.losses.registry import REGISTRY
+
+# Above compose (it wraps build's losses), so registered here, not in
+# registry.py.
+REGISTRY["self_supervised"] = Loss(self_supervised_loss, "views")
 
 
 def get_loss(name: str) -> Loss:

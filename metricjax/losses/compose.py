@@ -288,6 +288,27 @@ COMPOSABLE: dict[str, Composable] = {
         distance_kwargs={"p": 2, "normalize_embeddings": True},
         check=dsm_lib.check_hyperparameters),
 }
+# Why a REGISTRY loss takes no pieces, where "it computes its own" misleads.
+_WHY_NO_PIECES = {
+    "instance": ("pytorch-metric-learning's InstanceLoss refuses an "
+                 "indices_tuple and asserts CosineSimilarity; it scores every "
+                 "row against every other"),
+    "pnp": ("pytorch-metric-learning's PNPLoss refuses an indices_tuple and "
+            "asserts CosineSimilarity; it ranks every negative against every "
+            "positive"),
+    "ranked_list": ("pytorch-metric-learning's RankedListLoss refuses an "
+                    "indices_tuple; it weighs every pair of the batch itself "
+                    "(LpDistance, mean over the anchors)"),
+    "vicreg": ("pytorch-metric-learning's VICRegLoss refuses an "
+               "indices_tuple, a distance and a regularizer; it compares two "
+               "views, not pairs"),
+    "manifold": ("pytorch-metric-learning's ManifoldLoss reads its "
+                 "indices_tuple as the rows' meta classes, not a miner's "
+                 "output (pass meta_classes= or key= to the loss), and uses "
+                 "CosineSimilarity"),
+    "self_supervised": ("the wrapped loss takes them, as in loss={'name': "
+                        "'contrastive', 'distance': 'cosine'}"),
+}
 TRIPLET_HYPERPARAMETERS = {"margin": 0.05, "swap": False,
                            "smooth_loss": False, "triplets_per_anchor": "all"}
 # Today's names and their welded-in options, kept for configs.
@@ -550,9 +571,10 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
                             ("reducer", reducer),
                             ("regularizer", regularizer)) if p is not None]
     if given:
+      why = _WHY_NO_PIECES.get(name, "it computes its own")
       raise UserError(
-          f"Loss {name!r} takes no {' or '.join(given)} here: it computes its "
-          "own. The losses that compose with a distance, a miner and a "
+          f"Loss {name!r} takes no {' or '.join(given)} here: {why}. The "
+          "losses that compose with a distance, a miner and a "
           f"reducer are {', '.join(sorted(COMPOSABLE))} (and the aliases "
           f"{', '.join(sorted(ALIASES))}), with a miner and a reducer "
           f"{', '.join(sorted(ROW_LOSSES))}; or drop "

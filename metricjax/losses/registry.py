@@ -11,9 +11,12 @@ from metricjax.losses.circle import circle_loss
 from metricjax.losses.contrastive import contrastive_loss
 from metricjax.losses.contrastive import ntxent_loss
 from metricjax.losses.fastap import fastap_loss
+from metricjax.losses.instance import instance_loss
 from metricjax.losses.intra_pair_variance import intra_pair_variance_loss
 from metricjax.losses.lifted import generalized_lifted_structure_loss
 from metricjax.losses.lifted import lifted_structure_loss
+from metricjax.losses.manifold import init_manifold_loss
+from metricjax.losses.manifold import manifold_loss
 from metricjax.losses.margin import init_margin_loss
 from metricjax.losses.margin import margin_loss
 from metricjax.losses.margin_softmax import arcface_loss
@@ -30,12 +33,14 @@ from metricjax.losses.multi_similarity import multi_similarity_loss
 from metricjax.losses.nca import nca_loss
 from metricjax.losses.p2sgrad import init_p2sgrad_loss
 from metricjax.losses.p2sgrad import p2sgrad_loss
+from metricjax.losses.pnp import pnp_loss
 from metricjax.losses.proxy import init_normalized_softmax_loss
 from metricjax.losses.proxy import init_proxy_anchor_loss
 from metricjax.losses.proxy import init_proxy_nca_loss
 from metricjax.losses.proxy import normalized_softmax_loss
 from metricjax.losses.proxy import proxy_anchor_loss
 from metricjax.losses.proxy import proxy_nca_loss
+from metricjax.losses.ranked_list import ranked_list_loss
 from metricjax.losses.shadow import shadow_loss
 from metricjax.losses.shadow import shadow_margin_loss
 from metricjax.losses.soft_triple import init_soft_triple_loss
@@ -45,6 +50,7 @@ from metricjax.losses.supcon import supcon_loss
 from metricjax.losses.triplet import triplet_loss
 from metricjax.losses.triplet import triplet_margin_loss
 from metricjax.losses.tuplet import tuplet_margin_loss
+from metricjax.losses.vicreg import vicreg_loss
 from metricjax.losses.vse import vse_ranking_loss
 
 
@@ -52,7 +58,10 @@ class Loss(NamedTuple):
   fn: Callable
   # What it consumes: "embedding" or "logits" of a labelled batch,
   # "triplets": fn(anchor, positive, negative, **kw) on explicit triplets,
-  # or "image_text": fn(image_emb, text_emb, **kw), row i a matching pair.
+  # "image_text": fn(image_emb, text_emb, **kw), row i a matching pair,
+  # "views": fn(embeddings, ref_emb, **kw), row i of each a view of example i
+  # (self-supervised), or "unlabelled": fn(embeddings, meta_classes=None, *,
+  # key=None, **kw), rows without labels (manifold).
   input: str
   # Learnable parameters' initialiser, (rng, *, num_classes, embedding_dim,
   # **hyperparameters) -> {keyword: array}; None: the loss has none.
@@ -94,6 +103,13 @@ REGISTRY: dict[str, Loss] = {
     "p2sgrad": Loss(p2sgrad_loss, "embedding", init_p2sgrad_loss),
     "nca": Loss(nca_loss, "embedding"),
     "smooth_ap": Loss(smooth_ap_loss, "embedding"),
+    "instance": Loss(instance_loss, "embedding"),
+    "manifold": Loss(manifold_loss, "unlabelled", init_manifold_loss),
+    "pnp": Loss(pnp_loss, "embedding"),
+    "ranked_list": Loss(ranked_list_loss, "embedding"),
+    "vicreg": Loss(vicreg_loss, "views"),
+    # "self_supervised" wraps build's losses (compose.py imports this
+    # module): losses/__init__.py registers it.
 }
 
 
