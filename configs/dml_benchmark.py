@@ -56,6 +56,19 @@ protocol= sets the training recipe of a published comparison:
                  here is one 512-d head; no early stopping (the checkpoint
                  with the best validation MAP@R is evaluated instead). So
                  figures are not the paper's.
+                 Miners: the paper's losses run without one (its
+                 config_loss_and_miners/default.yaml: mining_funcs: {}),
+                 but for one row, "Multi Similarity + Miner": PML's
+                 MultiSimilarityLoss fed MultiSimilarityMiner's pairs, the
+                 miner's epsilon tuned with the loss (powerful-benchmarker
+                 222790a docs/papers/mlrc.md, "Optimal hyperparameters" and
+                 its FAQ "Why weren't more hard-mining methods evaluated?").
+                 Here loss=ms+multi_similarity_miner (e.g. with :epsilon=
+                 0.39, its CUB optimum; experiments/compare_losses.py's
+                 MLRC_OPTIMA has the optima); the paper's plain "Multi
+                 Similarity" row is loss=ms with loss.kwargs.epsilon=None
+                 (loss=ms alone mines with epsilon 0.1, PML's default
+                 miner), its Triplet row triplet_margin over all triplets.
   proxy_anchor   Kim et al. 2020: ResNet-50, 512-d, batches of 180, AdamW
                  at 1e-4 with the proxies at 1e-2 (param_lr_multiplier 100),
                  224 px.
