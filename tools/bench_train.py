@@ -196,7 +196,8 @@ def jax_split(case):
                           routing=case.config.xla_cpu_routing)
   sample = jit(case.sample)
   objective = lambda p, b: case.loss(p["model"], p["loss"], state.batch_stats,
-                                     b)[0]
+                                     b, state.loss_state,
+                                     jax.random.key(0))[0]
   forward = jit(objective)
   fwd_bwd = jit(jax.value_and_grad(objective))
   grads = fwd_bwd(params, batch)[1]

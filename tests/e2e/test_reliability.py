@@ -283,10 +283,11 @@ def poisoned(tiny_idx_dir, monkeypatch):
   def make_poisoned_loss(*args):
     loss_fn = make_loss(*args)
 
-    def poisoned_loss(params, loss_params, batch_stats, batch):
-      value, batch_stats = loss_fn(params, loss_params, batch_stats, batch)
+    def poisoned_loss(params, loss_params, batch_stats, batch, *state_key):
+      value, carried = loss_fn(params, loss_params, batch_stats, batch,
+                               *state_key)
       holds = (batch["images"] == bad_image).all(axis=(1, 2, 3)).any()
-      return value * jnp.where(holds, jnp.nan, 1.0), batch_stats
+      return value * jnp.where(holds, jnp.nan, 1.0), carried
     return poisoned_loss
 
   monkeypatch.setattr(retrieval, "make_loss", make_poisoned_loss)
