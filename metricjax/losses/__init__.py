@@ -77,6 +77,7 @@ from metricjax.losses.tuplet import tuplet_margin_loss
 from metricjax.losses.vicreg import vicreg_loss
 from metricjax.losses.vse import vse_ranking_loss
 from metricjax.losses import configured
+from metricjax.losses.configured import get_loss
 from metricjax.losses import registry
 from metricjax.losses.registry import Loss
 from metricjax.losses.registry import REGISTRY
@@ -85,14 +86,3 @@ from metricjax.losses.registry import REGISTRY
 # registry.py.
 REGISTRY["self_supervised"] = Loss(self_supervised_loss, "views")
 
-
-def get_loss(name: str) -> Loss:
-  if name in REGISTRY:
-    return REGISTRY[name]
-  if name in COMPOSABLE:  # PML's names only `build` knows, e.g. triplet_margin
-    return Loss(build(name), "embedding")
-  raise UserError(
-      f"Unknown loss {name!r} (config.loss.name). Known losses: "
-      f"{', '.join(sorted(set(REGISTRY) | set(COMPOSABLE)))}. To add one, "
-      "write it in metricjax/losses/ and register it in "
-      "metricjax/losses/__init__.py.")

@@ -57,14 +57,18 @@ class Term(NamedTuple):
     return self.loss.fn(x, labels, **self.call_kwargs, **extra, **params)
 
 
-def _known(name: str) -> Loss:
+def get_loss(name: str) -> Loss:
+  """The loss a config names: REGISTRY's, or one only `build` makes (PML's
+  names, e.g. triplet_margin), with its defaults."""
   if name in REGISTRY:
     return REGISTRY[name]
-  if name in COMPOSABLE or name in ALIASES:
+  if name in COMPOSABLE:
     return Loss(build(name), "embedding")
   raise UserError(
       f"Unknown loss {name!r} (config.loss.name). Known losses: "
-      f"{', '.join(sorted(set(REGISTRY) | set(COMPOSABLE)))}.")
+      f"{', '.join(sorted(set(REGISTRY) | set(COMPOSABLE)))}. To add one, "
+      "write it in metricjax/losses/ and register it in "
+      "metricjax/losses/registry.py.")
 
 
 def term(spec: Mapping[str, Any], *, memory: bool = False,
@@ -73,7 +77,7 @@ def term(spec: Mapping[str, Any], *, memory: bool = False,
   name = spec["name"]
   kwargs = dict(_plain(spec.get("kwargs")) or {})
   pieces = {k: _plain(spec[k]) for k in PIECES if spec.get(k)}
-  loss = _known(name)
+  loss = get_loss(name)
   reducer = pieces.get("reducer")
   if reducer == "do_nothing" or (isinstance(reducer, dict)
                                  and reducer.get("name") == "do_nothing"):
