@@ -29,7 +29,7 @@ from metricjax.ops import similarity
 
 def angular_core(b, *, alpha: float = 40.0):
   """{"loss": ((N, M) per positive pair, their multiplicities)} of the
-  compose.Batch b; alpha in degrees."""
+  cores.Batch b; alpha in degrees."""
   pos_w, neg_w = b.pair_weights()
   sq_tan = math.tan(math.radians(alpha)) ** 2
   xn = similarity.l2_normalize(b.x)

@@ -39,7 +39,7 @@ def check_hyperparameters(hp) -> None:
 
 def dynamic_soft_margin_core(b, *, min_val: float = -2.0, num_bins: int = 10,
                              momentum: float = 0.01):
-  """The loss (a scalar) of the compose.Batch b."""
+  """The loss (a scalar) of the cores.Batch b."""
   del momentum  # stateless: see the module docstring
   num_bins = int(num_bins)
   delta = 2 * abs(min_val) / num_bins

@@ -55,7 +55,7 @@ def _density(values, keep, delta: float, nodes: int):
 
 def histogram_core(b, *, n_bins: int | None = None,
                    delta: float | None = None):
-  """The loss (a scalar) of the compose.Batch b."""
+  """The loss (a scalar) of the cores.Batch b."""
   delta = _delta(n_bins, delta)
   nodes = round(1 + 2 / delta)
   pos_c, neg_c = miners_lib.pair_counts(b.triplets())

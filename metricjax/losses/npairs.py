@@ -24,7 +24,7 @@ from metricjax.losses import pairs
 
 def npairs_core(b):
   """{"loss": ((N,) per chosen anchor, 1 where chosen)} of the
-  compose.Batch b."""
+  cores.Batch b."""
   pos_w, _ = b.pair_weights()
   mined = pos_w > 0
   big = jnp.iinfo(jnp.int32).max

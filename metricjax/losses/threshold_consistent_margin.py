@@ -29,7 +29,7 @@ def threshold_consistent_margin_core(b, *, lambda_plus: float = 1.0,
                                      lambda_minus: float = 1.0,
                                      margin_plus: float = 0.9,
                                      margin_minus: float = 0.5):
-  """The loss (a scalar) of the compose.Batch b."""
+  """The loss (a scalar) of the cores.Batch b."""
   pos_w, neg_w = b.pair_weights()
   s = b.mat
   pos = _mean_where(margin_plus - s, pos_w, (pos_w > 0) & (s <= margin_plus))
