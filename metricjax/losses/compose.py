@@ -21,11 +21,16 @@ regularizers (row_losses.py). `ALIASES`: today's short names ("ms",
 Random miners (uniform_histogram, distance_weighted) make the loss take
 `key=`, a jax PRNG key.
 
-Not here yet: a reference set (ref_emb; cross-batch memory is
-`losses.xbm_loss`), TripletMarginLoss's swap and triplets_per_anchor, the
-do_nothing reducer (a training step needs a scalar), proxy_anchor's miner
-and reducer (it takes only regularizers here), and PML's other losses (they
-build with their defaults from REGISTRY, without pieces).
+A reference set (ref_embeddings, ref_labels, ref_mask, self_index: PML's
+ref_emb with CrossBatchMemory's self comparisons removed) is what
+`losses.xbm_loss` passes; `takes_references` says which losses and miners
+take one. The do_nothing reducer returns a pair loss's unreduced losses.
+
+Not here yet: TripletMarginLoss's swap and triplets_per_anchor,
+proxy_anchor's miner and reducer (it takes only regularizers here), a
+reference set for the losses that need the whole batch (angular, npairs,
+histogram, ...) and for lifted_structure, and a distance or reducer other
+than PML's default for instance, ranked_list and manifold.
 
 Deliberate differences from PML:
 - as in multi_similarity.py, PML's GenericPairLoss returns 0 whenever at

@@ -9,7 +9,7 @@ same batch (extra: PML's MultipleLosses with weights).
   value, memory = loss.apply(outputs, labels, params, memory, key)
 
 Learnable parameters: the main loss's at the top level of loss_params (the
-layout of runs without extras), extra i's under loss_params["extra"][str(i)].
+layout of runs without extras), extra i's under `loss_params["extra"]["i"]`.
 The memory is the train state's loss_state; it holds the global batch's
 embeddings, so it is the same on every device and host (metricjax/losses/
 xbm.py). Extra losses see the batch only, not the memory.
