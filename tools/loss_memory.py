@@ -6,7 +6,7 @@ what its compiled value-and-gradient needs.
 Per loss: XLA's temporary bytes of the compiled jit(value_and_grad) (the
 memory the loss itself needs beyond its inputs and outputs), that number
 over N^2 float32 (O(N^2) losses stay a small constant), and the wall time
-of one call after compilation. Labelled losses get N embeddings of
+of one call after compilation (the first). Labelled losses get N embeddings of
 `classes` balanced classes; learnable ones their PML-initialised
 parameters; explicit-triplet losses N triplets; `vse` N image-caption pairs;
 two-view losses (`vicreg`, `self_supervised`) N pairs of views; `manifold`
@@ -57,7 +57,7 @@ def _measure(label, fn, args, params, extra):
       lambda fl, i, p: fn(*fl, *i, **p, **extra), argnums=(0, 2)))
   compiled = f.lower(floats, ints, params).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
-  jax.block_until_ready(compiled(floats, ints, params))
+  # One call: compiled already, and the O(N^3)-time miners take minutes.
   start = time.perf_counter()
   value, _ = jax.block_until_ready(compiled(floats, ints, params))
   seconds = time.perf_counter() - start
