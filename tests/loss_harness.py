@@ -63,3 +63,20 @@ def pml_loss_and_miner(losses, miners, name):
     return losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()
   return {"triplet": losses.TripletMarginLoss, "ntxent": losses.NTXentLoss,
           "contrastive": losses.ContrastiveLoss}[name](), None
+
+
+def close_to_largest(got, want, rtol=2e-4):
+  """assert_allclose with the tolerance relative to want's largest entry
+  (gradients: float32 here vs PML's float64, small entries included)."""
+  want = np.asarray(want, np.float64)
+  scale = max(float(np.max(np.abs(want))), 1e-12) if want.ndim else abs(want)
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale + 1e-7)
+
+
+class EmbeddingModel:
+  """A model whose embeddings are its input: a task's make_loss sees the
+  batch."""
+
+  def apply(self, variables, images, *, train, mutable):
+    del variables, train, mutable
+    return {"embedding": images}, {}

@@ -38,7 +38,10 @@ from metricjax.losses import regularizers as regularizers_lib
 from metricjax.losses.distances import Distance
 
 
-def parse_piece(piece, what: str) -> tuple[str, dict[str, Any]]:
+def parse_piece(piece, what: str,
+                where: str | None = None) -> tuple[str, dict[str, Any]]:
+  """(name, kwargs) of a name or {"name": ..., **kwargs}; `where` names the
+  config field in the error (default config.loss.<what>)."""
   if hasattr(piece, "to_dict"):  # a ConfigDict from config.loss
     piece = piece.to_dict()
   if isinstance(piece, str):
@@ -47,7 +50,7 @@ def parse_piece(piece, what: str) -> tuple[str, dict[str, Any]]:
     kwargs = dict(piece)
     return kwargs.pop("name"), kwargs
   raise UserError(f"The {what} {piece!r} should be a name or a dict "
-                  f"{{'name': ..., **kwargs}} (config.loss.{what}).")
+                  f"{{'name': ..., **kwargs}} ({where or 'config.loss.' + what}).")
 
 
 def _construct(registry, name, kwargs, what):

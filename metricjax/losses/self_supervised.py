@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from metricjax.errors import UserError
 from metricjax.losses import compose
+from metricjax.losses.pieces import parse_piece
 from metricjax.losses import registry
 
 # PML's SelfSupervisedLoss.supported_losses(), in our names.
@@ -48,18 +49,6 @@ _REFERENCE_FNS = {"multi_similarity": ("ms", {"epsilon": None}),
 _PIECES = ("distance", "miner", "reducer", "regularizer")
 
 
-def _spec(loss) -> tuple[str, dict[str, Any]]:
-  if hasattr(loss, "to_dict"):  # a ConfigDict
-    loss = loss.to_dict()
-  if isinstance(loss, str):
-    return loss, {}
-  if isinstance(loss, dict) and isinstance(loss.get("name"), str):
-    kwargs = dict(loss)
-    return kwargs.pop("name"), kwargs
-  raise UserError(f"self_supervised's loss {loss!r} should be a loss name or "
-                  "a dict {'name': ..., **kwargs} (e.g. 'ntxent').")
-
-
 def _reference_fn(name: str) -> tuple[str, Callable | None]:
   """(REGISTRY name, its fn) of the loss that takes a reference set for the
   PML name `name`; fn None where there is none."""
@@ -74,7 +63,8 @@ def _reference_fn(name: str) -> tuple[str, Callable | None]:
 def _resolve(loss, symmetric: bool) -> Callable:
   """The wrapped loss as `fn(x, labels, *, mask, [ref_embeddings, ref_labels,
   ref_mask,] **rest)`; UserError for what PML or this library refuses."""
-  name, kwargs = _spec(loss)
+  name, kwargs = parse_piece(loss, "self_supervised loss (e.g. 'ntxent')",
+                             "config.loss.kwargs.loss")
   if name not in SUPPORTED:
     raise UserError(
         f"self_supervised does not wrap {name!r}: pytorch-metric-learning's "

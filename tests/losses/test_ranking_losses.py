@@ -18,6 +18,7 @@ from metricjax import losses
 from metricjax.errors import UserError
 from metricjax.losses import manifold as manifold_lib
 from loss_harness import random_batch
+from loss_harness import close_to_largest
 
 # Op by op: tests/losses/conftest.py says why.
 pytestmark = pytest.mark.eager
@@ -35,18 +36,11 @@ def _pml():
   return torch, pml_losses
 
 
-def _close(got, want, rtol=2e-4):
-  # Gradients: relative to the largest entry (float32 vs float64).
-  want = np.asarray(want, np.float64)
-  scale = max(float(np.max(np.abs(want))), 1e-12) if want.ndim else abs(want)
-  np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale + 1e-7)
-
-
 def _assert_same(ours, theirs):
-  _close(ours[0], theirs[0], rtol=1e-4)
+  close_to_largest(ours[0], theirs[0], rtol=1e-4)
   assert len(ours[1]) == len(theirs[1])
   for got, want in zip(ours[1], theirs[1]):
-    _close(got, want)
+    close_to_largest(got, want)
 
 
 def _ours(fn, *arrays, jit=False, **kwargs):
