@@ -30,7 +30,7 @@ from metricjax.tasks import vse
 
 SAMPLERS = ("balanced", "uniform", "triplets")
 PLACEMENTS = ("device", "stream", "auto")
-RETRIEVAL_INPUTS = ("embedding", "logits", "triplets")
+RETRIEVAL_INPUTS = ("embedding", "logits", "triplets", "views")
 
 
 def validate(config) -> None:
@@ -144,6 +144,12 @@ def _retrieval_loss(config) -> list[str]:
             f"labelled image batch; it belongs to another task than "
             f"{config.task!r}."]
   errors = []
+  if loss.input == "views" and not config.augment:
+    errors.append(
+        f"Loss {name!r} compares two augmented views of each image; with "
+        "config.augment=False both views are the same image and the loss "
+        "is degenerate: set config.augment=True (pad-crop-flip, each view "
+        "drawn apart).")
   if loss.input == "logits" and not config.classification_head:
     errors.append(f"Loss {name!r} needs logits: set "
                   "config.classification_head=True.")

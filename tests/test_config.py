@@ -114,6 +114,15 @@ def test_bad_config_is_one_user_error(field, value, match):
     (dict(sampler="triplets"), "does not fit loss 'ms'"),
     (dict(**{"loss.name": "ce"}), "set config.classification_head=True"),
     (dict(**{"loss.name": "vse"}), "belongs to another task"),
+    # Two views of each image: augmented apart, one loss on the batch only.
+    (dict(**{"loss.name": "vicreg"}, augment=False), "set config.augment=True"),
+    (dict(**{"loss.name": "self_supervised", "loss.memory_size": 1024},
+          augment=True), "cannot be summed with extra losses or given a "
+     "cross-batch memory"),
+    (dict(**{"loss.name": "vicreg", "loss.extra": [{"name": "ms"}]},
+          augment=True), "cannot be summed"),
+    (dict(**{"loss.name": "vicreg"}, augment=True, sampler="triplets"),
+     "does not fit loss"),
     (dict(**{"loss.memory_size": 64}), "at least the batch size"),
     (dict(**{"loss.memory_size": 1024, "loss.name": "proxy_anchor"}),
      "cannot take a cross-batch memory"),

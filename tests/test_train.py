@@ -233,3 +233,65 @@ def test_composed_loss_with_memory_random_miner_and_extra(tiny_idx_dir,
   assert W.shape == (16, 4)  # PML's ArcFace layout: (dim, num_classes).
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+
+@pytest.mark.parametrize("name, kwargs, placement", [
+    ("vicreg", {}, "device"),
+    # SimCLR's NT-Xent, with a random miner (the step's loss key reaches
+    # it), on streamed batches (augmented on the devices all the same).
+    ("self_supervised", {"loss": {"name": "ntxent", "miner": {
+        "name": "distance_weighted", "cutoff": 0.5}}}, "stream")])
+def test_views_loss_trains_on_two_augmentations(tiny_idx_dir, tmp_path, name,
+                                                kwargs, placement):
+  # PML's VICRegLoss / SelfSupervisedLoss through `metricjax.train`: each
+  # step embeds two augmentations of its batch (8 devices), no labels.
+  from metricjax import data as data_lib
+  from metricjax import losses
+  from metricjax import parallel
+  from metricjax import state as state_lib
+  from metricjax.tasks import retrieval
+  config = tiny_config(tiny_idx_dir, augment=True, total_steps=2,
+                       checkpoint_every=2, log_every=1, sampler="uniform")
+  config.loss.name = name
+  config.loss.kwargs = kwargs
+  config.loss.miner = None
+  config.data.placement = placement
+  workdir = str(tmp_path / "run")
+  train_lib.train(config, workdir)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r["loss"]) for r in rows)
+  assert np.isfinite(evaluate_lib.evaluate(workdir)["metrics"]
+                     ["precision_at_1"])
+  if placement == "stream":  # Streamed batches get their second view too.
+    images = np.arange(16 * 28 * 28, dtype=np.uint8).reshape(16, 28, 28, 1)
+    sampled = retrieval.make_stream_sample(config)(
+        jax.random.key(0), {"images": images, "labels": np.zeros(16)})
+    assert not np.array_equal(sampled["images"], sampled["views"])
+    return
+  # Step 1 again, by hand: its first view is the batch any other loss
+  # draws, the second another augmentation, and its loss vicreg of the
+  # two views' embeddings (one model call: batch norm sees both).
+  mesh = parallel.create_mesh()
+  task = retrieval.build(config, mesh, state_lib.create_optimizer(config))
+  seed_key = jax.random.key(config.seed)
+  state = jax.jit(task.init)(seed_key)
+  key = data_lib.step_key(seed_key, 0)
+  batch = jax.jit(task.sample)(key, task.data)
+  other = retrieval.make_sample(config, losses.get_loss("ms"), mesh, 4)
+  np.testing.assert_array_equal(batch["images"],
+                                jax.jit(other)(key, task.data)["images"])
+  assert set(batch) == {"images", "labels", "views"}
+  assert not np.array_equal(batch["images"], batch["views"])
+  value, _ = jax.jit(task.loss)(state.params, state.loss_params,
+                                state.batch_stats, batch, state.loss_state,
+                                data_lib.loss_key(key))
+  outputs, _ = task.model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      jax.numpy.concatenate([batch["images"], batch["views"]]), train=True,
+      mutable=["batch_stats"])
+  view1, view2 = np.split(np.asarray(outputs["embedding"], np.float32), 2)
+  np.testing.assert_allclose(value, losses.vicreg_loss(view1, view2),
+                             rtol=1e-4)
+  np.testing.assert_allclose(value, rows[0]["loss"], rtol=1e-4)

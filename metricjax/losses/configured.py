@@ -29,6 +29,7 @@ from metricjax.losses.compose import COMPOSABLE
 from metricjax.losses.registry import check_loss_hyperparameters
 from metricjax.losses.registry import Loss
 from metricjax.losses.registry import REGISTRY
+from metricjax.losses.self_supervised import self_supervised
 
 PIECES = ("distance", "miner", "reducer", "regularizer")
 # An extra loss's fields: config.loss's, with its weight.
@@ -95,6 +96,10 @@ def term(spec: Mapping[str, Any], *, memory: bool = False,
   else:
     check_loss_hyperparameters(name, loss, kwargs)
     call_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    if name == "self_supervised":  # Its wrapped loss: refused now, not in jit.
+      self_supervised(
+          call_kwargs.get("loss", "ntxent"),
+          symmetric=call_kwargs.get("symmetric", True))
   params = inspect.signature(loss.fn).parameters
   miner = compose.make_miner(pieces["miner"]).name if "miner" in pieces else None
   composed_ok = compose.takes_references(name, miner)
@@ -175,6 +180,14 @@ def from_config(loss_config) -> Configured:
       that cannot take the memory, an extra loss of the wrong shape.
   """
   memory_size = int(loss_config["memory_size"] or 0)
+  name = loss_config["name"]
+  if get_loss(name).input == "views" and (memory_size
+                                          or _plain(loss_config["extra"])):
+    raise UserError(
+        f"Loss {name!r} takes two views of each example, no labels: it "
+        "cannot be summed with extra losses or given a cross-batch memory "
+        "(config.loss.extra, config.loss.memory_size: both take a labelled "
+        "batch); leave them unset.")
   main = term(loss_config, memory=memory_size > 0)
   extras = []
   for i, spec in enumerate(_plain(loss_config["extra"]) or ()):

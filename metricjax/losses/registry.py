@@ -114,8 +114,8 @@ REGISTRY: dict[str, Loss] = {
 
 
 # Keyword arguments a training task fills in, not hyper-parameters.
-_PLUMBING = frozenset(("mask", "ref_embeddings", "ref_labels", "ref_mask",
-                       "self_index"))
+_PLUMBING = frozenset(("mask", "key", "ref_embeddings", "ref_labels",
+                       "ref_mask", "self_index"))
 
 
 def check_loss_hyperparameters(name: str, loss: Loss,

@@ -93,6 +93,7 @@ def _resolve(loss, symmetric: bool) -> Callable:
 def self_supervised_loss(embeddings: jax.Array, ref_emb: jax.Array, *,
                          loss: Any = "ntxent", symmetric: bool = True,
                          mask: jax.Array | None = None,
+                         key: jax.Array | None = None,
                          **kwargs) -> jax.Array:
   """The wrapped loss of two views' embeddings (PML's SelfSupervisedLoss).
 
@@ -103,12 +104,16 @@ def self_supervised_loss(embeddings: jax.Array, ref_emb: jax.Array, *,
     symmetric: both views as anchors of one 2N batch (True, PML's default),
       or embeddings as anchors against ref_emb as the reference set.
     mask: optional (N,) bool; False rows (of both views) are padding.
-    **kwargs: passed to the wrapped loss (e.g. key= for a random miner).
+    key: a PRNG key for the wrapped loss's random miner; passed to it when
+      it takes one (a training step always gives its loss key).
+    **kwargs: passed to the wrapped loss.
 
   Returns:
     A float scalar.
   """
   fn = _resolve(loss, symmetric)
+  if key is not None and "key" in inspect.signature(fn).parameters:
+    kwargs["key"] = key
   n = embeddings.shape[0]
   labels = jnp.arange(n, dtype=jnp.int32)
   if symmetric:

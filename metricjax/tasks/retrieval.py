@@ -82,7 +82,8 @@ def _val_classes(config) -> float:
 
 
 def images_per_step(config) -> int:
-  """Images a training step embeds: batch_size, or 3 per explicit triplet."""
+  """Images a training step draws: batch_size, or 3 per explicit triplet.
+  A "views" loss embeds two augmentations of each (the sample's "views")."""
   return config.batch_size * (3 if config.sampler == "triplets" else 1)
 
 
@@ -98,9 +99,16 @@ def _make_index_sampler(config, loss: losses.Loss, num_classes: int):
                          if config.sampler == "balanced" else None))
 
 
+def _takes_views(config) -> bool:
+  """Whether config.loss takes two views of each image ("views", e.g.
+  vicreg): the sample then holds a second augmentation of its images."""
+  return losses.get_loss(config.loss.name).input == "views"
+
+
 def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
   """(rng, data) -> {"images", "labels"}: the step's augmented batch, drawn
-  from the dataset on the devices."""
+  from the dataset on the devices; with a "views" loss also "views", a
+  second augmentation of the same images."""
   sample_indices = _make_index_sampler(config, loss, num_classes)
   batch_sharding = parallel.batch_sharding(mesh)
 
@@ -110,20 +118,30 @@ def make_sample(config, loss: losses.Loss, mesh, num_classes: int):
     # Sharding the indices makes each device gather only its own rows.
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     return _augment(config, rng_augment,
-                    {"images": data.images[idx], "labels": data.labels[idx]})
+                    {"images": data.images[idx], "labels": data.labels[idx]},
+                    views=loss.input == "views")
   return sample
 
 
-def _augment(config, rng, batch):
+def _augment(config, rng, batch, *, views: bool = False):
+  """The batch augmented from the step's augmentation key `rng`; with
+  `views`, "views" holds a second augmentation of the same images, drawn
+  from fold_in(rng, 1) ("images" stays the one augmentation of the other
+  losses). A "views" loss needs config.augment (config_check)."""
   if config.augment:
-    batch = dict(batch, images=data_lib.random_crop_flip(rng, batch["images"]))
+    images = batch["images"]
+    batch = dict(batch, images=data_lib.random_crop_flip(rng, images))
+    if views:
+      batch["views"] = data_lib.random_crop_flip(jax.random.fold_in(rng, 1),
+                                                 images)
   return batch
 
 
 def make_stream_sample(config):
   """(rng, batch) -> the streamed batch, augmented as on the device path."""
+  views = _takes_views(config)
   return lambda rng, batch: _augment(config, data_lib.batch_keys(rng)[1],
-                                     batch)
+                                     batch, views=views)
 
 
 def placement(config, ds) -> str:

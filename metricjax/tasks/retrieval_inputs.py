@@ -18,6 +18,7 @@ import numpy as np
 
 from metricjax import data as data_lib
 from metricjax import inference
+from metricjax import losses
 from metricjax.data import photo_pipeline
 from metricjax.data import stream as stream_lib
 from metricjax.errors import UserError
@@ -77,7 +78,8 @@ class Photos:
 
   def check(self, config, ds, *, val_size, val_classes) -> None:
     """Photo benchmarks validate on held-out classes; imbalance and the
-    device's pad-crop-flip are for fixed-size images."""
+    device's pad-crop-flip are for fixed-size images; the host pipeline
+    makes one view per image (no "views" loss)."""
     if config.imbalance.classes:
       raise UserError(f"{ds.name} is a photo benchmark: config.imbalance is "
                       "not available for it; drop config.imbalance.")
@@ -87,6 +89,13 @@ class Photos:
           "classes held out of the training classes (config.data."
           "val_classes), not on held-out images of the training classes: "
           "set config.val_size=0.")
+    if losses.get_loss(config.loss.name).input == "views":
+      raise UserError(
+          f"Loss {config.loss.name!r} (config.loss.name) trains on two "
+          f"augmented views of each image; {ds.name}'s host pipeline decodes "
+          "one view per image, so it cannot train this loss yet. Use a "
+          "packed dataset (fixed-size images, config.augment=True) or "
+          "another loss.")
     if config.augment:
       raise UserError("config.augment (pad-crop-flip on the device) is for "
                       f"fixed-size images; {ds.name}'s views are augmented "

@@ -57,12 +57,21 @@ def _make_loss_init(config, meta, dim: int | None):
 
 def make_loss(config, model, loss: losses.Loss):
   """The task's loss (metricjax/step.py's contract): config.loss on the
-  model's outputs. The config is valid (metricjax.config_check.validate)."""
+  model's outputs; a "views" loss (vicreg, self_supervised) on the
+  embeddings of the batch's two augmentations ("images", "views"), without
+  labels. The config is valid (metricjax.config_check.validate)."""
   configured = losses.configured.from_config(config.loss)
+  views = loss.input == "views"
 
   def loss_fn(params, loss_params, batch_stats, batch, loss_state, key):
+    images = batch["images"]
+    if views:
+      # One model call on both views, interleaved (rows 2i, 2i + 1: example
+      # i's views) so each device's rows stay its own; batch norm sees both.
+      images = jnp.stack([images, batch["views"]], axis=1).reshape(
+          (-1, *images.shape[1:]))
     outputs, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats}, batch["images"],
+        {"params": params, "batch_stats": batch_stats}, images,
         train=True, mutable=["batch_stats"])
     # Losses reduce in float32 whatever the compute dtype.
     outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()
@@ -70,6 +79,11 @@ def make_loss(config, model, loss: losses.Loss):
     if loss.input == "triplets":
       value = loss.fn(*jnp.split(outputs["embedding"], 3),
                       **configured.main.call_kwargs)
+    elif views:  # Two views of each example, no labels (e.g. vicreg).
+      pairs = outputs["embedding"].reshape(images.shape[0] // 2, 2, -1)
+      # (The Term passes the second view where labels go, and the step's
+      # loss key to a loss that takes one: self_supervised's random miner.)
+      value = configured.main(pairs[:, 0], pairs[:, 1], {}, key=key)
     else:
       value, loss_state = configured.apply(outputs, batch["labels"],
                                            loss_params, loss_state, key)

@@ -1,14 +1,19 @@
 """The retrieval task's photo-benchmark conventions: recall ks per
 benchmark (from each source), In-Shop query -> gallery, skipped rows out
-of the metrics."""
+of the metrics; what the host pipeline cannot train."""
+
+import types
 
 import numpy as np
+import pytest
 
 import replicas
 from metricjax.config_utils import base_config
 from metricjax.data import load_dataset
 from metricjax.data import sources
+from metricjax.errors import UserError
 from metricjax.tasks import retrieval_eval
+from metricjax.tasks import retrieval_inputs
 
 
 def _config(ks):
@@ -63,3 +68,13 @@ def test_skipped_rows_are_left_out(tmp_path):
   metrics = retrieval_eval.split_metrics(_config((1, 2)), ds, emb, keep,
                                          clustering=False)
   assert metrics["precision_at_1"] == 1.0
+
+
+def test_views_losses_need_a_second_view_the_host_does_not_make():
+  # Refused by name before the (conflicting) augment message.
+  config = base_config()
+  config.augment = True
+  config.loss.name = "vicreg"
+  with pytest.raises(UserError, match="one view per image"):
+    retrieval_inputs.Photos().check(config, types.SimpleNamespace(name="cub"),
+                                    val_size=0, val_classes=0)
