@@ -266,6 +266,23 @@ def uniform_histogram(mat, pos, neg, distance: Distance, *,
                _histogram_sample(mat, neg, num_bins, neg_per_bin, key_neg))
 
 
+def _draw_per_row(key, logits, num: int) -> jax.Array:
+  """(N, num) indices, row i's drawn with probabilities softmax(logits[i])
+  by inverting the row's CDF: O(N M) memory, where categorical with
+  shape=(N, num) would draw an (N, num, M) Gumbel tensor. A row with no
+  finite logit gives index M - 1 (its anchor is not valid anyway)."""
+  finite = jnp.isfinite(logits)
+  shift = jnp.max(jnp.where(finite, logits, -INF), axis=1, keepdims=True)
+  p = jnp.where(finite, jnp.exp(logits - jnp.where(finite.any(
+      axis=1, keepdims=True), shift, 0.0)), 0.0)
+  cdf = jnp.cumsum(p, axis=1)
+  u = jax.random.uniform(key, (logits.shape[0], num)) * cdf[:, -1:]
+  # side="right": the first entry whose CDF exceeds u; one of zero
+  # probability never does.
+  idx = jax.vmap(lambda c, v: jnp.searchsorted(c, v, side="right"))(cdf, u)
+  return jnp.minimum(idx, logits.shape[1] - 1)
+
+
 def distance_weighted(mat, pos, neg, distance: Distance, *,
                       cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
                       key, x=None) -> Triplets:
@@ -273,8 +290,8 @@ def distance_weighted(mat, pos, neg, distance: Distance, *,
   its class has members, each a uniform positive and a negative drawn with
   probability ~ 1 / q(d), q the density of distances between points on the
   unit sphere in dim D, d clamped to cutoff, none at nonzero_loss_cutoff or
-  beyond (random: needs key). The draws are (N, M) index arrays; an
-  anchor's (M, M) tile counts them."""
+  beyond (random: needs key). The draws are (N, M) index arrays (inverse
+  CDF: no (N, M, M) array); an anchor's (M, M) tile counts them."""
   del distance
   dim = float(x.shape[1])
   d = jnp.maximum(mat, cutoff)
@@ -290,10 +307,8 @@ def distance_weighted(mat, pos, neg, distance: Distance, *,
                                                    keepdims=True)
   valid = jnp.any(pos, axis=1) & jnp.any(ok, axis=1)
   key_p, key_n = jax.random.split(key)
-  p_idx = jax.random.categorical(key_p, jnp.where(pos, 0.0, -INF)[:, None, :],
-                                 shape=(mat.shape[0], num_refs))
-  n_idx = jax.random.categorical(key_n, logits[:, None, :],
-                                 shape=(mat.shape[0], num_refs))
+  p_idx = _draw_per_row(key_p, jnp.where(pos, 0.0, -INF), num_refs)
+  n_idx = _draw_per_row(key_n, logits, num_refs)
 
   def window(a):
     return jnp.zeros((num_refs, num_refs), jnp.int32).at[
