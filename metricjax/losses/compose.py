@@ -29,8 +29,8 @@ take one. The do_nothing reducer returns a pair loss's unreduced losses.
 Not here yet: TripletMarginLoss's swap and triplets_per_anchor,
 proxy_anchor's miner and reducer (it takes only regularizers here), a
 reference set for the losses that need the whole batch (angular, npairs,
-histogram, ...) and for lifted_structure, and a distance or reducer other
-than PML's default for instance, ranked_list and manifold.
+histogram, ...), and a distance or reducer other than PML's default for
+instance, ranked_list and manifold.
 
 Deliberate differences from PML:
 - as in multi_similarity.py, PML's GenericPairLoss returns 0 whenever at
@@ -301,9 +301,8 @@ class References(NamedTuple):
   self_index: jax.Array | None  # (N,) each anchor's own slot, -1: none
 
 
-# Losses whose value on a reference set is not PML's yet, and miners that
-# mine the batch against itself only.
-NO_REFERENCES = ("lifted_structure",)
+# Miners that mine the batch against itself only (the angular miner's
+# centres are of batch rows).
 MINERS_WITHOUT_REFERENCES = ("angular",)
 
 
@@ -311,8 +310,7 @@ def takes_references(name: str, miner: str | None = None) -> bool:
   """Whether loss `name` (with that miner) takes a reference set, e.g. a
   cross-batch memory."""
   name = ALIASES.get(name, name)
-  return (name in COMPOSABLE and name not in NO_REFERENCES
-          and not COMPOSABLE[name].takes_batch
+  return (name in COMPOSABLE and not COMPOSABLE[name].takes_batch
           and miner not in MINERS_WITHOUT_REFERENCES)
 
 

@@ -104,12 +104,19 @@ def _generalized_lifted_structure_core(mat, pos_w, neg_w, d, row_w, *,
 def _lifted_structure_core(mat, pos_w, neg_w, d, row_w, *, neg_margin=1.0,
                            pos_margin=0.0):
   """Per positive pair (a, p): the negatives listed for a or for p (PML's
-  a2 == a1 | a2 == p), O(N M) as lifted.py; a self-compared batch only."""
+  a2 == a1 | a2 == p), O(N M) as lifted.py. Against a reference set p is a
+  reference index and PML's a2 == p names batch row p's negatives (none if
+  p >= N): lifted.py's quirk, which defines PML's value."""
   del row_w
+  n, m = mat.shape
   row_lse = _wlse(margin(d, neg_margin, mat), neg_w)
   has = jnp.any(neg_w > 0, axis=1)
+  col_lse = row_lse[:m] if m <= n else jnp.pad(row_lse, (0, m - n))
+  col_has = has[:m] if m <= n else jnp.pad(has, (0, m - n))
   a_lse, a_has = row_lse[:, None], has[:, None]
-  p_lse, p_has = row_lse[None, :], has[None, :]
+  # p == a lists a's negatives once, not twice.
+  p_has = col_has[None, :] & (jnp.arange(m)[None, :] != jnp.arange(n)[:, None])
+  p_lse = col_lse[None, :]
   union = jnp.where(a_has & p_has, jnp.logaddexp(a_lse, p_lse),
                     jnp.where(a_has, a_lse, jnp.where(p_has, p_lse, 0.0)))
   losses = jnp.square(jax.nn.relu(union + margin(d, mat, pos_margin))) / 2.0

@@ -386,7 +386,7 @@ def test_retrieval_make_loss_reads_config_loss_pieces():
     {"name": "supcon", "miner": "batch_hard"},
     {"name": "ms", "miner": "batch_hard", "kwargs": {"epsilon": 0.1}},
     {"name": "circle", "distance": "snr"},
-    {"name": "lifted_structure", "memory_size": 1024},
+    {"name": "npairs", "memory_size": 1024},
 ])
 def test_config_loss_pieces_are_refused_before_anything_runs(loss_config):
   # pylint: disable-next=g-import-not-at-top
