@@ -26,7 +26,7 @@ ref_emb with CrossBatchMemory's self comparisons removed) is what
 `losses.xbm_loss` passes; `takes_references` says which losses and miners
 take one. The do_nothing reducer returns a pair loss's unreduced losses.
 
-Not here yet: TripletMarginLoss's swap and triplets_per_anchor,
+Not here yet: TripletMarginLoss's triplets_per_anchor,
 proxy_anchor's miner and reducer (it takes only regularizers here), a
 reference set for the losses that need the whole batch (angular, npairs,
 histogram, ...), and a distance or reducer other than PML's default for
@@ -240,9 +240,9 @@ def build(name: str, *, distance=None, miner=None, reducer=None,
     defaults = {**defaults, "embedding_reg_weight": 1.0}
   hp = {**defaults, **hyperparameters}
   if spec.core is None:
-    if hp["swap"] or hp["triplets_per_anchor"] != "all":
-      raise UserError("triplet_margin's swap and triplets_per_anchor are not "
-                      "supported yet: leave swap=False and "
+    if hp["triplets_per_anchor"] != "all":
+      raise UserError("triplet_margin's triplets_per_anchor is not "
+                      "supported yet: leave "
                       "triplets_per_anchor='all' (use a miner to choose "
                       "triplets).")
   if distance is not None and spec.only_distance is not None:
@@ -373,7 +373,7 @@ def _loss_value(spec, dist, bound, red, hp, x, labels, mask, key, refs):
     return triplet_margin(mat, t, dist, labels,
                           reducers_lib.for_sub_loss(red, "loss"),
                           margin_=hp["margin"],
-                          smooth_loss=hp["smooth_loss"])
+                          smooth_loss=hp["smooth_loss"], swap=hp["swap"])
   if mined is None:
     pos_w, neg_w = pos.astype(x.dtype), neg.astype(x.dtype)
   else:

@@ -110,6 +110,12 @@ def term(spec: Mapping[str, Any], *, memory: bool = False,
         "that take one: "
         f"{', '.join(n for n in sorted(COMPOSABLE) if compose.takes_references(n))}"
         f" (any miner but {', '.join(compose.MINERS_WITHOUT_REFERENCES)}).")
+  if memory and kwargs.get("swap"):
+    raise UserError(
+        f"{where}.kwargs.swap with a cross-batch memory: PML's "
+        "TripletMarginLoss(swap=True) inside CrossBatchMemory reads "
+        "d(p, n) from batch rows, with memory indices, and fails once the "
+        "memory outgrows the batch. Drop swap or the memory.")
   if memory and not all(a in params for a in _REFERENCE_ARGS):
     raise UserError(
         f"Loss {name!r} cannot take a cross-batch memory ({where}."

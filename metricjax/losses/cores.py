@@ -271,12 +271,24 @@ TRIPLET_HYPERPARAMETERS = {"margin": 0.05, "swap": False,
                            "smooth_loss": False, "triplets_per_anchor": "all"}
 
 
+def _swap_rows(mat, d: Distance) -> jax.Array:
+  """(M, M): PML's mat[p, n] for swap, row p of mat (the anchors'); against
+  a reference set a p >= N names no row (PML would fail), so its swapped
+  distance never wins."""
+  n, m = mat.shape
+  if m <= n:
+    return mat[:m]
+  far = -jnp.inf if d.is_inverted else jnp.inf
+  return jnp.concatenate([mat, jnp.full((m - n, m), far, mat.dtype)])
+
+
 def triplet_margin(mat, t: miners_lib.Triplets, d: Distance, labels,
                     reducer: reducers_lib.Reducer, *, margin_: float,
-                    smooth_loss: bool) -> jax.Array:
-  """TripletMarginLoss over the triplets t, reduced, in O(N M) memory."""
+                    smooth_loss: bool, swap: bool = False) -> jax.Array:
+  """TripletMarginLoss over the triplets t, reduced, in O(N M) memory.
+  swap: d(a, n) is the closer of d(a, n) and d(p, n) (PML's swap)."""
   if (t.window is None and t.pos.dtype == bool and t.neg.dtype == bool
-      and reducer.name == "avg_non_zero" and not smooth_loss):
+      and reducer.name == "avg_non_zero" and not smooth_loss and not swap):
     # Every (p, n) of an anchor: the sort-based walk of triplet.py.
     total, count = triplet_lib.violation_sum_count(
         -mat if d.is_inverted else mat, t.pos, t.neg, margin_,
@@ -285,11 +297,15 @@ def triplet_margin(mat, t: miners_lib.Triplets, d: Distance, labels,
 
   def one_anchor(args):
     a, row, p, n, label = args
+    an = row[None, :]
+    if swap:  # PML: distance.smallest_dist(an, mat[p, n])
+      an = (jnp.maximum if d.is_inverted else jnp.minimum)(an, pn)
     # PML: distance.margin(ap, an) + margin, [p, n].
-    viol = margin(d, row[:, None], row[None, :]) + margin_
+    viol = margin(d, row[:, None], an) + margin_
     losses = jax.nn.softplus(viol) if smooth_loss else jax.nn.relu(viol)
     return reducers_lib.sum_count(reducer, losses,
                                   miners_lib.tile(t, a, p, n), label)
+  pn = _swap_rows(mat, d) if swap else None
   # Rematerialised: the backward pass keeps no (N, M, M) residuals either.
   totals, counts = miners_lib.walk_anchors(
       jax.checkpoint(one_anchor),

@@ -425,3 +425,11 @@ def test_divisor_is_the_default_of_the_losses_that_supply_one():
                         ("histogram", "do_nothing")):
     with pytest.raises(UserError, match="reducer"):
       mj_losses.build(name, reducer=reducer)
+
+
+@pytest.mark.parametrize("distance", [None, "cosine"])
+@pytest.mark.parametrize("miner", [None, "batch_hard", {
+    "name": "triplet_margin", "type_of_triplets": "semihard"}])
+def test_triplet_margin_swap_matches_pml(distance, miner):
+  assert_matches_pml("triplet_margin", seed=5, distance=distance, miner=miner,
+                     swap=True, smooth_loss=miner == "batch_hard")
