@@ -26,8 +26,7 @@ ref_emb with CrossBatchMemory's self comparisons removed) is what
 `losses.xbm_loss` passes; `takes_references` says which losses and miners
 take one. The do_nothing reducer returns a pair loss's unreduced losses.
 
-Not here yet: TripletMarginLoss's triplets_per_anchor,
-proxy_anchor's miner and reducer (it takes only regularizers here), a
+Not here yet: TripletMarginLoss's triplets_per_anchor, a
 reference set for the losses that need the whole batch (angular, npairs,
 histogram, ...), and a distance or reducer other than PML's default for
 instance, ranked_list and manifold.
@@ -77,6 +76,7 @@ from metricjax.losses.pieces import mine
 from metricjax.losses.pieces import parse_piece
 from metricjax.losses.pieces import split_regularizers
 from metricjax.losses.registry import check_loss_hyperparameters
+from metricjax.losses.registry import DIVISOR_LOSSES
 from metricjax.losses.registry import REGISTRY
 from metricjax.losses.row_losses import build_row_loss
 from metricjax.losses.row_losses import ROW_LOSSES
@@ -87,8 +87,6 @@ from metricjax.ops import similarity
 ALIASES = {"ms": "multi_similarity", "triplet": "triplet_margin"}
 
 
-# PML's losses that supply a divisor (their default reducer is divisor).
-DIVISOR_LOSSES = ("margin", "proxy_anchor")
 
 
 def unreduced(name: str) -> bool:

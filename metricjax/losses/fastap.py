@@ -25,7 +25,15 @@ from metricjax.ops import similarity
 def fastap_loss(embeddings: jax.Array, labels: jax.Array, *,
                 num_bins: int = 10,
                 mask: jax.Array | None = None) -> jax.Array:
-  """FastAP loss of a labelled batch.
+  """FastAP loss of a labelled batch: the mean of `fastap_per_row`."""
+  return pairs.masked_mean(*fastap_per_row(embeddings, labels,
+                                           num_bins=num_bins, mask=mask))
+
+
+def fastap_per_row(embeddings: jax.Array, labels: jax.Array, *,
+                   num_bins: int = 10, mask: jax.Array | None = None):
+  """(per-row 1 - FastAP, rows that count: those with a positive, none
+  when no histogram bin is safe, PML's zero loss).
 
   Args:
     embeddings: (N, D); labels: (N,) integer class ids.
@@ -61,4 +69,4 @@ def fastap_loss(embeddings: jax.Array, labels: jax.Array, *,
   num_pos = jnp.sum(pos, axis=1)
   has_pos = num_pos > 0
   losses = 1.0 - fastap / jnp.maximum(num_pos, 1).astype(d2.dtype)
-  return jnp.where(jnp.any(safe), pairs.masked_mean(losses, has_pos), 0.0)
+  return losses, has_pos & jnp.any(safe)

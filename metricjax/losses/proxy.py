@@ -50,7 +50,8 @@ def init_normalized_softmax_loss(rng: jax.Array, *, num_classes: int,
 def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, *,
                       proxies: jax.Array, margin: float = 0.1,
                       alpha: float = 32.0,
-                      mask: jax.Array | None = None) -> jax.Array:
+                      mask: jax.Array | None = None,
+                      miner_weights: jax.Array | None = None) -> jax.Array:
   """Proxy-Anchor (Kim et al., CVPR 2020).
 
   With s the cosine of sample and proxy: for each proxy p,
@@ -64,6 +65,8 @@ def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, *,
     proxies: (num_classes, D).
     margin, alpha: the margin and scale.
     mask: optional (N,) bool; False rows are padding.
+    miner_weights: optional (N,) rows' weights from a miner (PML's
+      convert_to_weights); PML adds weight - 1 to every exponent of the row.
   """
   num_classes = proxies.shape[0]
   x, labels = pairs.drop_padding(embeddings, labels, mask)
@@ -71,11 +74,12 @@ def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, *,
   same = labels[:, None] == jnp.arange(num_classes)[None, :]
   valid = True if mask is None else mask[:, None]
   pos, neg = same & valid, ~same & valid
+  shift = 0.0 if miner_weights is None else (miner_weights - 1.0)[:, None]
   # Over the batch (axis 0), one term per proxy.
-  pos_term = pairs.masked_logsumexp(alpha * (margin - cos), pos, axis=0,
-                                    add_one=True)
-  neg_term = pairs.masked_logsumexp(alpha * (cos + margin), neg, axis=0,
-                                    add_one=True)
+  pos_term = pairs.masked_logsumexp(alpha * (margin - cos) + shift, pos,
+                                    axis=0, add_one=True)
+  neg_term = pairs.masked_logsumexp(alpha * (cos + margin) + shift, neg,
+                                    axis=0, add_one=True)
   with_pos = jnp.sum(jnp.any(pos, axis=0))
   pos_loss = jnp.sum(pos_term) / jnp.maximum(with_pos, 1).astype(cos.dtype)
   return pos_loss + jnp.sum(neg_term) / num_classes

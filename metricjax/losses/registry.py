@@ -113,9 +113,12 @@ REGISTRY: dict[str, Loss] = {
 }
 
 
+# PML's losses that supply a divisor (their default reducer is divisor).
+DIVISOR_LOSSES = ("margin", "proxy_anchor")
+
 # Keyword arguments a training task fills in, not hyper-parameters.
-_PLUMBING = frozenset(("mask", "key", "ref_embeddings", "ref_labels",
-                       "ref_mask", "self_index"))
+_PLUMBING = frozenset(("mask", "key", "miner_weights", "ref_embeddings",
+                       "ref_labels", "ref_mask", "self_index"))
 
 
 def check_loss_hyperparameters(name: str, loss: Loss,

@@ -28,6 +28,7 @@ from metricjax.losses.margin_softmax import cosface_per_row
 from metricjax.losses.margin_softmax import large_margin_softmax_per_row
 from metricjax.losses.margin_softmax import sphereface_per_row
 from metricjax.losses.margin_softmax import subcenter_arcface_per_row
+from metricjax.losses.fastap import fastap_per_row
 from metricjax.losses.nca import nca_per_row
 from metricjax.losses.pieces import embedding_penalty
 from metricjax.losses.pieces import make_distance
@@ -40,6 +41,7 @@ from metricjax.losses.pieces import penalty
 from metricjax.losses.proxy import normalized_softmax_per_row
 from metricjax.losses.proxy import proxy_nca_per_row
 from metricjax.losses.registry import check_loss_hyperparameters
+from metricjax.losses.registry import DIVISOR_LOSSES
 from metricjax.losses.registry import REGISTRY
 from metricjax.losses.smooth_ap import smooth_ap_per_row
 from metricjax.losses.soft_triple import soft_triple_per_row
@@ -66,6 +68,9 @@ class RowLoss(NamedTuple):
   anchors_only: bool = False
   # Why a miner or a reducer is refused where per_row is None.
   refusal: str = ""
+  # Where per_row is None: the keyword through which the loss takes a
+  # miner's row weights itself (proxy_anchor's, inside its exponents).
+  miner_keyword: str | None = None
 
 
 ROW_LOSSES: dict[str, RowLoss] = {
@@ -81,8 +86,10 @@ ROW_LOSSES: dict[str, RowLoss] = {
     "soft_triple": RowLoss(soft_triple_per_row, "fc", True, ("cosine",)),
     "proxy_nca": RowLoss(proxy_nca_per_row, "proxies", anchors_only=True),
     "proxy_anchor": RowLoss(None, "proxies", refusal=(
-        "proxy_anchor takes no miner or reducer here yet (PML's weights its "
-        "proxies' terms by a miner and divides by its own divisors)")),
+        "proxy_anchor takes no reducer but its own divisor (PML divides its "
+        "proxies' terms by its own divisors)"),
+                            miner_keyword="miner_weights"),
+    "fastap": RowLoss(fastap_per_row),
     "nca": RowLoss(nca_per_row, any_distance=True),
     "smooth_ap": RowLoss(smooth_ap_per_row, distances=("cosine",),
                          sub_loss="ap_loss"),
@@ -99,6 +106,9 @@ def build_row_loss(name, distance, miner, reducer, regularizer,
   """build() for ROW_LOSSES; check_reducer is compose's (which imports
   this module), called where build's own checks would call it."""
   spec = ROW_LOSSES[name]
+  if (name in DIVISOR_LOSSES and reducer is not None
+      and parse_piece(reducer, "reducer") == ("divisor", {})):
+    reducer = None  # Its default: the loss divides by its own divisors.
   hp = dict(hyperparameters)
   hp.pop("num_classes", None)  # sizes the parameters (init) only
   extra = {}
@@ -113,9 +123,10 @@ def build_row_loss(name, distance, miner, reducer, regularizer,
         "weight_regularizer); the losses that do are "
         f"{', '.join(sorted(n for n, r in ROW_LOSSES.items() if r.weights))}"
         "; or regularize the embeddings (config.loss.regularizer).")
-  if spec.per_row is None and (miner is not None or reducer is not None):
-    raise UserError(f"{spec.refusal}; drop config.loss.miner and "
-                    "config.loss.reducer.")
+  if spec.per_row is None and ((miner is not None and not spec.miner_keyword)
+                               or reducer is not None):
+    raise UserError(f"{spec.refusal}; drop config.loss.reducer"
+                    f"{'' if spec.miner_keyword else ' and config.loss.miner'}.")
   dist = None
   if distance is not None:
     d_spec = (None, None) if isinstance(distance, Distance) else parse_piece(
@@ -140,24 +151,33 @@ def build_row_loss(name, distance, miner, reducer, regularizer,
                            tuple(sorted(extra.items())))
 
 
+def _miner_weights(bound, x, labels, mask, key, anchors_only):
+  """(N,) PML's convert_to_weights of what the miner mines on the batch."""
+  rows = x if mask is None else jnp.where(
+      mask[:, None], x, pad_row(x.shape[1], x.dtype))
+  pos, neg = similarity.label_masks(labels, mask=mask)
+  return miners_lib.element_weights(mine(bound, rows, pos, neg, key),
+                                    anchors_only=anchors_only)
+
+
 def _row_composed(name, spec: RowLoss, dist, bound, red, emb_reg, w_reg, hp,
                   reg_weights, x, labels, *, mask=None, key=None,
                   **learnable):
   hp, reg_weights = dict(hp), dict(reg_weights)
   if spec.per_row is None:
+    if bound is not None:
+      hp[spec.miner_keyword] = _miner_weights(bound, x, labels, mask, key,
+                                              spec.anchors_only)
     value = REGISTRY[name].fn(x, labels, mask=mask, **learnable, **hp)
   else:
     if spec.any_distance:
       hp["distance"] = dist
     losses, counted = spec.per_row(x, labels, mask=mask, **learnable, **hp)
     if bound is not None:
-      rows = x if mask is None else jnp.where(
-          mask[:, None], x, pad_row(x.shape[1], x.dtype))
-      pos, neg = similarity.label_masks(labels, mask=mask)
       # PML's convert_to_weights: each row's loss times its share of the
       # mined tuples.
-      losses = losses * miners_lib.element_weights(
-          mine(bound, rows, pos, neg, key), anchors_only=spec.anchors_only)
+      losses = losses * _miner_weights(bound, x, labels, mask, key,
+                                       spec.anchors_only)
     value = reducers_lib.reduce(
         reducers_lib.for_sub_loss(red, spec.sub_loss), losses,
         counted.astype(losses.dtype), labels, counted)

@@ -38,6 +38,7 @@ PML = {
     "p2sgrad": ("P2SGradLoss", "weight"),
     "nca": ("NCALoss", None),
     "smooth_ap": ("SmoothAPLoss", None),
+    "fastap": ("FastAPLoss", None),
 }
 MINERS = {"multi_similarity": "MultiSimilarityMiner",
           "triplet_margin": "TripletMarginMiner",
@@ -47,6 +48,7 @@ REGULARIZERS = {"lp": "LpRegularizer", "zero_mean": "ZeroMeanRegularizer",
                 "regular_face": "RegularFaceRegularizer",
                 "sparse_centers": "SparseCentersRegularizer"}
 REDUCERS = {"mean": "MeanReducer", "sum": "SumReducer",
+            "divisor": "DivisorReducer",
             "avg_non_zero": "AvgNonZeroReducer",
             "threshold": "ThresholdReducer",
             "class_weighted": "ClassWeightedReducer",
@@ -199,6 +201,12 @@ WITH_MINER = [
     ("smooth_ap", {"miner": "multi_similarity"}),
     ("smooth_ap", {"miner": {"name": "triplet_margin", "margin": 0.1},
                    "reducer": {"name": "threshold", "low": 0.2}}),
+    # PML adds weight - 1 to each row's exponents; divisor is its default.
+    ("proxy_anchor", {"miner": "multi_similarity"}),
+    ("proxy_anchor", {"miner": {"name": "triplet_margin", "margin": 0.2},
+                      "reducer": "divisor"}),
+    ("fastap", {"miner": "multi_similarity"}),
+    ("fastap", {"miner": "batch_hard", "reducer": "sum", "num_bins": 4}),
 ]
 
 
@@ -354,8 +362,8 @@ def test_jit_with_miner_and_regularizers():
      "no weight regularizer"),
     (lambda: mj_losses.build("contrastive", weight_regularizer="lp"),
      "no learnable class vectors"),
-    (lambda: mj_losses.build("proxy_anchor", miner="batch_hard"),
-     "proxy_anchor takes no miner"),
+    (lambda: mj_losses.build("proxy_anchor", reducer="mean"),
+     "proxy_anchor takes no reducer"),
     (lambda: mj_losses.build("cosface", distance="lp"), "default distance"),
     (lambda: mj_losses.build("smooth_ap", distance="dot_product"),
      "default distance"),
