@@ -87,13 +87,19 @@ def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, *,
 
 def proxy_nca_per_row(embeddings: jax.Array, labels: jax.Array, *,
                       proxies: jax.Array, softmax_scale: float = 1.0,
-                      mask: jax.Array | None = None):
-  """`proxy_nca_loss`'s (per-row losses, rows that count)."""
+                      mask: jax.Array | None = None, distance=None):
+  """`proxy_nca_loss`'s (per-row losses, rows that count); distance: a
+  losses.distances.Distance of rows to proxies, by default PML's
+  LpDistance(power=2) on normalised rows."""
   x, labels = pairs.drop_padding(embeddings, labels, mask)
-  d2 = similarity.pairwise_distance(similarity.l2_normalize(x),
-                                    similarity.l2_normalize(proxies),
-                                    kind="squared_euclidean")
-  log_p = jax.nn.log_softmax(-softmax_scale * d2, axis=1)
+  if distance is None:
+    logits = -softmax_scale * similarity.pairwise_distance(
+        similarity.l2_normalize(x), similarity.l2_normalize(proxies),
+        kind="squared_euclidean")
+  else:
+    mat = distance.fn(x, proxies)
+    logits = softmax_scale * (mat if distance.is_inverted else -mat)
+  log_p = jax.nn.log_softmax(logits, axis=1)
   log_p = jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
   valid = jnp.exp(jax.lax.stop_gradient(log_p)) != 0
   if mask is not None:
@@ -124,10 +130,16 @@ def proxy_nca_loss(embeddings: jax.Array, labels: jax.Array, *,
 
 def normalized_softmax_per_row(embeddings: jax.Array, labels: jax.Array, *,
                                W: jax.Array, temperature: float = 0.05,
-                               mask: jax.Array | None = None):
-  """`normalized_softmax_loss`'s (per-row losses, rows that count)."""
+                               mask: jax.Array | None = None, distance=None):
+  """`normalized_softmax_loss`'s (per-row losses, rows that count);
+  distance: a losses.distances.Distance of rows to the normalised class
+  vectors, by default PML's DotProductSimilarity (normalised: cosine)."""
   x, labels = pairs.drop_padding(embeddings, labels, mask)
-  logits = similarity.cosine_similarity(x, W.T) / temperature
+  if distance is None:
+    logits = similarity.cosine_similarity(x, W.T) / temperature
+  else:
+    mat = distance.fn(x, similarity.l2_normalize(W.T))
+    logits = (mat if distance.is_inverted else -mat) / temperature
   log_p = jax.nn.log_softmax(logits, axis=1)
   nll = -jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
   return nll, jnp.ones(nll.shape, bool) if mask is None else mask

@@ -82,9 +82,10 @@ ROW_LOSSES: dict[str, RowLoss] = {
     "subcenter_arcface": RowLoss(subcenter_arcface_per_row, "W", True,
                                  ("cosine",)),
     "normalized_softmax": RowLoss(normalized_softmax_per_row, "W", True,
-                                  ("dot_product",)),
+                                  any_distance=True),
     "soft_triple": RowLoss(soft_triple_per_row, "fc", True, ("cosine",)),
-    "proxy_nca": RowLoss(proxy_nca_per_row, "proxies", anchors_only=True),
+    "proxy_nca": RowLoss(proxy_nca_per_row, "proxies", anchors_only=True,
+                         any_distance=True),
     "proxy_anchor": RowLoss(None, "proxies", refusal=(
         "proxy_anchor takes no reducer but its own divisor (PML divides its "
         "proxies' terms by its own divisors)"),

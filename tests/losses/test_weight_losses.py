@@ -205,6 +205,9 @@ WITH_MINER = [
     ("proxy_anchor", {"miner": "multi_similarity"}),
     ("proxy_anchor", {"miner": {"name": "triplet_margin", "margin": 0.2},
                       "reducer": "divisor"}),
+    ("normalized_softmax", {"distance": {"name": "lp", "power": 2}}),
+    ("normalized_softmax", {"distance": "cosine", "miner": "batch_hard"}),
+    ("proxy_nca", {"distance": "cosine", "softmax_scale": 8.0}),
     ("fastap", {"miner": "multi_similarity"}),
     ("fastap", {"miner": "batch_hard", "reducer": "sum", "num_bins": 4}),
 ]
