@@ -11,6 +11,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from metricjax import state as state_lib
 from metricjax.errors import one_line
 from metricjax.errors import UserError
 
@@ -101,11 +102,24 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state):
-  """Restores into the shapes, dtypes and shardings of `abstract_state`."""
+  """Restores into the shapes, dtypes and shardings of `abstract_state`.
+  A checkpoint written before TrainState had loss_state restores into a
+  state whose loss_state is empty (no cross-batch memory)."""
+  restore = lambda item: mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(item)))["state"]
   try:
-    return mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))["state"]
+    return restore(abstract_state)
   except (ValueError, KeyError, TypeError) as e:
+    if not jax.tree.leaves(abstract_state.loss_state):
+      try:
+        old = restore(state_lib.TrainStateWithoutLossState(
+            **{k: getattr(abstract_state, k) for k in
+               state_lib.TrainStateWithoutLossState.__dataclass_fields__}))
+        return abstract_state.replace(
+            **{k: getattr(old, k) for k in old.__dataclass_fields__},
+            loss_state={})
+      except (ValueError, KeyError, TypeError):
+        pass  # Not that either: report the first error.
     # Orbax's words for a tree of other shapes or structure.
     raise UserError(
         f"The checkpoint {mngr.directory}/{step} does not fit this config's "

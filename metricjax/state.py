@@ -27,6 +27,17 @@ class TrainState:
   loss_state: Any = flax.struct.field(default_factory=dict)
 
 
+@flax.struct.dataclass
+class TrainStateWithoutLossState:
+  """TrainState as checkpoints written before loss_state (2026-12-08) hold
+  it: what metricjax.checkpoint restores them through."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  loss_params: Any = flax.struct.field(default_factory=dict)
+
+
 def trainable(state: TrainState) -> dict:
   return {"model": state.params, "loss": state.loss_params}
 

@@ -295,3 +295,30 @@ def test_views_loss_trains_on_two_augmentations(tiny_idx_dir, tmp_path, name,
   np.testing.assert_allclose(value, losses.vicreg_loss(view1, view2),
                              rtol=1e-4)
   np.testing.assert_allclose(value, rows[0]["loss"], rtol=1e-4)
+
+
+def test_checkpoints_from_before_loss_state_restore_and_resume(tiny_run,
+                                                              tmp_path):
+  # Checkpoints written before TrainState had loss_state (2026-12-08) hold
+  # the other fields only; they restore with an empty one and resume.
+  from metricjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from metricjax import state as state_lib  # pylint: disable=g-import-not-at-top
+  workdir, _, config = tiny_run
+  old = str(tmp_path / "old")
+  restored = restore_lib.restore(workdir)
+  legacy = state_lib.TrainStateWithoutLossState(
+      **{k: getattr(restored.state, k)
+         for k in state_lib.TrainStateWithoutLossState.__dataclass_fields__})
+  src = checkpoint.manager(workdir, create=False)
+  meta = checkpoint.restore_meta(src, restored.step)
+  src.close()
+  with checkpoint.finishing(checkpoint.manager(old)) as mngr:
+    checkpoint.save(mngr, restored.step, legacy, meta)
+  again = restore_lib.restore(old)
+  assert again.state.loss_state == {}
+  jax.tree.map(np.testing.assert_array_equal, again.state.params,
+               restored.state.params)
+  config = config.copy_and_resolve_references()
+  config.total_steps = restored.step + 1
+  train_lib.train(config, old)
+  assert restore_lib.restore(old).step == restored.step + 1
